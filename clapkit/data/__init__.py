@@ -1,0 +1,1 @@
+"""Corpus builders (Debian recordings, synthesis), dataset adapters, the manifest and cached arrays."""
