@@ -1,0 +1,33 @@
+"""``clapkit`` command line: one subcommand family per module, each registering itself.
+
+Every module listed in ``COMMAND_MODULES`` exposes ``register(subparsers)`` that adds its subcommands and sets
+``func`` on them; this file only wires them together, so a reader finds a command's options next to its code.
+"""
+
+from __future__ import annotations
+
+import argparse
+import importlib
+import sys
+
+COMMAND_MODULES = [
+    "clapkit.data.build",  # clapkit data build ...
+    "clapkit.data.prepare",  # clapkit prepare ...
+]
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="clapkit", description=__doc__.splitlines()[0])
+    sub = parser.add_subparsers(dest="command", required=True)
+    for name in COMMAND_MODULES:
+        importlib.import_module(name).register(sub)
+    return parser
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    return int(args.func(args) or 0)
+
+
+if __name__ == "__main__":
+    sys.exit(main())
