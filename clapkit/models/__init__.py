@@ -1,0 +1,29 @@
+"""Model building blocks.  Configs are plain dicts (JSON in ``clapkit/model_configs/``).
+
+``build_audio_encoder({"name": "htsat" | "cnn14", **fields})``: the fields are those of ``HTSATConfig`` /
+``CNN14Config``; omitted ones take the msclap defaults (2023 HTSAT, 2022 CNN14).
+"""
+
+from __future__ import annotations
+
+from typing import Any, Mapping
+
+from torch import nn
+
+from .cnn14 import CNN14, CNN14Config
+from .htsat import HTSAT, HTSATConfig
+
+AUDIO_ENCODERS = {"htsat": (HTSAT, HTSATConfig), "cnn14": (CNN14, CNN14Config)}
+
+
+def build_audio_encoder(cfg: Mapping[str, Any]) -> nn.Module:
+    """An audio encoder from its config dict; forward(logmel (B, frames, n_mels)) -> (B, encoder.out_dim)."""
+    fields = dict(cfg)
+    name = fields.pop("name", None)
+    if name not in AUDIO_ENCODERS:
+        raise ValueError(f"unknown audio encoder {name!r}; known: {sorted(AUDIO_ENCODERS)}")
+    model_cls, config_cls = AUDIO_ENCODERS[name]
+    return model_cls(config_cls.from_dict(fields))
+
+
+__all__ = ["AUDIO_ENCODERS", "CNN14", "CNN14Config", "HTSAT", "HTSATConfig", "build_audio_encoder"]
