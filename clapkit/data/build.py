@@ -150,6 +150,80 @@ def _cmd_build(args) -> int:
     return 0
 
 
+def corpus_versions(summary: dict[str, Any]) -> dict[str, Any]:
+    """What determines the corpus bytes: per source, Debian package versions or synth tool versions + config."""
+    out = {}
+    for name, s in sorted(summary.get("sources", {}).items()):
+        if s.get("kind") == "debian":
+            out[name] = {"packages": s["packages"], "clips": s["clips"]}
+        else:
+            out[name] = {"tool_versions": s.get("tool_versions", {}), "clips": s["clips"], "seed": s.get("seed")}
+    return out
+
+
+def check_corpus(root: str = "data", dvc_file: str = "data.dvc") -> str:
+    """Compare the built ``data/`` with the corpus ``data.dvc`` tracks; returns "match", "differs" or "untracked".
+
+    On a fresh clone DVC's cache is empty, so ``dvc status`` says "not in cache" even when the rebuilt corpus is
+    byte-identical: that is a match (the first ``dvc repro`` caches it).  "modified" means the bytes differ,
+    usually because Debian shipped another package version; we name the sources whose versions differ.
+    """
+    import subprocess
+
+    import yaml
+
+    if not Path(dvc_file).exists():
+        print(f"[data check] {dvc_file} does not exist: track this corpus with `clapkit data track`")
+        return "untracked"
+    res = subprocess.run(["dvc", "status", dvc_file, "--json"], capture_output=True, text=True)
+    if res.returncode != 0:
+        raise RuntimeError(f"dvc status {dvc_file} failed: {res.stderr.strip()}")
+    status = json.loads(res.stdout or "{}")
+    changes = [v for entry in status.get(dvc_file, []) for v in entry.get("changed outs", {}).values()]
+    if all(c == "not in cache" for c in changes):
+        print(f"[data check] {root}/ matches the corpus tracked in {dvc_file}")
+        return "match"
+    tracked = (yaml.safe_load(open(dvc_file)) or {}).get("meta", {}).get("corpus", {})
+    built = corpus_versions(json.loads((Path(root) / "corpus.json").read_text()))
+    diffs = [name for name in sorted(set(tracked) | set(built)) if tracked.get(name) != built.get(name)]
+    print(f"[data check] WARNING: {root}/ differs from the corpus tracked in {dvc_file}.")
+    if diffs:
+        print("  sources whose package/tool versions, seed or clip counts differ:")
+        for name in diffs:
+            print(f"    {name}: tracked {tracked.get(name)} | built {built.get(name)}")
+    else:
+        print("  same versions and counts: an extractor or generator changed its output (check `git log`).")
+    print(f"  `dvc repro` will record your corpus in {dvc_file}; `git diff {dvc_file}` then shows the change.")
+    return "differs"
+
+
+def track_corpus(root: str = "data", dvc_file: str = "data.dvc") -> None:
+    """Maintainers: ``dvc add`` the corpus and store its versions in ``data.dvc``'s ``meta`` (kept by DVC)."""
+    import subprocess
+
+    import yaml
+
+    res = subprocess.run(["dvc", "add", root, "-q"], capture_output=True, text=True)
+    if res.returncode != 0:
+        raise RuntimeError(f"dvc add {root} failed: {res.stderr.strip()}")
+    d = yaml.safe_load(open(dvc_file))
+    d["meta"] = {"corpus": corpus_versions(json.loads((Path(root) / "corpus.json").read_text()))}
+    tmp = Path(dvc_file + ".tmp")
+    tmp.write_text(yaml.safe_dump(d, sort_keys=False))
+    os.replace(tmp, dvc_file)
+    print(f"[data track] {dvc_file} updated")
+
+
+def _cmd_check(args) -> int:
+    state = check_corpus(args.root, args.dvc_file)
+    return 1 if (args.strict and state != "match") else 0
+
+
+def _cmd_track(args) -> int:
+    track_corpus(args.root, args.dvc_file)
+    return 0
+
+
 def _cmd_sources(args) -> int:
     _register_sources()
     for name in sorted(SOURCES):
@@ -168,3 +242,12 @@ def register(subparsers) -> None:
     b.set_defaults(func=_cmd_build)
     s = sub.add_parser("sources", help="list the Debian sources and their licences")
     s.set_defaults(func=_cmd_sources)
+    c = sub.add_parser("check", help="compare data/ with the corpus tracked in data.dvc")
+    c.add_argument("--root", default="data")
+    c.add_argument("--dvc-file", default="data.dvc")
+    c.add_argument("--strict", action="store_true", help="exit 1 unless data/ matches data.dvc")
+    c.set_defaults(func=_cmd_check)
+    t = sub.add_parser("track", help="maintainers: dvc add data/ and record its versions in data.dvc")
+    t.add_argument("--root", default="data")
+    t.add_argument("--dvc-file", default="data.dvc")
+    t.set_defaults(func=_cmd_track)
