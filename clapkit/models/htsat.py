@@ -83,7 +83,7 @@ class HTSATConfig:
                     break
                 if side > self.window_size and side % self.window_size:
                     problems.append(f"stage {i}: token grid {side} is not a multiple of window_size {self.window_size}")
-            if self.num_classes > 0:
+            if self.num_classes > 0 and self.freq_ratio > 0:
                 final = grid // 2 ** (len(self.depths) - 1)
                 if final % self.freq_ratio:
                     problems.append(f"TSCAM head: final grid {final} not divisible by freq_ratio {self.freq_ratio}")
