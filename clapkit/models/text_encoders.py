@@ -1,0 +1,121 @@
+"""Text encoders: a Hugging Face transformer built from a config dict (never from a hub), pooled to one vector.
+
+``build_text_encoder({"name": "gpt2" | "bert" | "roberta", **fields})``; the fields are those of the
+transformers config class (``GPT2Config``, ``BertConfig``, ``RobertaConfig``), omitted ones take that class's
+defaults (GPT-2 base / BERT base / RoBERTa base sizes).  Every encoder has ``out_dim`` and
+``forward(input_ids, attention_mask) -> (batch, out_dim)``:
+
+* ``GPT2TextEncoder`` (msclap 2023): hidden state of the last real token, i.e. the appended ``<|endoftext|>``.
+  The position comes from ``attention_mask``, not from counting non-zero ids as msclap does (see clapkit.text).
+* ``BertTextEncoder`` (msclap 2022) / ``RobertaTextEncoder``: hidden state of the first token (``[CLS]``/``<s>``).
+
+The transformer sits in ``.transformer``, so its parameters are ``text.encoder.transformer.<HF name>`` in a
+CLAPModel (msclap: ``caption_encoder.base.<HF name>``).  Attention runs through PyTorch SDPA.  BERT/RoBERTa are
+built without their pooler (msclap never uses it; an unused layer would also stall DDP), so a msclap 2022
+checkpoint's ``caption_encoder.base.pooler.*`` is dropped on loading.
+"""
+
+from __future__ import annotations
+
+from typing import Any, Mapping
+
+import torch
+from torch import nn
+from transformers import BertConfig, BertModel, GPT2Config, GPT2Model, RobertaConfig, RobertaModel
+
+__all__ = ["BertTextEncoder", "GPT2TextEncoder", "RobertaTextEncoder", "TEXT_ENCODERS", "build_text_encoder", "last_real_index"]
+
+
+def last_real_index(attention_mask: torch.Tensor) -> torch.Tensor:
+    """(B, L) mask of 1 = token, 0 = padding -> (B,) index of the last 1 in each row (0 for an all-padding row)."""
+    positions = torch.arange(attention_mask.shape[1], device=attention_mask.device)
+    return (attention_mask.long() * positions).amax(dim=1)
+
+
+def _hf_config(config_cls, fields: Mapping[str, Any], **fixed):
+    cfg = dict(fields)
+    known = set(config_cls().to_dict())
+    unknown = sorted(set(cfg) - known)
+    if unknown:  # transformers would silently keep a misspelt size as an attribute
+        raise ValueError(f"unknown {config_cls.__name__} field(s) {unknown}")
+    return config_cls(**cfg, **fixed)
+
+
+class _HFTextEncoder(nn.Module):
+    """A transformers encoder model plus a pooling rule."""
+
+    pooling = "first"  # which token represents the sentence: "first" ([CLS]/<s>) or "last" (GPT-2's end token)
+
+    def __init__(self, transformer: nn.Module, out_dim: int):
+        super().__init__()
+        self.transformer = transformer
+        self.out_dim = out_dim
+
+    @property
+    def vocab_size(self) -> int:
+        return self.transformer.config.vocab_size
+
+    @property
+    def max_positions(self) -> int:
+        cfg = self.transformer.config
+        return getattr(cfg, "n_positions", None) or cfg.max_position_embeddings
+
+    def set_grad_checkpointing(self, enable: bool = True) -> None:
+        if enable:
+            self.transformer.gradient_checkpointing_enable()
+        else:
+            self.transformer.gradient_checkpointing_disable()
+
+    def hidden_states(self, input_ids: torch.Tensor, attention_mask: torch.Tensor) -> torch.Tensor:
+        return self.transformer(input_ids=input_ids, attention_mask=attention_mask).last_hidden_state
+
+    def forward(self, input_ids: torch.Tensor, attention_mask: torch.Tensor) -> torch.Tensor:
+        hidden = self.hidden_states(input_ids, attention_mask)
+        if self.pooling == "last":
+            rows = torch.arange(hidden.shape[0], device=hidden.device)
+            return hidden[rows, last_real_index(attention_mask)]
+        return hidden[:, 0]
+
+
+class GPT2TextEncoder(_HFTextEncoder):
+    """GPT-2 (``GPT2Model``, no LM head), pooled at the last real token.  Needs right padding (TextTokenizer's)."""
+
+    pooling = "last"
+
+    def __init__(self, fields: Mapping[str, Any]):
+        # No KV cache: the encoder sees every sequence once.
+        cfg = _hf_config(GPT2Config, fields, attn_implementation="sdpa", use_cache=False)
+        super().__init__(GPT2Model(cfg), cfg.n_embd)
+
+
+class BertTextEncoder(_HFTextEncoder):
+    """BERT, pooled at ``[CLS]`` (msclap 2022 takes ``last_hidden_state[:, 0]``, not BERT's pooler)."""
+
+    def __init__(self, fields: Mapping[str, Any]):
+        cfg = _hf_config(BertConfig, fields, attn_implementation="sdpa")
+        super().__init__(BertModel(cfg, add_pooling_layer=False), cfg.hidden_size)
+
+
+class RobertaTextEncoder(_HFTextEncoder):
+    """RoBERTa, pooled at ``<s>``.  Positions start after ``pad_token_id``, which must be the tokenizer's pad id."""
+
+    def __init__(self, fields: Mapping[str, Any]):
+        cfg = _hf_config(RobertaConfig, fields, attn_implementation="sdpa")
+        super().__init__(RobertaModel(cfg, add_pooling_layer=False), cfg.hidden_size)
+
+    @property
+    def max_positions(self) -> int:
+        cfg = self.transformer.config  # RoBERTa spends pad_token_id + 1 positions before the first token
+        return cfg.max_position_embeddings - cfg.pad_token_id - 1
+
+
+TEXT_ENCODERS = {"gpt2": GPT2TextEncoder, "bert": BertTextEncoder, "roberta": RobertaTextEncoder}
+
+
+def build_text_encoder(cfg: Mapping[str, Any]) -> _HFTextEncoder:
+    """A text encoder from its config dict; forward(input_ids, attention_mask) -> (B, encoder.out_dim)."""
+    fields = dict(cfg)
+    name = fields.pop("name", None)
+    if name not in TEXT_ENCODERS:
+        raise ValueError(f"unknown text encoder {name!r}; known: {sorted(TEXT_ENCODERS)}")
+    return TEXT_ENCODERS[name](fields)
