@@ -38,8 +38,8 @@ from clapkit.data.debian.vocabulary import CATEGORIES, EVENTS, TERMS, lookup, to
         ("default_break_glass.1", (), "glass breaking"),
         ("door1-close", (), "door closing"),
         ("doors_glass_door_open", (), "door opening"),
-        ("HorseGallop", (), "horse gallop"),
-        ("horses galloping", (), "horse gallop"),
+        ("HorseGallop", (), "horse galloping"),
+        ("horses galloping", (), "horse galloping"),
         ("WaterDrop", (), "water drip"),
         ("SeaLion", (), "sea lion bark"),
         ("BabyCry", (), "baby crying"),
@@ -49,6 +49,12 @@ from clapkit.data.debian.vocabulary import CATEGORIES, EVENTS, TERMS, lookup, to
         ("bullet-chaingun-10x", (), "machine gun"),
         ("bullet-bodyimpact", (), "bullet impact"),
         ("eagle-owl", (), "owl hoot"),
+        ("Scream-female", (), "woman screaming"),
+        ("Scream-male1", (), "man screaming"),
+        ("scream3", (), "screaming"),
+        ("civfemdeath01a", (), "woman screaming"),
+        ("malehurt03", (), "man grunting in pain"),
+        ("NYX_PAIN4", (), "grunting in pain"),
         ("Washing-machine", (), "washing machine"),
     ],
 )
@@ -99,6 +105,12 @@ def test_vocabulary_tables_are_consistent():
 
 # ---------------------------------------------------------------------------------------------------------------
 # helpers: variant groups, licences, MegaGlest unit sounds
+
+
+def test_extractor_tables_name_known_events():
+    tables = [env.MEGAGLEST_ACTIONS, env.MEGAGLEST_ANIMALS, env.SCORCHED3D_OVERRIDES, env.ETW_OVERRIDES]
+    events = {e for t in tables for e in t.values() if e is not None}
+    assert events <= set(EVENTS), events - set(EVENTS)
 
 
 def test_variant_group_strips_numbers_and_variants():
@@ -168,15 +180,16 @@ def test_normalise_licence():
     [
         ("swordman_attack12", "sword clash"),
         ("archer_attack3", "bow and arrow"),
-        ("guard_die2", "death scream"),
+        ("guard_die2", "man screaming"),
         ("cow_select1", "cow moo"),  # an animal unit's "select" sound is the animal, not a voice line
         ("pig_ack2", "pig oink"),
         ("sheep7", "sheep bleat"),
-        ("horseman_walk1", "horse gallop"),
+        ("horseman_walk1", "horse galloping"),
         ("worker_harvest_wood2", "wood chopping"),
         ("ele3", "elephant trumpet"),
         ("swordman_ack4", None),  # "Yes, sir!"
         ("archer_select10", None),
+        ("princess_die2", "woman screaming"),
         ("daemon_die1", None),  # not a human
         ("catapult_walk3", None),
     ],
@@ -190,9 +203,9 @@ def test_megaglest_unit_sounds(stem, event):
 # extractors on fixture packages
 
 
-def _audio_bytes(tmp_path: Path, fmt: str = "WAV", seed: int = 0) -> bytes:
-    """A 20 ms clip; different seeds give different bytes (so they are not duplicates)."""
-    x = np.random.default_rng(seed).uniform(-0.5, 0.5, 320).astype(np.float32)
+def _audio_bytes(tmp_path: Path, fmt: str = "WAV", seed: int = 0, n: int = 1600) -> bytes:
+    """A 100 ms clip at 16 kHz; different seeds give different bytes (so they are not duplicates)."""
+    x = np.random.default_rng(seed).uniform(-0.5, 0.5, n).astype(np.float32)
     p = tmp_path / f"_tmp_{seed}.{fmt.lower()}"
     sf.write(p, x, 16000, format=fmt)
     data = p.read_bytes()
@@ -223,17 +236,18 @@ def test_ufoai_reads_the_pk3_and_skips_what_it_should(tmp_path):
         z.writestr("sound/misc/breakglass01.ogg", _audio_bytes(tmp_path, "OGG", 3))
         z.writestr("sound/misc/breakwood01.ogg", b"not audio at all")  # labelled but unreadable
         z.writestr("sound/doors/door1-open.ogg", _audio_bytes(tmp_path, "OGG", 4))
+        z.writestr("sound/doors/door2-open.ogg", _audio_bytes(tmp_path, "WAV", 7, n=400))  # 25 ms: too short
         z.writestr("sound/aliens/ortnok/die1.ogg", _audio_bytes(tmp_path, "OGG", 5))
         z.writestr("sound/weapons/laser-small.ogg", _audio_bytes(tmp_path, "OGG", 6))
     _write(root / "usr/share/doc/ufoai-sound/copyright", COPYRIGHT.encode())
 
-    ctx = _context(tmp_path, "ufoai_sound", {"ufoai-sound": root})
-    records = SOURCES["ufoai_sound"].extract(ctx)
+    ctx = _context(tmp_path, "ufoai", {"ufoai-sound": root})
+    records = SOURCES["ufoai"].extract(ctx)
 
     by_id = {r.id: r for r in records}
-    assert sorted(by_id) == ["ufoai_sound/doors/door1-open", "ufoai_sound/footsteps/gravel1",
-                             "ufoai_sound/misc/breakglass01"]
-    gravel_rec = by_id["ufoai_sound/footsteps/gravel1"]
+    assert sorted(by_id) == ["ufoai/doors/door1-open", "ufoai/footsteps/gravel1",
+                             "ufoai/misc/breakglass01"]
+    gravel_rec = by_id["ufoai/footsteps/gravel1"]
     assert gravel_rec.labels == {"sound_event": "footsteps on gravel", "sound_category": "footsteps"}
     assert gravel_rec.real and gravel_rec.environmental
     assert gravel_rec.source == "debian:ufoai-sound"
@@ -242,12 +256,14 @@ def test_ufoai_reads_the_pk3_and_skips_what_it_should(tmp_path):
     assert gravel_rec.meta["version"] == "1.0-1" and gravel_rec.meta["sample_rate"] == 16000
     assert (tmp_path / "corpus" / gravel_rec.path).read_bytes() == gravel
     assert gravel_rec.licence == "CC-BY-SA-3.0"
-    assert by_id["ufoai_sound/misc/breakglass01"].licence == "CC-BY-3.0"  # per-file paragraph
-    assert by_id["ufoai_sound/doors/door1-open"].labels["sound_event"] == "door opening"
+    assert by_id["ufoai/misc/breakglass01"].licence == "CC-BY-3.0"  # per-file paragraph
+    assert by_id["ufoai/doors/door1-open"].labels["sound_event"] == "door opening"
     assert not (ctx.out_dir / "misc/breakwood01.ogg").exists()
-    assert env.SKIPPED["ufoai_sound"] == {"duplicate": 1, "unreadable": 1, "unlabelled": 2, "folder aliens": 1}
+    assert not (ctx.out_dir / "doors/door2-open.ogg").exists()
+    assert env.SKIPPED["ufoai"] == {"duplicate": 1, "unreadable": 1, "too short": 1, "unlabelled": 2,
+                                    "folder aliens": 1}
 
-    again = SOURCES["ufoai_sound"].extract(ctx)  # deterministic and idempotent
+    again = SOURCES["ufoai"].extract(ctx)  # deterministic and idempotent
     assert [r.to_json() for r in again] == [r.to_json() for r in records]
 
 
@@ -281,10 +297,10 @@ def test_tuxpaint_skips_speech_and_keeps_descriptions(tmp_path):
     _write(stamps / "hobbies/music/string/violin.ogg", _audio_bytes(tmp_path, "OGG", 23))
     _write(stamps / "town/roadsigns/xing_ped.ogg", _audio_bytes(tmp_path, "OGG", 24))
 
-    records = SOURCES["tuxpaint_stamps"].extract(_context(tmp_path, "tuxpaint_stamps", {"tuxpaint-stamps-default": root}))
+    records = SOURCES["tuxpaint-stamps"].extract(_context(tmp_path, "tuxpaint-stamps", {"tuxpaint-stamps-default": root}))
     assert [(r.id, r.labels["sound_event"], r.texts) for r in records] == [
-        ("tuxpaint_stamps/animals/birds/owl", "owl hoot", ["An owl."])]
-    assert env.SKIPPED["tuxpaint_stamps"] == {"speech": 2, "music": 1, "unlabelled": 1}
+        ("tuxpaint-stamps/animals/birds/owl", "owl hoot", ["An owl."])]
+    assert env.SKIPPED["tuxpaint-stamps"] == {"speech": 2, "music": 1, "unlabelled": 1}
 
 
 def test_triplea_descriptions_become_texts_and_duplicates_go(tmp_path):
@@ -314,14 +330,14 @@ def test_by_name_prefers_wav_and_skips_folders(tmp_path):
     _write(etc / "sounds/README.wav", _audio_bytes(tmp_path, "WAV", 42))
     _write(etc / "jde/doc/au/tree.au", _audio_bytes(tmp_path, "AU", 43))
 
-    records = SOURCES["xemacs_sounds"].extract(_context(tmp_path, "xemacs_sounds", {"xemacs21-basesupport": root}))
+    records = SOURCES["xemacs"].extract(_context(tmp_path, "xemacs", {"xemacs21-basesupport": root}))
     assert [(r.id, r.path, r.labels["sound_event"]) for r in records] == [
-        ("xemacs_sounds/sounds/bark", "xemacs_sounds/sounds/bark.wav", "dog bark")]
+        ("xemacs/sounds/bark", "xemacs/sounds/bark.wav", "dog bark")]
     assert records[0].licence == "GPL-2.0-or-later"  # no copyright file: the package licence
-    assert env.SKIPPED["xemacs_sounds"] == {"reviewed: not environmental or unclear": 1, "folder jde": 1}
+    assert env.SKIPPED["xemacs"] == {"reviewed: not environmental or unclear": 1, "folder jde": 1}
 
 
 def test_all_environmental_sources_are_registered():
-    expected = {"tuxpaint_stamps", "ufoai_sound", "megaglest", "qabcs", "scratch", "minetest", "triplea",
-                "scorched3d", "ardentryst", "lugaru", "caveexpress", "etw", "xemacs_sounds"}
+    expected = {"tuxpaint-stamps", "ufoai", "megaglest", "qabcs", "scratch", "minetest", "triplea",
+                "scorched3d", "ardentryst", "lugaru", "caveexpress", "etw", "xemacs"}
     assert expected <= {name for name, s in SOURCES.items() if s.environmental}

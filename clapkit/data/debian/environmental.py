@@ -10,6 +10,7 @@ Shared rules, applied by ``_emit``:
 - files are visited in sorted order; byte-identical copies inside one package are kept once (triplea ships the
   same recording under several folders; xemacs ships each sound as .au and .wav, the .wav is kept);
 - every kept file must be readable by soundfile (its rate goes to ``meta``), otherwise it is skipped as unreadable;
+  clips under ``MIN_DURATION_S`` are skipped as too short;
 - ``group`` = package + file stem without digits and variant suffixes, so dog1/dog2 of one game share a split;
 - the licence is looked up per file in the package's machine-readable copyright file when it has one.
 """
@@ -31,7 +32,7 @@ import soundfile as sf
 
 from ..records import ClipRecord
 from .fetch import ExtractContext, debian_source
-from .vocabulary import SoundLabel, event_label, lookup, tokens
+from .vocabulary import SoundLabel, event_label, lookup
 
 __all__ = ["SKIPPED", "Dep5Licences", "normalise_licence", "variant_group"]
 
@@ -40,6 +41,9 @@ log = logging.getLogger(__name__)
 AUDIO_SUFFIXES = (".wav", ".ogg", ".oga", ".flac", ".mp3", ".au")
 # When one folder holds the same sound in several formats, keep the first of these.
 FORMAT_PREFERENCE = {s: i for i, s in enumerate((".wav", ".flac", ".ogg", ".oga", ".mp3", ".au"))}
+
+# Shorter clips are clicks (MegaGlest's 20 ms "build" ticks): padded to a training window they are silence.
+MIN_DURATION_S = 0.05
 
 # source -> Counter of skip reasons ("unlabelled", "speech", "music", "duplicate", "unreadable", ...) of the last run.
 SKIPPED: dict[str, Counter] = {}
@@ -152,14 +156,13 @@ class Candidate:
     skip_reason: str = "unlabelled"  # why, when label is None
     texts: list[str] = field(default_factory=list)
     meta: dict = field(default_factory=dict)
-    environmental: bool = True
 
 
 def _emit(ctx: ExtractContext, candidates: Iterable[Candidate], licences: dict[str, Dep5Licences]) -> list[ClipRecord]:
     name = ctx.source.name
     skipped = SKIPPED[name] = Counter()
     unlabelled: list[str] = []
-    seen: dict[str, str] = {}
+    seen: set[str] = set()  # sha1 of the kept files
     records = []
     for c in sorted(candidates, key=lambda c: c.rel):
         if c.label is None:
@@ -172,7 +175,7 @@ def _emit(ctx: ExtractContext, candidates: Iterable[Candidate], licences: dict[s
         if digest in seen:
             skipped["duplicate"] += 1
             continue
-        seen[digest] = c.rel
+        seen.add(digest)
         path = ctx.write_bytes(data, c.rel) if data is not None else ctx.copy(c.read, c.rel)
         try:
             info = sf.info(str(ctx.out_dir / c.rel))
@@ -180,6 +183,10 @@ def _emit(ctx: ExtractContext, candidates: Iterable[Candidate], licences: dict[s
             log.warning("%s: skipping unreadable %s (%s)", name, c.original, e)
             (ctx.out_dir / c.rel).unlink(missing_ok=True)
             skipped["unreadable"] += 1
+            continue
+        if info.duration < MIN_DURATION_S:
+            (ctx.out_dir / c.rel).unlink(missing_ok=True)
+            skipped["too short"] += 1
             continue
         licence = licences[c.package].licence_for(c.upstream, ctx.source.licence)
         stem = Path(c.rel).stem
@@ -190,7 +197,7 @@ def _emit(ctx: ExtractContext, candidates: Iterable[Candidate], licences: dict[s
                 source=f"debian:{c.package}",
                 licence=licence,
                 real=True,
-                environmental=c.environmental,
+                environmental=True,
                 group=variant_group(c.package, stem),
                 labels=c.label.labels(),
                 texts=list(c.texts),
@@ -270,7 +277,8 @@ def _by_name(ctx: ExtractContext, package: str, sound_dir: str, *, skip_folders:
 # ----------------------------------------------------------------------------------------------------------------
 # Sources
 
-@debian_source("tuxpaint_stamps", ["tuxpaint-stamps-default"], "GPL-2.0-or-later", environmental=True)
+
+@debian_source("tuxpaint-stamps", ["tuxpaint-stamps-default"], "GPL-2.0-or-later", environmental=True)
 def tuxpaint_stamps(ctx: ExtractContext) -> list[ClipRecord]:
     """Sound of each clip-art stamp: ``<topic>/.../NAME.ogg`` with the English description in ``NAME.txt``.
 
@@ -302,7 +310,7 @@ def tuxpaint_stamps(ctx: ExtractContext) -> list[ClipRecord]:
 UFOAI_FOLDERS = {"ambience", "footsteps", "doors", "impact", "misc", "civilians", "weapons", "soldiers", "seq", "ugv"}
 
 
-@debian_source("ufoai_sound", ["ufoai-sound"], "GPL-2.0-or-later", environmental=True)
+@debian_source("ufoai", ["ufoai-sound"], "GPL-2.0-or-later", environmental=True)
 def ufoai_sound(ctx: ExtractContext) -> list[ClipRecord]:
     """Sounds inside the zip ``base/0snd.pk3`` (``sound/<folder>/NAME.ogg``); aliens, UI and geoscape skipped."""
     pkg = "ufoai-sound"
@@ -336,16 +344,17 @@ MEGAGLEST_HUMANS = {
     "archer", "archmage", "axe_thrower", "guard", "horseman", "shaman", "stickfighter", "summoner", "swordman",
     "technician", "worker", "battlemage", "initiate", "princess", "spearman", "valkyrie", "magician", "cudgel",
 }
+MEGAGLEST_WOMEN = {"princess", "valkyrie", "cudgel"}
 MEGAGLEST_ACTIONS = {  # (unit or "*", action) -> event
     ("swordman", "attack"): "sword clash", ("guard", "attack"): "sword clash",
     ("archer", "attack"): "bow and arrow", ("arrow", "hit"): "bow and arrow", ("firearrowhit", ""): "bow and arrow",
-    ("horseman", "walk"): "horse gallop", ("worker", "harvest_wood"): "wood chopping",
+    ("horseman", "walk"): "horse galloping", ("worker", "harvest_wood"): "wood chopping",
     ("worker", "mine"): "pickaxe", ("technician", "mine"): "pickaxe", ("worker", "build"): "hammering",
     ("technician", "build"): "hammering", ("anvil", ""): "anvil", ("tech", "building_fall"): "crash",
     ("ele", ""): "elephant trumpet", ("bee", ""): "bee buzz", ("snake", "attack"): "snake hiss",
     ("knife", ""): "knife",
 }
-MEGAGLEST_ANIMALS = {"cow": "cow moo", "pig": "pig oink", "chicken": "chicken cluck", "bull": "cow moo",
+MEGAGLEST_ANIMALS = {"cow": "cow moo", "pig": "pig oink", "chicken": "chicken clucking", "bull": "cow moo",
                      "sheep": "sheep bleat"}
 
 
@@ -361,7 +370,7 @@ def megaglest_label(stem: str) -> tuple[SoundLabel | None, str]:
     if action in ("ack", "select", "sel", "prod"):  # "Yes, sir!" voice lines
         return None, "speech"
     if action == "die" and unit in MEGAGLEST_HUMANS:
-        return event_label("death scream"), ""
+        return event_label("woman screaming" if unit in MEGAGLEST_WOMEN else "man screaming"), ""
     return None, "unlabelled"
 
 
@@ -512,7 +521,7 @@ def etw(ctx: ExtractContext) -> list[ClipRecord]:
                     overrides=ETW_OVERRIDES)
 
 
-@debian_source("xemacs_sounds", ["xemacs21-basesupport"], "GPL-2.0-or-later", environmental=True)
+@debian_source("xemacs", ["xemacs21-basesupport"], "GPL-2.0-or-later", environmental=True)
 def xemacs_sounds(ctx: ExtractContext) -> list[ClipRecord]:
     """``etc/sounds``: 8 kHz bark, meow, cuckoo, drip, flush, snore, laugh, slap, whip (each as .au and .wav)."""
     return _by_name(ctx, "xemacs21-basesupport", "usr/share/xemacs21/xemacs-packages/etc",

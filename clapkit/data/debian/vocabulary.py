@@ -31,27 +31,29 @@ EVENTS: dict[str, str] = {
     # animals
     "dog bark": "animal", "growl": "animal", "wolf howl": "animal", "cat meow": "animal", "cow moo": "animal",
     "sheep bleat": "animal", "goat bleat": "animal", "pig oink": "animal", "horse neigh": "animal",
-    "horse gallop": "animal", "donkey bray": "animal", "chicken cluck": "animal", "rooster crow": "animal",
+    "horse galloping": "animal", "donkey bray": "animal", "chicken clucking": "animal", "rooster crow": "animal",
     "turkey gobble": "animal", "duck quack": "animal", "goose honk": "animal", "owl hoot": "animal",
     "crow caw": "animal", "cuckoo call": "animal", "seagull": "animal", "bird call": "animal",
-    "hawk screech": "animal", "frog croak": "animal", "bee buzz": "animal", "mosquito buzz": "animal",
+    "birds chirping": "animal",
+    "hawk screech": "animal", "frogs croaking": "animal", "bee buzz": "animal", "mosquito buzz": "animal",
     "crickets": "animal", "lion roar": "animal", "tiger roar": "animal", "elephant trumpet": "animal",
     "monkey": "animal", "gorilla": "animal", "dolphin": "animal", "whale song": "animal", "sea lion bark": "animal",
     "bear growl": "animal", "fox bark": "animal", "hyena laugh": "animal", "mouse squeak": "animal",
     "camel grunt": "animal", "deer call": "animal", "bat squeak": "animal", "snake hiss": "animal",
     "penguin call": "animal",
     # people (non-speech)
-    "cough": "human", "sneeze": "human", "laughter": "human", "scream": "human", "baby crying": "human",
-    "crying": "human", "snoring": "human", "kiss": "human", "slap": "human", "burp": "human", "vomiting": "human",
-    "slurp": "human", "finger snap": "human", "applause": "human", "clapping": "human", "crowd cheering": "human",
-    "crowd noise": "human", "booing": "human", "grunt of pain": "human", "death scream": "human",
+    "cough": "human", "sneeze": "human", "laughter": "human", "screaming": "human", "baby crying": "human",
+    "crying": "human", "snoring": "human", "kiss": "human", "slap": "human", "burping": "human", "vomiting": "human",
+    "slurp": "human", "finger snapping": "human", "applause": "human", "clapping": "human", "crowd cheering": "human",
+    "crowd noise": "human", "booing": "human", "grunting in pain": "human", "man grunting in pain": "human",
+    "woman grunting in pain": "human", "man screaming": "human", "woman screaming": "human",
     "heartbeat": "human", "breathing": "human", "whistling": "human", "marching": "footsteps",
     # water and weather
-    "water": "water", "running water": "water", "water drip": "water", "splash": "water", "bubbling": "water",
+    "water": "water", "running water": "water", "water drip": "water", "water splash": "water", "bubbling": "water",
     "ocean waves": "water", "waterfall": "water", "fountain": "water", "toilet flush": "water",
     "rain": "weather", "thunder": "weather", "wind": "weather",
     # fire and explosions
-    "fire crackling": "fire", "fireworks": "fire", "explosion": "weapon",
+    "fire crackling": "fire", "fireworks": "fire", "explosion": "impact",
     # weapons
     "gunshot": "weapon", "machine gun": "weapon", "cannon fire": "weapon", "sword clash": "weapon",
     "bow and arrow": "weapon", "knife": "weapon", "gun reload": "weapon", "rocket launch": "weapon",
@@ -67,8 +69,8 @@ EVENTS: dict[str, str] = {
     # household and objects
     "vacuum cleaner": "household", "washing machine": "household", "kettle": "household",
     "squeaky toy": "household", "clock ticking": "household", "typing on keyboard": "household",
-    "typewriter": "household", "zipper": "household", "sewing machine": "household", "camera shutter": "household",
-    "scissors": "household", "coins": "household", "dice rolling": "household", "paper tearing": "household",
+    "typewriter": "household", "zipper": "household", "sewing machine": "household", "camera shutter": "mechanical",
+    "scissors": "household", "coins jingling": "household", "dice rolling": "household", "paper tearing": "household",
     "paper rustling": "household", "pop": "household", "drinking": "human", "rustling leaves": "household",
     # tools and work
     "hammering": "tool", "anvil": "tool", "sawing": "tool", "wood chopping": "tool", "digging": "tool",
@@ -81,7 +83,7 @@ EVENTS: dict[str, str] = {
     "siren": "alarm", "alarm": "alarm", "bell": "alarm", "whistle": "alarm", "morse code": "alarm",
     "sonar ping": "alarm",
     # machines
-    "machinery": "mechanical", "steam hiss": "mechanical", "electric sparks": "mechanical",
+    "machinery": "mechanical", "factory noise": "mechanical", "steam hiss": "mechanical", "electric sparks": "mechanical",
     "electrical hum": "mechanical", "static noise": "mechanical", "pump": "mechanical",
     "ventilation fan": "mechanical", "creaking": "mechanical", "rattle": "mechanical",
     # footsteps without a surface
@@ -112,20 +114,21 @@ TERMS: dict[str, str | None] = {
     "mountaingoat": "goat bleat",
     "pig": "pig oink", "pigs": "pig oink", "sow": "pig oink", "oink": "pig oink",
     "horse": "horse neigh", "pony": "horse neigh", "foal": "horse neigh", "neigh": "horse neigh",
-    "horsegallop": "horse gallop", "gallop": "horse gallop", "galloping": "horse gallop",
-    "horses galloping": "horse gallop", "horse gallop": "horse gallop",
+    "horsegallop": "horse galloping", "gallop": "horse galloping", "galloping": "horse galloping",
+    "horses galloping": "horse galloping", "horse gallop": "horse galloping",
     "donkey": "donkey bray",
     # birds
-    "chicken": "chicken cluck", "hen": "chicken cluck", "rooster": "rooster crow", "turkey": "turkey gobble",
+    "chicken": "chicken clucking", "hen": "chicken clucking", "rooster": "rooster crow", "turkey": "turkey gobble",
     "duck": "duck quack", "drake": "duck quack", "quack": "duck quack", "goose": "goose honk",
     "gander": "goose honk", "owl": "owl hoot", "eagle owl": "owl hoot", "crow": "crow caw", "cuckoo": "cuckoo call",
     "gull": "seagull", "seagull": "seagull",
-    "bird": "bird call", "birds": "bird call", "birdchirp": "bird call", "blackbird": "bird call",
-    "lark": "bird call", "sparrow": "bird call", "chirp": "bird call", "pheasant": "bird call",
+    "bird": "birds chirping", "birds": "birds chirping", "birdchirp": "birds chirping",
+    "blackbird": "birds chirping", "lark": "birds chirping", "sparrow": "birds chirping", "chirp": "birds chirping",
+    "pheasant": "bird call",
     "quail": "bird call", "heron": "bird call", "stork": "bird call", "vulture": "bird call",
     "hawk": "hawk screech", "penguin": "penguin call",
     # small animals and insects
-    "frog": "frog croak", "frogs": "frog croak",
+    "frog": "frogs croaking", "frogs": "frogs croaking",
     "bee": "bee buzz", "bees": "bee buzz", "beesting": "bee buzz", "hornet": "bee buzz", "wasp": "bee buzz",
     "mosquito": "mosquito buzz",
     "cricket": "crickets", "crickets": "crickets", "grasshopper": "crickets",
@@ -140,23 +143,23 @@ TERMS: dict[str, str | None] = {
     # people
     "cough": "cough", "sneeze": "sneeze",
     "laugh": "laughter", "laughs": "laughter", "laughter": "laughter", "snicker": "laughter",
-    "scream": "scream", "screams": "scream", "screaming": "scream", "yell": "scream",
+    "scream": "screaming", "screams": "screaming", "screaming": "screaming", "yell": "screaming",
     "babycry": "baby crying", "baby cry": "baby crying", "cry": "crying",
-    "snore": "snoring", "kiss": "kiss", "slap": "slap", "belch": "burp", "burp": "burp", "puke": "vomiting",
-    "slurp": "slurp", "fingersnap": "finger snap", "finger snap": "finger snap",
+    "snore": "snoring", "kiss": "kiss", "slap": "slap", "belch": "burping", "burp": "burping", "puke": "vomiting",
+    "slurp": "slurp", "fingersnap": "finger snapping", "finger snap": "finger snapping",
     "applause": "applause", "handclap": "clapping", "clap": "clapping",
     "cheering": "crowd cheering", "cheeringloop": "crowd cheering", "people cheering": "crowd cheering",
     "partynoise": "crowd noise", "crowd": "crowd noise", "boou": "booing",
-    "hurt": "grunt of pain", "pain": "grunt of pain", "ouch": "grunt of pain",
-    "death": "death scream", "maledeath": "death scream", "femaledeath": "death scream",
-    "civmaledeath": "death scream", "civfemdeath": "death scream", "civfemscream": "scream",
-    "malehurt": "grunt of pain", "femalehurt": "grunt of pain", "civmalehurt": "grunt of pain",
+    "hurt": "grunting in pain", "pain": "grunting in pain", "ouch": "grunting in pain", "death": "screaming",
+    "maledeath": "man screaming", "civmaledeath": "man screaming", "femaledeath": "woman screaming",
+    "civfemdeath": "woman screaming", "civfemscream": "woman screaming", "malehurt": "man grunting in pain",
+    "civmalehurt": "man grunting in pain", "femalehurt": "woman grunting in pain",
     "heartbeat": "heartbeat", "breath": "breathing", "breathing": "breathing", "drink": "drinking",
     "marching": "marching", "boots landing": "marching",
     # water
     "water": "water", "waterrunning": "running water", "water running": "running water",
     "waterdrop": "water drip", "drip": "water drip", "drip drop": "water drip",
-    "splash": "splash", "plunge": "splash", "water impact": "splash", "bubbles": "bubbling",
+    "splash": "water splash", "plunge": "water splash", "water impact": "water splash", "bubbles": "bubbling",
     "oceanwaves": "ocean waves", "waves": "ocean waves",
     "splash and waves": "ocean waves", "waterfall": "waterfall", "waterfontain": "fountain",
     "fountain": "fountain", "toilet": "toilet flush", "flush": "toilet flush",
@@ -196,7 +199,7 @@ TERMS: dict[str, str | None] = {
     "rubberduck": "squeaky toy", "clock": "clock ticking", "watch": "clock ticking",
     "typing": "typing on keyboard", "keyboard": "typing on keyboard", "typewriter": "typewriter",
     "type writer": "typewriter", "zipper": "zipper", "sewingmachine": "sewing machine",
-    "sewing machine": "sewing machine", "camera": "camera shutter", "scissors": "scissors", "coins": "coins",
+    "sewing machine": "sewing machine", "camera": "camera shutter", "scissors": "scissors", "coins": "coins jingling",
     "dice": "dice rolling", "paper being ripped": "paper tearing", "newspaper": "paper rustling", "pop": "pop",
     "bushrustle": "rustling leaves",
     # tools
@@ -217,8 +220,8 @@ TERMS: dict[str, str | None] = {
     "fischiocorto": "whistle", "fischiolungo": "whistle", "morse code": "morse code",
     "naval sonar ping": "sonar ping",
     # machines
-    "machine": "machinery", "machinery": "machinery", "factoryloop": "machinery",
-    "industrial noise": "machinery", "steam": "steam hiss", "sparks": "electric sparks", "hum": "electrical hum",
+    "machine": "machinery", "machinery": "machinery", "factoryloop": "factory noise",
+    "industrial noise": "factory noise", "steam": "steam hiss", "sparks": "electric sparks", "hum": "electrical hum",
     "tv static": "static noise", "minepump": "pump", "ventilation": "ventilation fan", "creak": "creaking",
     "rattle": "rattle", "whip": "whip crack", "bullet impact": "bullet impact", "bullet bodyimpact": "bullet impact",
     "bullet chaingun": "machine gun", "bullet hmg": "machine gun", "sword fly": "whoosh", "humanflyby": "jet aircraft",
@@ -232,6 +235,10 @@ TERMS: dict[str, str | None] = {
     "fire extinguish": None, "fire flint": None, "lasercannon fire": None, "cavalry saber charge": None,
     "water rescue": None, "fire truck": "siren",
 }
+
+# Cries whose class names say who cries when the file name does ("Scream-female" -> "woman screaming").
+GENDERED = {"screaming", "grunting in pain"}
+GENDER_WORDS = {"male": "man", "man": "man", "female": "woman", "woman": "woman", "fem": "woman"}
 
 # Words that make a name unusable whatever else it says: speech, music, musical instruments, interface sounds,
 # and science-fiction or fantasy sources ("alien") whose sounds are invented.
@@ -306,4 +313,8 @@ def lookup(name: str, context: tuple[str, ...] | list[str] = ()) -> SoundLabel |
         return None
     if event.startswith("footsteps "):
         return SoundLabel(event, "footsteps")
+    if event in GENDERED:  # "Scream-female", "malehurt02" are gendered classes, as the other extractors name them
+        gender = next((GENDER_WORDS[t] for t in toks if t in GENDER_WORDS), None)
+        if gender:
+            event = f"{gender} {event}"
     return event_label(event)
