@@ -297,7 +297,8 @@ def test_tuxpaint_skips_speech_and_keeps_descriptions(tmp_path):
     _write(stamps / "hobbies/music/string/violin.ogg", _audio_bytes(tmp_path, "OGG", 23))
     _write(stamps / "town/roadsigns/xing_ped.ogg", _audio_bytes(tmp_path, "OGG", 24))
 
-    records = SOURCES["tuxpaint-stamps"].extract(_context(tmp_path, "tuxpaint-stamps", {"tuxpaint-stamps-default": root}))
+    ctx = _context(tmp_path, "tuxpaint-stamps", {"tuxpaint-stamps-default": root})
+    records = SOURCES["tuxpaint-stamps"].extract(ctx)
     assert [(r.id, r.labels["sound_event"], r.texts) for r in records] == [
         ("tuxpaint-stamps/animals/birds/owl", "owl hoot", ["An owl."])]
     assert env.SKIPPED["tuxpaint-stamps"] == {"speech": 2, "music": 1, "unlabelled": 1}
