@@ -13,7 +13,8 @@ import numpy as np
 import pytest
 import soundfile as sf
 
-from clapkit.data.adapters import ADAPTERS, DatasetError, LoadReport, Problem
+from clapkit.data.adapters import ADAPTERS, TASK_CLASSES, DatasetError, LoadReport, Problem
+from clapkit.data.records import ClipRecord
 
 # ---------------------------------------------------------------------------------------------------------------
 # Fixture helpers
@@ -40,6 +41,11 @@ def load(name: str, root: Path, report: LoadReport | None = None):
         assert r.source == f"dataset:{name}" and r.real is True
         assert r.id.startswith(f"{name}/")
         assert r.licence
+        assert ClipRecord.from_dict(json.loads(r.to_json())) == r  # survives clips.jsonl unchanged
+        assert set(r.labels) <= set(ADAPTERS[name].tasks)
+        for task, value in r.labels.items():  # closed vocabularies: every label is a listed class
+            values = value if isinstance(value, list) else [value]
+            assert task not in TASK_CLASSES or set(values) <= set(TASK_CLASSES[task]), (task, values)
     assert [r.id for r in records] == sorted(r.id for r in records)
     return records
 
@@ -67,6 +73,11 @@ def test_registry_covers_the_papers_datasets():
         assert a.licence and a.confirmed
         assert "<root>" in a.layout  # every layout is spelled out from the dataset root
     tasks = {t for a in ADAPTERS.values() for t in a.tasks}
+    assert set(TASK_CLASSES) <= tasks
+    assert TASK_CLASSES["esc50"][:3] == ("dog", "rooster", "pig") and len(TASK_CLASSES["esc50"]) == 50
+    assert TASK_CLASSES["us8k"][0] == "air conditioner" and len(TASK_CLASSES["us8k"]) == 10
+    assert len(TASK_CLASSES["speech_commands"]) == 35 and len(TASK_CLASSES["tut2017"]) == 15
+    assert len(TASK_CLASSES["dcase2017_task4"]) == 17 and len(TASK_CLASSES["esc50_actions"]) == 20
     assert {"esc50", "us8k", "gtzan_genre", "nsynth_instrument_family", "nsynth_pitch", "nsynth_velocity",
             "nsynth_qualities", "speech_commands", "fsd50k", "crema_d", "ravdess"} <= tasks  # fmt: skip
 
@@ -429,6 +440,9 @@ def test_nsynth_exact_records(tmp_path):
     (tmp_path / "nsynth-valid" / "audio" / "synth_lead_synthetic_000-100-100.wav").unlink()
     with pytest.raises(DatasetError, match=r"nsynth-valid/examples\.json: audio file missing"):
         ADAPTERS["nsynth"].load(tmp_path)
+    text(tmp_path / "nsynth-valid" / "examples.json", '{"truncated": ')
+    with pytest.raises(DatasetError, match=r"nsynth-valid/examples\.json: not valid JSON"):
+        ADAPTERS["nsynth"].load(tmp_path, LoadReport())  # a layout error raises even when skipping
 
 
 def test_beijing_opera_exact_records(tmp_path):

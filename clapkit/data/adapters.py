@@ -11,8 +11,9 @@
   multi-label tasks hold a list in the dataset's order;
 * ``texts`` = the human captions of captioning datasets (AudioCaps: every caption of the clip; Clotho:
   caption_1..caption_5), and nothing else (transcripts of the emotion corpora go to ``meta["transcript"]``);
-* ``split`` = the dataset's own split ("train" / "val" / "test") where it defines one; evaluation-only and k-fold
-  datasets are "test" throughout with the fold in ``meta["fold"]`` (the paper scores every fold zero-shot);
+* ``split`` = the dataset's own split ("train" / "val" / "test") where it defines one; evaluation-only datasets
+  and k-fold datasets without a held-out set are "test" throughout, with the fold in ``meta["fold"]`` (the paper
+  scores every fold zero-shot);
 * ``group`` = the recording identity where the dataset has one (ESC-50 src_file, US8K fsID, the speaker of Speech
   Commands / CREMA-D / RAVDESS / VocalSound, the NSynth instrument, the YouTube video of AudioCaps / AudioSet /
   DCASE 2017, the FSD50K uploader when its clip metadata is present, the TUT recording location).
@@ -45,6 +46,9 @@ libricount             libricount: speaker count as a decimal string, "0" ... "1
 audiocaps, clotho      (no labels; captions in texts)
 =====================  ==============================================================================
 
+``TASK_CLASSES[task]`` lists the readable class names of every task with a closed vocabulary, in the dataset's own
+order (FSD50K and AudioSet read theirs from vocabulary.csv / class_labels_indices.csv; NSynth pitch is open).
+
 Error policy: collect, then raise or hand over
 ----------------------------------------------
 Nothing is ever dropped silently.  Every problem met while reading (an audio file listed in a metadata file but
@@ -69,22 +73,26 @@ Where each layout comes from
 Confirmed from the dataset's own documentation or its reference loader (``confirmed`` attribute of each adapter):
 ESC-50 (karolpiczak/ESC-50 README, meta/esc50.csv), UrbanSound8K (urbansounddataset.weebly.com/urbansound8k.html),
 AudioCaps (cdjkim/audiocaps README: CSV columns; audio naming of Labbeti/aac-datasets), Clotho v2.1 (Zenodo 4783391
-file list as used by Labbeti/aac-datasets and xieh97/dcase2022-audio-retrieval), NSynth (magenta NSynth card:
-examples.json fields), Speech Commands v0.02 (Warden 2018, TFDS/HF cards), FSD50K (Zenodo 4060432 README and
-FSD50K.doc; hear-preprocess fsd50k task), CREMA-D (CheyneyComputerScience/CREMA-D README), RAVDESS (Zenodo
-1188976 file-naming convention), VocalSound (YuanGongND/vocalsound data/README.md and src/prep_data.py),
+file list as used by Labbeti/aac-datasets and xieh97/dcase2022-audio-retrieval), NSynth (dataset card: the fields
+of examples.json), Speech Commands v0.02 (Warden 2018; HF google/speech_commands card, TFDS catalog), FSD50K
+(Zenodo 4060432 README and FSD50K.doc; hear-preprocess fsd50k task), CREMA-D (CheyneyComputerScience/CREMA-D
+README: AudioWAV/; the ActorID_Sentence_Emotion_Level naming as every public loader reads it), RAVDESS (its
+7-field file-naming convention, as quoted in the dataset's README copies), VocalSound (YuanGongND/vocalsound
+data/README.md and src/prep_data.py),
 ESC50-Actions (bmartin1/Identifying_Actions_for_Sound_Event_Classification action_vectors_dataset/),
 TUT Acoustic Scenes 2017 (dcase_util TUTAcousticScenes_2017_{Development,Evaluation}Set), LibriCount10
 (hear-preprocess libricount task, CountNet README: <count>_<id>.wav + .json), DCASE 2017 Task 4
 (ankitshah009/Task-4-Large-scale-weakly-supervised-sound-event-detection-for-smart-cars ground-truth files),
-AudioSet (research.google.com/audioset segment CSVs and class_labels_indices.csv), GTZAN genres and music/speech
-(marsyas genres.tar.gz / music_speech.tar.gz as unpacked by TFDS and hear-preprocess).
+AudioSet (the segment CSVs and class_labels_indices.csv of research.google.com/audioset, as parsed by
+Labbeti/aac-datasets), GTZAN music/speech (music_speech.tar.gz as unpacked by TFDS gtzan_music_speech and public
+download scripts), GTZAN genres (genres.tar.gz from the same marsyas server, genres/<genre>/<genre>.000NN.au;
+shared/reference/data-sources.md section 4).
 
 Best-effort (the dataset ships no audio or documents no naming, so the convention below is ours): the audio folder
 naming of AudioCaps, AudioSet and DCASE 2017 Task 4 (YouTube downloads; we accept the common downloader names),
 the Beijing Opera file-name rule (taken from hear-preprocess, the only public parser found), the SESA file-name
-rule (class name first, not documented by the dataset), the ESC50-Actions positive threshold (the paper does not
-state it) and the licences marked "unknown".
+rule (class name first, not documented by the dataset) and its licence (CC BY 4.0 as secondary sources state it),
+the ESC50-Actions positive threshold (the paper does not state it) and the licences marked "unknown".
 """
 
 from __future__ import annotations
@@ -99,7 +107,7 @@ from typing import Any, Callable, Iterator, NoReturn
 
 from clapkit.data.records import ClipRecord
 
-__all__ = ["ADAPTERS", "DatasetAdapter", "DatasetError", "LoadReport", "Problem"]
+__all__ = ["ADAPTERS", "TASK_CLASSES", "DatasetAdapter", "DatasetError", "LoadReport", "Problem"]
 
 AUDIO_EXTENSIONS = (".wav", ".flac", ".au", ".mp3", ".ogg")
 
@@ -579,7 +587,8 @@ def _read_fsd50k(ctx: _Context) -> list[ClipRecord]:
             audio = ctx.audio(ctx.root / audio_dir / f"{row['fname']}.wav", meta, line)
             if audio is None:
                 continue
-            clip_info = info.get(row["fname"], {}) if isinstance(info, dict) else {}
+            clip_info = info.get(row["fname"]) if isinstance(info, dict) else None
+            clip_info = clip_info if isinstance(clip_info, dict) else {}
             licence = _cc_licence(str(clip_info.get("license", ""))) or "unknown"
             extra = {k: clip_info[k] for k in ("title", "uploader", "license") if k in clip_info}
             out.append(ctx.record(
@@ -675,7 +684,7 @@ def _audioset_rows(ctx: _Context, path: Path) -> Iterator[tuple[int, list[str]]]
 
 @_adapter(
     "audioset", licence="unknown", tasks=("audioset",), environmental=False,
-    confirmed="research.google.com/audioset/download.html (segment CSVs, class_labels_indices.csv); "
+    confirmed="AudioSet segment CSVs and class_labels_indices.csv as parsed by Labbeti/aac-datasets; "
     "audio naming: best-effort (YouTube downloads)",
 )  # fmt: skip
 def _read_audioset(ctx: _Context) -> list[ClipRecord]:
@@ -901,7 +910,7 @@ def _read_tut2017(ctx: _Context) -> list[ClipRecord]:
 
 @_adapter(
     "gtzan_music_speech", licence="unknown", tasks=("gtzan_music_speech",), environmental=False,
-    confirmed="marsyas music_speech.tar.gz as unpacked by TFDS gtzan_music_speech and hear-preprocess",
+    confirmed="marsyas music_speech.tar.gz as unpacked by TFDS gtzan_music_speech and public download scripts",
 )  # fmt: skip
 def _read_gtzan_music_speech(ctx: _Context) -> list[ClipRecord]:
     """GTZAN Music/Speech (Tzanetakis 1999), music_speech.tar.gz as extracted; root = the music_speech/ folder:
@@ -925,7 +934,7 @@ GTZAN_GENRES = {"blues": "blues", "classical": "classical", "country": "country"
 
 @_adapter(
     "gtzan_genre", licence="unknown", tasks=("gtzan_genre",), environmental=False,
-    confirmed="marsyas genres.tar.gz (genres/<genre>/<genre>.000NN.au) as read by TFDS gtzan and hear-preprocess",
+    confirmed="marsyas genres.tar.gz (genres/<genre>/<genre>.000NN.au), data-sources.md section 4",
 )  # fmt: skip
 def _read_gtzan_genre(ctx: _Context) -> list[ClipRecord]:
     """GTZAN Genre Collection (Tzanetakis & Cook 2002), genres.tar.gz as extracted:
@@ -961,7 +970,7 @@ NSYNTH_QUALITIES = ("bright", "dark", "distortion", "fast_decay", "long_release"
 @_adapter(
     "nsynth", licence="CC-BY-4.0", tasks=("nsynth_instrument_family", "nsynth_pitch", "nsynth_velocity",
                                           "nsynth_qualities"),
-    environmental=False, confirmed="magenta.tensorflow.org/datasets/nsynth (json/wav archives, examples.json fields)",
+    environmental=False, confirmed="NSynth dataset card (examples.json fields, nsynth-{train,valid,test} archives)",
 )  # fmt: skip
 def _read_nsynth(ctx: _Context) -> list[ClipRecord]:
     """NSynth (Engel et al. 2017), the json/wav archives extracted under one root:
@@ -1063,7 +1072,7 @@ _CREMA_D_NAME = re.compile(r"^(\d{4})_([A-Z]{3})_([A-Z]{3})_([A-Z]{2})\.wav$")
 
 @_adapter(
     "crema_d", licence="ODbL-1.0", tasks=("crema_d",), environmental=False,
-    confirmed="CheyneyComputerScience/CREMA-D README (AudioWAV/, ActorID_Sentence_Emotion_Level naming)",
+    confirmed="CheyneyComputerScience/CREMA-D README (AudioWAV/); ActorID_Sentence_Emotion_Level naming",
 )  # fmt: skip
 def _read_crema_d(ctx: _Context) -> list[ClipRecord]:
     """CREMA-D (Cao et al. 2014), the GitHub repository (git-lfs) or its AudioWAV folder:
@@ -1102,7 +1111,7 @@ _RAVDESS_NAME = re.compile(r"^(\d\d)-(\d\d)-(\d\d)-(\d\d)-(\d\d)-(\d\d)-(\d\d)\.
 
 @_adapter(
     "ravdess", licence="CC-BY-NC-SA-4.0", tasks=("ravdess",), environmental=False,
-    confirmed="Zenodo 1188976 RAVDESS description (7-field file-name convention, Actor_XX folders)",
+    confirmed="RAVDESS file-naming convention (7 two-digit fields) and Actor_XX folders of its audio zips",
 )  # fmt: skip
 def _read_ravdess(ctx: _Context) -> list[ClipRecord]:
     """RAVDESS (Livingstone & Russo 2018), Audio_Speech_Actors_01-24.zip and/or Audio_Song_Actors_01-24.zip
@@ -1157,7 +1166,7 @@ _SPEECH_COMMANDS_NAME = re.compile(r"^([0-9a-f]{8})_nohash_(\d+)\.wav$")
 
 @_adapter(
     "speech_commands", licence="CC-BY-4.0", tasks=("speech_commands",), environmental=False,
-    confirmed="Warden 2018 (arXiv 1804.03209) README of speech_commands_v0.02.tar.gz; TFDS/HF speech_commands",
+    confirmed="Warden 2018 (arXiv 1804.03209); HF google/speech_commands card and TFDS catalog",
 )  # fmt: skip
 def _read_speech_commands(ctx: _Context) -> list[ClipRecord]:
     """Speech Commands v0.02 (Warden 2018), speech_commands_v0.02.tar.gz as extracted:
@@ -1337,3 +1346,28 @@ def _read_clotho(ctx: _Context) -> list[ClipRecord]:
                 texts=captions, split=split, meta={"subset": name, **extra},
             ))  # fmt: skip
     return out
+
+
+# ---------------------------------------------------------------------------------------------------------------
+# Closed vocabularies, readable, in the dataset's own order (its class index where it has one): what a zero-shot
+# evaluation builds its prompts from.  Every label an adapter emits for these tasks is one of these names.
+
+TASK_CLASSES: dict[str, tuple[str, ...]] = {
+    "esc50": tuple(_readable(c) for c in ESC50_CLASSES),
+    "esc50_actions": ESC50_ACTIONS,
+    "us8k": tuple(_readable(c) for c in US8K_CLASSES),
+    "dcase2017_task4": DCASE2017_TASK4_CLASSES,
+    "vocalsound": tuple(VOCALSOUND_CLASSES.values()),
+    "sesa": SESA_CLASSES,
+    "tut2017": tuple(_readable(s) for s in TUT2017_SCENES),
+    "gtzan_music_speech": ("music", "speech"),
+    "gtzan_genre": tuple(GTZAN_GENRES.values()),
+    "nsynth_instrument_family": tuple(_readable(f) for f in NSYNTH_FAMILIES),
+    "nsynth_velocity": ("25", "50", "75", "100", "127"),  # the five velocities NSynth was rendered at
+    "nsynth_qualities": tuple(_readable(q) for q in NSYNTH_QUALITIES),
+    "beijing_opera": BEIJING_OPERA_CLASSES,
+    "crema_d": tuple(CREMA_D_EMOTIONS.values()),
+    "ravdess": tuple(RAVDESS_EMOTIONS.values()),
+    "speech_commands": SPEECH_COMMANDS_WORDS,
+    "libricount": tuple(str(n) for n in range(11)),
+}
