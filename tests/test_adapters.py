@@ -320,7 +320,8 @@ def test_vocalsound_exact_records_with_and_without_datafiles(tmp_path):
 
 
 def test_sesa_exact_records(tmp_path):
-    for rel in ("train/casual_000.wav", "train/Gunshot_12.wav", "test/explosion_3.wav", "test/siren_001.wav"):
+    for rel in ("train/casual_000.wav", "train/Gunshot_12.wav", "train/gun_shot-7.wav", "test/explosion_3.wav",
+                "test/siren_001.wav"):
         wav(tmp_path / rel)
     records = load("sesa", tmp_path)
     assert rows(records, tmp_path) == [
@@ -328,10 +329,11 @@ def test_sesa_exact_records(tmp_path):
         ("sesa/test/siren_001", "test/siren_001.wav", "test", "", {"sesa": "siren"}, []),
         ("sesa/train/Gunshot_12", "train/Gunshot_12.wav", "train", "", {"sesa": "gunshot"}, []),
         ("sesa/train/casual_000", "train/casual_000.wav", "train", "", {"sesa": "casual"}, []),
+        ("sesa/train/gun_shot-7", "train/gun_shot-7.wav", "train", "", {"sesa": "gunshot"}, []),
     ]
     wav(tmp_path / "test" / "thunder_1.wav")
     report = LoadReport()
-    assert len(load("sesa", tmp_path, report)) == 4
+    assert len(load("sesa", tmp_path, report)) == 5
     assert [(Path(p.file).name, p.line) for p in report.problems] == [("thunder_1.wav", None)]
 
 

@@ -807,29 +807,34 @@ def _read_vocalsound(ctx: _Context) -> list[ClipRecord]:
     return out
 
 
-SESA_CLASSES = ("casual", "gunshot", "explosion", "siren")
-_SESA_NAME = re.compile(r"^([A-Za-z]+)")
+SESA_CLASSES = ("casual", "gunshot", "explosion", "siren")  # the dataset's class 0..3
+
+
+def _sesa_label(stem: str) -> str:
+    """The class a SESA file name starts with: "casual_000" -> casual, "Gun_Shot-12" -> gunshot."""
+    return re.sub(r"[\W_]*\d+$", "", stem).replace("_", "").replace("-", "").replace(" ", "").lower()
 
 
 @_adapter(
     "sesa", licence="CC-BY-4.0", tasks=("sesa",), environmental=True,
     confirmed="Zenodo 3519845 readme (4 classes, train/ and test/ folders, 16 kHz mono wav); "
-    "class-in-file-name rule: best-effort (not documented)",
+    "class-in-file-name rule and licence: best-effort (secondary sources)",
 )  # fmt: skip
 def _read_sesa(ctx: _Context) -> list[ClipRecord]:
-    """SESA, Sound Events for Surveillance Applications (Spadini 2019), as extracted:
+    """SESA, Sound Events for Surveillance Applications (Spadini 2019), as extracted; root = the folder holding
+    train/ and test/ (SESA/SESA/ in the current Zenodo zip):
 
         <root>/train/<class>_<n>.wav   480 files      classes: casual (not a threat), gunshot, explosion,
         <root>/test/<class>_<n>.wav    105 files               siren (also alarms)
 
-    The class is the leading letters of the file name (case-insensitive); the dataset documents its four
-    classes and two folders but not the naming, so this rule is best-effort.  train/test are the dataset's split.
+    The class is the file name without its trailing number, case, "_", "-" and spaces ignored ("Gun_Shot_3"
+    is gunshot); the dataset documents its four classes and two folders but not the naming, so this rule is
+    best-effort.  train/test are the dataset's split.
     """
     out = []
     for folder, split in (("train", "train"), ("test", "test")):
         for audio in _audio_files(ctx.require_dir(ctx.root / folder)):
-            m = _SESA_NAME.match(audio.name)
-            label = m.group(1).lower() if m else ""
+            label = _sesa_label(audio.stem)
             if label not in SESA_CLASSES:
                 ctx.problem(audio, None, f"unknown label {label!r} (file name must start with one of {SESA_CLASSES})")
                 continue
