@@ -448,19 +448,29 @@ def test_nsynth_exact_records(tmp_path):
 
 
 def test_beijing_opera_exact_records(tmp_path):
-    wav(tmp_path / "bangu-01.wav")
-    wav(tmp_path / "BeijingOpera__Daluo-daluo-7.wav")
-    wav(tmp_path / "xiaoluo__x-xiaoluo-3.wav")
-    assert rows(load("beijing_opera", tmp_path), tmp_path) == [
-        ("beijing_opera/BeijingOpera__Daluo-daluo-7", "BeijingOpera__Daluo-daluo-7.wav", "test", "",
+    for name in ("222146__ajaysm__bangu-16", "205972__ajaysm__daluo-01", "222313__ajaysm__xiaoluo-16",
+                 "222241__ajaysm__naobo-04"):
+        wav(tmp_path / f"{name}.wav")
+    records = load("beijing_opera", tmp_path)
+    assert rows(records, tmp_path) == [
+        ("beijing_opera/205972__ajaysm__daluo-01", "205972__ajaysm__daluo-01.wav", "test", "",
          {"beijing_opera": "daluo"}, []),
-        ("beijing_opera/bangu-01", "bangu-01.wav", "test", "", {"beijing_opera": "bangu"}, []),
-        ("beijing_opera/xiaoluo__x-xiaoluo-3", "xiaoluo__x-xiaoluo-3.wav", "test", "", {"beijing_opera": "xiaoluo"},
-         []),
+        ("beijing_opera/222146__ajaysm__bangu-16", "222146__ajaysm__bangu-16.wav", "test", "",
+         {"beijing_opera": "bangu"}, []),
+        ("beijing_opera/222241__ajaysm__naobo-04", "222241__ajaysm__naobo-04.wav", "test", "",
+         {"beijing_opera": "naobo"}, []),
+        ("beijing_opera/222313__ajaysm__xiaoluo-16", "222313__ajaysm__xiaoluo-16.wav", "test", "",
+         {"beijing_opera": "xiaoluo"}, []),
     ]  # fmt: skip
-    wav(tmp_path / "gong-1.wav")
-    with pytest.raises(DatasetError, match=r"gong-1\.wav: unknown label 'gong'"):
-        ADAPTERS["beijing_opera"].load(tmp_path)
+    assert records[0].meta == {"freesound_id": "205972", "uploader": "ajaysm"}
+    wav(tmp_path / "222400__ajaysm__gong-1.wav")
+    wav(tmp_path / "bangu-01.wav")
+    report = LoadReport()
+    assert len(load("beijing_opera", tmp_path, report)) == 4
+    assert [(Path(p.file).name, p.reason.split(" (")[0]) for p in report.problems] == [
+        ("222400__ajaysm__gong-1.wav", "unknown label 'gong'"),
+        ("bangu-01.wav", "file name is not <freesound id>__<uploader>__<instrument>-<n>.wav"),
+    ]
 
 
 # ---------------------------------------------------------------------------------------------------------------

@@ -78,21 +78,20 @@ of examples.json), Speech Commands v0.02 (Warden 2018; HF google/speech_commands
 (Zenodo 4060432 README and FSD50K.doc; hear-preprocess fsd50k task), CREMA-D (CheyneyComputerScience/CREMA-D
 README: AudioWAV/; the ActorID_Sentence_Emotion_Level naming as every public loader reads it), RAVDESS (its
 7-field file-naming convention, as quoted in the dataset's README copies), VocalSound (YuanGongND/vocalsound
-data/README.md and src/prep_data.py),
-ESC50-Actions (bmartin1/Identifying_Actions_for_Sound_Event_Classification action_vectors_dataset/),
-TUT Acoustic Scenes 2017 (dcase_util TUTAcousticScenes_2017_{Development,Evaluation}Set), LibriCount10
-(hear-preprocess libricount task, CountNet README: <count>_<id>.wav + .json), DCASE 2017 Task 4
+data/README.md and src/prep_data.py), ESC50-Actions (bmartin1/Identifying_Actions_for_Sound_Event_Classification
+action_vectors_dataset/), TUT Acoustic Scenes 2017 (dcase_util TUTAcousticScenes_2017_{Development,Evaluation}Set),
+LibriCount10 (hear-preprocess libricount task, CountNet README: <count>_<id>.wav + .json), DCASE 2017 Task 4
 (ankitshah009/Task-4-Large-scale-weakly-supervised-sound-event-detection-for-smart-cars ground-truth files),
 AudioSet (the segment CSVs and class_labels_indices.csv of research.google.com/audioset, as parsed by
 Labbeti/aac-datasets), GTZAN music/speech (music_speech.tar.gz as unpacked by TFDS gtzan_music_speech and public
 download scripts), GTZAN genres (genres.tar.gz from the same marsyas server, genres/<genre>/<genre>.000NN.au;
-shared/reference/data-sources.md section 4).
+shared/reference/data-sources.md section 4), Beijing Opera (Zenodo 1285212 as read by hear-preprocess; its file
+names as listed by public mirrors of the archive).
 
 Best-effort (the dataset ships no audio or documents no naming, so the convention below is ours): the audio folder
 naming of AudioCaps, AudioSet and DCASE 2017 Task 4 (YouTube downloads; we accept the common downloader names),
-the Beijing Opera file-name rule (taken from hear-preprocess, the only public parser found), the SESA file-name
-rule (class name first, not documented by the dataset) and its licence (CC BY 4.0 as secondary sources state it),
-the ESC50-Actions positive threshold (the paper does not state it) and the licences marked "unknown".
+the SESA file-name rule (class name first, not documented by the dataset) and its licence (CC BY 4.0 as secondary
+sources state it), the ESC50-Actions positive threshold (the paper does not state it) and the licences marked "unknown".
 """
 
 from __future__ import annotations
@@ -1033,29 +1032,37 @@ def _read_nsynth(ctx: _Context) -> list[ClipRecord]:
 
 
 BEIJING_OPERA_CLASSES = ("bangu", "naobo", "daluo", "xiaoluo")
+_BEIJING_OPERA_NAME = re.compile(r"^(\d+)__(.+)__([a-z]+)-(\d+)\.wav$")
 
 
 @_adapter(
     "beijing_opera", licence="unknown", tasks=("beijing_opera",), environmental=False,
-    confirmed="best-effort: Zenodo 1285212 archive name and the file-name rule of hear-preprocess beijing_opera",
+    confirmed="Zenodo 1285212 archive name (hear-preprocess beijing_opera task, whose label rule this follows); "
+    "file names as listed by the HF mirrors MahiA/Beijing-Opera and DynamicSuperb (e.g. 222146__ajaysm__bangu-16.wav)",
 )  # fmt: skip
 def _read_beijing_opera(ctx: _Context) -> list[ClipRecord]:
     """Beijing Opera Percussion Instrument dataset (Tian et al. 2014), Zenodo 1285212, extracted; root = the
     beijing_opera_percussion_instrument_1.0/ folder:
 
-        <root>/<...>__<...>-<instrument>-<n>.wav   236 single strokes of bangu, naobo, daluo, xiaoluo
+        <root>/<freesound id>__<uploader>__<instrument>-<n>.wav   236 single strokes, e.g. 222146__ajaysm__bangu-16.wav
+            instrument: bangu (clapper-drum), naobo (cymbals), daluo (large gong), xiaoluo (small gong)
 
-    The instrument is the second-to-last "-" field of the part after the last "__" (hear-preprocess's rule, the
-    only public parser we found: best-effort).  Evaluation only: all "test".
+    Evaluation only: all "test"; the Freesound id and uploader are in meta.  The dataset states no licence here.
     """
     out = []
     for audio in _audio_files(ctx.root):
-        fields = audio.stem.split("__")[-1].split("-")
-        label = fields[-2].lower() if len(fields) >= 2 else ""
-        if label not in BEIJING_OPERA_CLASSES:
-            ctx.problem(audio, None, f"unknown label {label!r} (expected ...-<instrument>-<n>.wav)")
+        m = _BEIJING_OPERA_NAME.match(audio.name)
+        if not m:
+            ctx.problem(audio, None, "file name is not <freesound id>__<uploader>__<instrument>-<n>.wav")
             continue
-        out.append(ctx.record(audio.stem, audio, labels={"beijing_opera": label}, split="test"))
+        freesound_id, uploader, label, _ = m.groups()
+        if label not in BEIJING_OPERA_CLASSES:
+            ctx.problem(audio, None, f"unknown label {label!r}")
+            continue
+        out.append(ctx.record(
+            audio.stem, audio, labels={"beijing_opera": label}, split="test",
+            meta={"freesound_id": freesound_id, "uploader": uploader},
+        ))  # fmt: skip
     return out
 
 
