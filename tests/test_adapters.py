@@ -320,16 +320,16 @@ def test_vocalsound_exact_records_with_and_without_datafiles(tmp_path):
 
 
 def test_sesa_exact_records(tmp_path):
-    for rel in ("train/casual_000.wav", "train/Gunshot_12.wav", "train/gun_shot-7.wav", "test/explosion_3.wav",
-                "test/siren_001.wav"):
+    for rel in ("train/casual_138.wav", "train/gunshot_095.wav", "train/Gun_Shot-7.wav", "test/explosion_134.wav",
+                "test/siren_066.wav"):
         wav(tmp_path / rel)
     records = load("sesa", tmp_path)
     assert rows(records, tmp_path) == [
-        ("sesa/test/explosion_3", "test/explosion_3.wav", "test", "", {"sesa": "explosion"}, []),
-        ("sesa/test/siren_001", "test/siren_001.wav", "test", "", {"sesa": "siren"}, []),
-        ("sesa/train/Gunshot_12", "train/Gunshot_12.wav", "train", "", {"sesa": "gunshot"}, []),
-        ("sesa/train/casual_000", "train/casual_000.wav", "train", "", {"sesa": "casual"}, []),
-        ("sesa/train/gun_shot-7", "train/gun_shot-7.wav", "train", "", {"sesa": "gunshot"}, []),
+        ("sesa/test/explosion_134", "test/explosion_134.wav", "test", "", {"sesa": "explosion"}, []),
+        ("sesa/test/siren_066", "test/siren_066.wav", "test", "", {"sesa": "siren"}, []),
+        ("sesa/train/Gun_Shot-7", "train/Gun_Shot-7.wav", "train", "", {"sesa": "gunshot"}, []),
+        ("sesa/train/casual_138", "train/casual_138.wav", "train", "", {"sesa": "casual"}, []),
+        ("sesa/train/gunshot_095", "train/gunshot_095.wav", "train", "", {"sesa": "gunshot"}, []),
     ]
     wav(tmp_path / "test" / "thunder_1.wav")
     report = LoadReport()

@@ -90,8 +90,9 @@ names as listed by public mirrors of the archive).
 
 Best-effort (the dataset ships no audio or documents no naming, so the convention below is ours): the audio folder
 naming of AudioCaps, AudioSet and DCASE 2017 Task 4 (YouTube downloads; we accept the common downloader names),
-the SESA file-name rule (class name first, not documented by the dataset) and its licence (CC BY 4.0 as secondary
-sources state it), the ESC50-Actions positive threshold (the paper does not state it) and the licences marked "unknown".
+the SESA licence (CC BY 4.0 as secondary sources state it; its <class>_<nnn>.wav naming is seen on a public
+mirror, not in the dataset's own readme), the ESC50-Actions positive threshold (the paper does not state it) and
+the licences marked "unknown".
 """
 
 from __future__ import annotations
@@ -816,19 +817,18 @@ def _sesa_label(stem: str) -> str:
 
 @_adapter(
     "sesa", licence="CC-BY-4.0", tasks=("sesa",), environmental=True,
-    confirmed="Zenodo 3519845 readme (4 classes, train/ and test/ folders, 16 kHz mono wav); "
-    "class-in-file-name rule and licence: best-effort (secondary sources)",
+    confirmed="Zenodo 3519845 readme (4 classes, train/ and test/ folders, 16 kHz mono wav); file names "
+    "<class>_<nnn>.wav as listed by the HF mirror MahiA/SESA; licence: secondary sources (best-effort)",
 )  # fmt: skip
 def _read_sesa(ctx: _Context) -> list[ClipRecord]:
     """SESA, Sound Events for Surveillance Applications (Spadini 2019), as extracted; root = the folder holding
     train/ and test/ (SESA/SESA/ in the current Zenodo zip):
 
-        <root>/train/<class>_<n>.wav   480 files      classes: casual (not a threat), gunshot, explosion,
-        <root>/test/<class>_<n>.wav    105 files               siren (also alarms)
+        <root>/train/<class>_<nnn>.wav   480 files    e.g. casual_138.wav, gunshot_095.wav, explosion_134.wav,
+        <root>/test/<class>_<nnn>.wav    105 files         siren_066.wav (siren also holds alarms)
 
-    The class is the file name without its trailing number, case, "_", "-" and spaces ignored ("Gun_Shot_3"
-    is gunshot); the dataset documents its four classes and two folders but not the naming, so this rule is
-    best-effort.  train/test are the dataset's split.
+    The class is the file name without its trailing number, case, "_", "-" and spaces ignored (so "Gunshot_12"
+    and "gun_shot-7" are gunshot too).  train/test are the dataset's split.
     """
     out = []
     for folder, split in (("train", "train"), ("test", "test")):
