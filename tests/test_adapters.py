@@ -643,6 +643,17 @@ def test_clotho_exact_records_with_optional_metadata(tmp_path):
     ]
 
 
+def test_freesound_licence_urls_become_spdx_ids():
+    from clapkit.data.adapters import _cc_licence
+
+    assert _cc_licence("http://creativecommons.org/publicdomain/zero/1.0/") == "CC0-1.0"
+    assert _cc_licence("https://creativecommons.org/licenses/by/4.0/") == "CC-BY-4.0"
+    assert _cc_licence("http://creativecommons.org/licenses/by-nc/3.0/") == "CC-BY-NC-3.0"
+    assert _cc_licence("http://creativecommons.org/licenses/sampling+/1.0/") == "LicenseRef-CC-Sampling-Plus-1.0"
+    assert _cc_licence("Creative Commons 0") == "CC0-1.0"
+    assert _cc_licence("Attribution") is None and _cc_licence("") is None
+
+
 def test_problem_and_report_text():
     p = Problem("/d/meta.csv", 7, "unknown label 'x'")
     assert str(p) == "/d/meta.csv:7: unknown label 'x'"

@@ -333,9 +333,13 @@ def _index_audio(folder: Path) -> dict[str, Path]:
 
 
 def _cc_licence(url: str) -> str | None:
-    """SPDX-like id of a Creative Commons licence URL as Freesound writes it, or None."""
+    """SPDX-like id of a Creative Commons licence URL as Freesound writes it, or None.
+
+    Freesound's licence *names* ("Attribution", "Attribution Noncommercial") carry no version, so they give None
+    (the caller keeps the raw text in meta), except "Creative Commons 0", which only exists as CC0 1.0.
+    """
     url = url.strip().lower()
-    if "publicdomain/zero" in url:
+    if "publicdomain/zero" in url or url == "creative commons 0":
         return "CC0-1.0"
     m = re.search(r"creativecommons\.org/licenses/([a-z+-]+)/(\d\.\d)", url)
     if not m:
