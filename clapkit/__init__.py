@@ -1,3 +1,14 @@
 """clapkit: data preparation, encoder pretraining, contrastive training and evaluation for MS-CLAP 2023."""
 
 __version__ = "0.1.0"
+
+__all__ = ["CLAP"]
+
+
+def __getattr__(name: str):
+    # `clapkit.CLAP` without paying for torch/transformers on a bare `import clapkit` (the CLI, the data stages).
+    if name == "CLAP":
+        from .api import CLAP
+
+        return CLAP
+    raise AttributeError(f"module 'clapkit' has no attribute {name!r}")

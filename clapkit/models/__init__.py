@@ -26,4 +26,17 @@ def build_audio_encoder(cfg: Mapping[str, Any]) -> nn.Module:
     return model_cls(config_cls.from_dict(fields))
 
 
-__all__ = ["AUDIO_ENCODERS", "CNN14", "CNN14Config", "HTSAT", "HTSATConfig", "build_audio_encoder"]
+__all__ = ["AUDIO_ENCODERS", "CLAPModel", "CNN14", "CNN14Config", "HTSAT", "HTSATConfig", "build_audio_encoder",
+           "build_text_encoder", "load_model_config"]
+
+_LAZY = {"build_text_encoder": ".text_encoders", "TEXT_ENCODERS": ".text_encoders",
+         "CLAPModel": ".clap", "load_model_config": ".clap"}
+
+
+def __getattr__(name: str):
+    # The text side imports transformers (seconds): load it on first use, not with the audio encoders.
+    if name in _LAZY:
+        import importlib
+
+        return getattr(importlib.import_module(_LAZY[name], __name__), name)
+    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
