@@ -229,6 +229,8 @@ def test_gcompris_reads_bundles(tmp_path):
         act + "memory-sound/resource/LRWeird_1_LA.ogg": b"weird",
         act + "memory-sound/resource/guitar_son1.ogg": b"pluck",
     }))
+    _put(root, rcc + "railroad.rcc", build_rcc({act + "railroad/resource/sounds/train.wav": b"choo",
+                                               act + "railroad/resource/sounds/whistle.wav": b"unlisted"}))
     _put(root, "usr/share/doc/gcompris-qt-data/copyright",
          "Files: *\nCopyright: x\nLicense: GPL-3+\n\n"
          "Files: src/activities/memory-sound/resource/*_LA_cut.ogg\nCopyright: y\nLicense: free-art\n")
@@ -250,7 +252,9 @@ def test_gcompris_reads_bundles(tmp_path):
     guitar = out["gcompris/memory-sound/gcompris/src/activities/memory-sound/resource/guitar_son1"]
     assert guitar.labels["instrument"] == "acoustic guitar"
     assert not any("LRWeird" in i for i in out)  # synthetic oddities have no honest label
-    assert len(out) == 6
+    train = out["gcompris/railroad/gcompris/src/activities/railroad/resource/sounds/train"]
+    assert train.labels["sound_event"] == "train" and train.environmental
+    assert len(out) == 7  # the unlisted railroad sound is skipped
 
 
 # ---------------------------------------------------------------------------------------------------------------

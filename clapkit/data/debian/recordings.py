@@ -879,6 +879,32 @@ _GCOMPRIS_EVERYDAY = [
     (r"LRStartAndStopCarEngine.*", "engine", "vehicle", True),
     (r"LRTrain_slowing_down.*", "train", "vehicle", True),
 ]
+# Single sounds of other activities whose file names say plainly what they are: (bundle, stem) -> (labels,
+# environmental).  Left out: UI blips, voices, and names that could be several things (canal lock gates, harbor
+# ambience, eraser, brush, "eat").
+_GCOMPRIS_ACTIVITY_SOUNDS = {
+    ("canal_lock", "water_fill"): ({"sound_event": "running water", "sound_category": "water"}, True),
+    ("clickgame", "bubble"): ({"sound_event": "bubbling", "sound_category": "water"}, True),
+    ("clickgame", "drip"): ({"sound_event": "water drip", "sound_category": "water"}, True),
+    ("core", "water"): ({"sound_event": "water", "sound_category": "water"}, True),
+    ("core", "crash"): ({"sound_event": "crash", "sound_category": "impact"}, True),
+    ("guessnumber", "helicopter"): ({"sound_event": "helicopter", "sound_category": "vehicle"}, True),
+    ("melody", "knock"): ({"sound_event": "knock", "sound_category": "impact"}, True),
+    ("melody", "xylofon_son1"): ({"instrument": "xylophone", "instrument_family": "chromatic percussion"}, False),
+    ("melody", "xylofon_son2"): ({"instrument": "xylophone", "instrument_family": "chromatic percussion"}, False),
+    ("melody", "xylofon_son3"): ({"instrument": "xylophone", "instrument_family": "chromatic percussion"}, False),
+    ("melody", "xylofon_son4"): ({"instrument": "xylophone", "instrument_family": "chromatic percussion"}, False),
+    ("mining", "pickaxe"): ({"sound_event": "pickaxe", "sound_category": "tool"}, True),
+    ("money", "money1"): ({"sound_event": "coins", "sound_category": "household"}, True),
+    ("money", "money2"): ({"sound_event": "coins", "sound_category": "household"}, True),
+    ("morse_code", "dot"): ({"sound_event": "morse code", "sound_category": "alarm"}, False),
+    ("morse_code", "dash"): ({"sound_event": "morse code", "sound_category": "alarm"}, False),
+    ("railroad", "train"): ({"sound_event": "train", "sound_category": "vehicle"}, True),
+    ("reversecount", "icy_walk"): ({"sound_event": "footsteps", "sound_category": "footsteps"}, True),
+    ("scalesboard", "metal_hit"): ({"sound_event": "metal clank", "sound_category": "impact"}, True),
+    ("target", "arrow"): ({"sound_event": "bow and arrow", "sound_category": "weapon"}, True),
+    ("traffic", "car"): ({"sound_event": "engine", "sound_category": "vehicle"}, True),
+}
 _ACTIVITIES = "/gcompris/src/activities/"
 
 
@@ -898,7 +924,9 @@ def extract_gcompris(ctx: ExtractContext) -> list[ClipRecord]:
     rcc_dir = ctx.roots[package] / "usr/share/gcompris-qt/rcc"
     stanzas = _read_dep5(ctx.roots[package], package)
     seen, records = _Seen(), []
-    for bundle in ("explore_farm_animals", "explore_world_music", "instruments", "memory-sound"):
+    bundles = {"explore_farm_animals", "explore_world_music", "instruments", "memory-sound"}
+    bundles |= {bundle for bundle, _ in _GCOMPRIS_ACTIVITY_SOUNDS}
+    for bundle in sorted(bundles):
         rcc_path = rcc_dir / f"{bundle}.rcc"
         if not rcc_path.is_file():
             continue
@@ -934,6 +962,8 @@ def extract_gcompris(ctx: ExtractContext) -> list[ClipRecord]:
                         labels = {"sound_event": event, **({"sound_category": category} if category else {})}
                         env = is_env
                         break
+            elif (bundle, stem) in _GCOMPRIS_ACTIVITY_SOUNDS:
+                labels, env = _GCOMPRIS_ACTIVITY_SOUNDS[bundle, stem]
             if not labels:
                 continue
             data = files[inner]
