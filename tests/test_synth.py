@@ -60,7 +60,7 @@ def _f0(x: np.ndarray, sr: int) -> float:
     return float(np.median(found))
 
 
-# ---------------------------------------------------------------------------------------------------------------- helpers
+# ---------------------------------------- helpers
 
 
 def test_note_names_and_midi_bytes():
@@ -87,7 +87,7 @@ def test_clip_rng_depends_only_on_seed_tool_index():
         clip_rng(-1, "sox", 0)
 
 
-# ---------------------------------------------------------------------------------------------------------------- espeak
+# ---------------------------------------- espeak
 
 
 def test_espeak_deterministic_and_plausible(tmp_path):
@@ -140,7 +140,7 @@ def test_espeak_resumes_without_regenerating(tmp_path):
     assert not list(tmp_path.rglob("*.part"))
 
 
-# ---------------------------------------------------------------------------------------------------------------- flite
+# ---------------------------------------- flite
 
 
 def test_flite_deterministic_labels_and_gender(tmp_path):
@@ -164,7 +164,7 @@ def test_flite_deterministic_labels_and_gender(tmp_path):
     assert f0["male"] and f0["female"] and max(f0["male"]) < min(f0["female"]), f0
 
 
-# ---------------------------------------------------------------------------------------------------------------- fluidsynth
+# ---------------------------------------- fluidsynth
 
 
 def _pitch_class(x: np.ndarray, sr: int) -> int:
@@ -243,7 +243,7 @@ def test_fluidsynth_deterministic_resumable_and_drops_silent_notes(tmp_path, mon
     assert build_fluidsynth(tmp_path / "s", cfg, seed=0, progress=False) == kept
 
 
-# ---------------------------------------------------------------------------------------------------------------- sox
+# ---------------------------------------- sox
 
 
 def test_sox_sine_peak_at_labelled_frequency(tmp_path):
@@ -292,7 +292,7 @@ def test_sox_noise_colours_and_determinism(tmp_path):
     assert len(mixed) == 12 and all(r.licence == "CC0-1.0" and r.meta["tool_version"] == "sox 14.4.2" for r in mixed)
 
 
-# ---------------------------------------------------------------------------------------------------------------- errors
+# ---------------------------------------- errors
 
 
 @pytest.mark.parametrize("build,cfg,binary", [

@@ -1,6 +1,8 @@
-"""Synthesised labelled audio: speech (espeak-ng, flite), instrument and drum notes (fluidsynth), tones and noises (sox).
+"""Synthesised labelled audio: speech (espeak-ng, flite), instrument and drum notes (fluidsynth), tones and noises
+(sox).
 
-Four builders, one per tool, each ``build_<tool>(out_root, cfg, seed, progress=True) -> list[ClipRecord]``.  They
+Four builders, one per tool, each ``build_<tool>(out_root, cfg, seed, progress=True, workers=2)
+-> list[ClipRecord]`` (``BUILDERS`` maps the source name to its config class and builder).  They
 write 16-bit PCM WAV files under ``out_root/<source>/`` (source = ``espeak``, ``flite``, ``fluidsynth``, ``sox``),
 write ``out_root/<source>/clips.jsonl`` and return the records of the clips that exist.
 
@@ -42,6 +44,7 @@ from tqdm import tqdm
 from .records import ClipRecord, write_jsonl
 
 __all__ = [
+    "BUILDERS",
     "SynthToolError",
     "EspeakConfig",
     "FliteConfig",
@@ -661,7 +664,8 @@ def build_fluidsynth(out_root: Path, cfg: FluidsynthConfig, seed: int, progress:
         rng = clip_rng(seed, "fluidsynth", i)
         vel_name = list(VELOCITY_BANDS)[rng.integers(3)]
         velocity = int(rng.integers(VELOCITY_BANDS[vel_name][0], VELOCITY_BANDS[vel_name][1] + 1))
-        hold_ms = int(rng.integers(int(cfg.note_duration_range[0] * 1000), int(cfg.note_duration_range[1] * 1000) + 1))
+        hold_lo, hold_hi = (int(t * 1000) for t in cfg.note_duration_range)
+        hold_ms = int(rng.integers(hold_lo, hold_hi + 1))
         meta: dict[str, Any] = {"tool_version": version, "soundfont": sf_version, "velocity": velocity,
                                 "hold_ms": hold_ms, "sample_rate": cfg.sample_rate}
         if rng.random() < cfg.drum_fraction:
@@ -741,13 +745,14 @@ def build_fluidsynth(out_root: Path, cfg: FluidsynthConfig, seed: int, progress:
     for b in batches:
         silent.update(silent_of(b) or {})
     if silent:
-        log.warning("fluidsynth: dropped %d near-silent notes (loudest 50 ms rms < %g), e.g. %s", len(silent), SILENT_RMS,
-                    ", ".join(sorted(silent)[:3]))
-    write_jsonl(out_root / "fluidsynth" / "dropped.jsonl",
-                [ClipRecord(id=c.record.id, path=c.record.path, source=c.record.source, licence=c.record.licence,
-                            real=False, group=c.record.group, labels=c.record.labels,
-                            meta={**c.record.meta, "dropped": f"near-silent, loudest 50 ms rms {silent[c.record.id]:.2e}"})
-                 for c in clips if c.record.id in silent])
+        log.warning("fluidsynth: dropped %d near-silent notes (loudest 50 ms rms < %g), e.g. %s",
+                    len(silent), SILENT_RMS, ", ".join(sorted(silent)[:3]))
+    # The dropped notes are listed (with the level found) next to clips.jsonl, for the record.
+    write_jsonl(out_root / "fluidsynth" / "dropped.jsonl", [
+        ClipRecord(id=c.record.id, path=c.record.path, source=c.record.source, licence=c.record.licence, real=False,
+                   group=c.record.group, labels=c.record.labels,
+                   meta={**c.record.meta, "dropped": f"near-silent, loudest 50 ms rms {silent[c.record.id]:.2e}"})
+        for c in clips if c.record.id in silent])
     return _finish(out_root, "fluidsynth", [c for c in clips if c.record.id not in silent])
 
 
@@ -865,3 +870,12 @@ def build_sox(out_root: Path, cfg: SoxConfig, seed: int, progress: bool = True,
 
     done, _ = _render_missing(out_root, clips, render, workers, progress, "sox")
     return _finish(out_root, "sox", done)
+
+
+# Source name (the folder under out_root) -> (config class, builder).
+BUILDERS: dict[str, tuple[type, Callable[..., list[ClipRecord]]]] = {
+    "espeak": (EspeakConfig, build_espeak),
+    "flite": (FliteConfig, build_flite),
+    "fluidsynth": (FluidsynthConfig, build_fluidsynth),
+    "sox": (SoxConfig, build_sox),
+}
