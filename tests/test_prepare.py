@@ -178,3 +178,26 @@ def test_limit_per_source_takes_a_stable_slice(corpus, tmp_path):
     cfg2, _ = run_prepare(corpus, tmp_path / "again", limit_per_source=10)
     assert [r["id"] for r in pc.rows] == [r["id"] for r in PreparedCorpus(cfg2.out).rows]
     assert len(pc) + m["quarantined"] <= 10
+
+
+def test_public_dataset_rows_join_the_manifest_and_problems_are_quarantined(corpus, tmp_path):
+    # ESC-50 layout: meta/esc50.csv + audio/*.wav; one listed file is missing on disk
+    esc = tmp_path / "ESC-50-master"
+    (esc / "audio").mkdir(parents=True)
+    (esc / "meta").mkdir()
+    rows = ["filename,fold,target,category,esc10,src_file,take"]
+    for i, (target, cat) in enumerate([(0, "dog"), (10, "rain"), (0, "dog")]):
+        name = f"{i + 1}-1000{i}-A-{target}.wav"
+        rows.append(f"{name},{i + 1},{target},{cat},True,1000{i},A")
+        if i < 2:
+            sf.write(esc / "audio" / name, tone(44100, 0.5, f=300 + 100 * i), 44100)
+    (esc / "meta" / "esc50.csv").write_text("\n".join(rows) + "\n")
+    cfg, metrics = run_prepare(corpus, tmp_path / "out", datasets={"esc50": str(esc)})
+    pc = PreparedCorpus(cfg.out)
+    esc_rows = [r for r in pc.rows if r["source"] == "dataset:esc50"]
+    assert sorted(r["labels"]["esc50"] for r in esc_rows) == ["dog", "rain"]
+    assert all(r["split"] == "test" for r in esc_rows)
+    report = list(csv.DictReader(open(Path(cfg.out) / "quarantine.csv")))
+    missing = [r for r in report if "3-10002-A-0.wav" in r["reason"] or "3-10002-A-0.wav" in r["path"]]
+    assert missing and missing[0]["action"] == "quarantined"
+    assert metrics["quarantined"] == sum(1 for a in BAD.values() if a[1] == "quarantined") + 1

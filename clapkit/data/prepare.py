@@ -193,8 +193,12 @@ def _hash_order(clip_id: str) -> str:
     return hashlib.sha256(clip_id.encode()).hexdigest()
 
 
-def collect_records(cfg: PrepareConfig) -> list[ClipRecord]:
-    """Every record of the corpus (paths made relative to the working directory) and of the listed datasets."""
+def collect_records(cfg: PrepareConfig, report: list[dict[str, str]] | None = None) -> list[ClipRecord]:
+    """Every record of the corpus (paths made relative to the working directory) and of the listed datasets.
+
+    Dataset rows that cannot be used (a listed file missing, a malformed row, an unknown label: see
+    ``clapkit.data.adapters``) are skipped and appended to ``report`` as quarantined, with file:line and reason.
+    """
     corpus = Path(cfg.corpus)
     summary_path = corpus / "corpus.json"
     if not summary_path.exists():
@@ -209,12 +213,17 @@ def collect_records(cfg: PrepareConfig) -> list[ClipRecord]:
             recs = sorted(recs, key=lambda r: _hash_order(r.id))[: cfg.limit_per_source]
         records.extend(recs)
     if cfg.datasets:
-        from .adapters import ADAPTERS
+        from .adapters import ADAPTERS, LoadReport
 
         for name, root in sorted(cfg.datasets.items()):
             if name not in ADAPTERS:
                 raise ValueError(f"params.yaml prepare.datasets: unknown dataset {name!r}; known: {sorted(ADAPTERS)}")
-            recs = ADAPTERS[name].load(Path(os.path.expanduser(root)))
+            problems = LoadReport()
+            recs = ADAPTERS[name].load(Path(os.path.expanduser(root)), problems)
+            for p in problems.problems:
+                where = f"{p.file}:{p.line}" if p.line is not None else p.file
+                if report is not None:
+                    report.append({"id": f"{name}/?", "path": where, "action": "quarantined", "reason": p.reason})
             if cfg.limit_per_source:
                 recs = sorted(recs, key=lambda r: _hash_order(r.id))[: cfg.limit_per_source]
             records.extend(recs)
@@ -248,14 +257,14 @@ def _init_worker() -> None:
 
 def prepare(cfg: PrepareConfig, frontend: FrontendConfig, progress: bool = True) -> dict[str, Any]:
     t0 = time.time()
-    records = collect_records(cfg)
+    report: list[dict[str, str]] = []
+    records = collect_records(cfg, report)
     out, tmp = Path(cfg.out), Path(str(cfg.out) + ".tmp")
     shutil.rmtree(tmp, ignore_errors=True)
     tmp.mkdir(parents=True)
     sr = frontend.sample_rate
 
     rows: list[dict[str, Any]] = []
-    report: list[dict[str, str]] = []
     offset = 0
     results = _iter_results(records, sr, cfg)
     with open(tmp / "waveforms.f16", "wb") as wav_out:

@@ -1,0 +1,23 @@
+# Two commands do everything on a fresh Debian machine (README):
+#   make repro   set-up + corpus + `dvc repro`  (the main job)
+#   make test    set-up + the test suite          (what .ci/run calls)
+SHELL := /bin/bash
+.SHELLFLAGS := -eu -o pipefail -c
+VENV := .venv
+ACT := source $(VENV)/bin/activate &&
+
+.PHONY: setup data repro test bench clean-prepared
+
+setup:
+	bash scripts/setup.sh
+
+# Builds data/ deterministically (resumable), then checks it against data.dvc; see README "The corpus and data.dvc".
+data: setup
+	$(ACT) clapkit data build --params params.yaml
+	$(ACT) clapkit data check
+
+repro: data
+	$(ACT) dvc repro
+
+test: setup
+	$(ACT) HF_HUB_OFFLINE=1 python -m pytest -q
