@@ -175,28 +175,23 @@ class CLAP:
         ``sample_rate`` is the waveforms' rate (default: the model's); files carry their own.  An unreadable file
         raises ``clapkit.audio.AudioReadError`` naming it.
         """
-        frontend = self.model.frontend_config
-        if isinstance(audio, (np.ndarray, torch.Tensor)) and audio.ndim == 2:
-            items: list[AudioInput] = list(audio)
-        elif isinstance(audio, (str, Path, np.ndarray, torch.Tensor)):
-            items = [audio]
-        else:
-            items = list(audio)
-        clips = []
-        for i, item in enumerate(items):
-            if isinstance(item, (str, Path)):
-                clips.append(load_clip(item, frontend, crop="center"))
-                continue
-            wave = torch.as_tensor(np.asarray(item) if not isinstance(item, torch.Tensor) else item).float().cpu()
-            if wave.ndim not in (1, 2) or wave.shape[-1] == 0:
-                raise ValueError(f"audio item {i}: expected (samples,) or (channels, samples), got {tuple(wave.shape)}")
-            wave = resample(mix_down(wave), sample_rate or frontend.sample_rate, frontend.sample_rate)
-            if not torch.isfinite(wave).all():
-                raise ValueError(f"audio item {i}: contains NaN or infinite samples")
-            clips.append(fit_length(wave, frontend.clip_samples, crop="center"))
-        if not clips:
+        items = _audio_items(audio)
+        if not items:
             raise ValueError("no audio given")
-        return torch.stack(clips)
+        return torch.stack([self._load_item(item, i, sample_rate) for i, item in enumerate(items)])
+
+    def _load_item(self, item: AudioInput, index: int, sample_rate: int | None) -> torch.Tensor:
+        frontend = self.model.frontend_config
+        if isinstance(item, (str, Path)):
+            return load_clip(item, frontend, crop="center")
+        wave = item if isinstance(item, torch.Tensor) else torch.from_numpy(np.asarray(item, dtype=np.float32))
+        wave = wave.detach().float().cpu()
+        if wave.ndim not in (1, 2) or wave.shape[-1] == 0:
+            raise ValueError(f"audio item {index}: expected (samples,) or (channels, samples), got {tuple(wave.shape)}")
+        wave = resample(mix_down(wave), sample_rate or frontend.sample_rate, frontend.sample_rate)
+        if not torch.isfinite(wave).all():
+            raise ValueError(f"audio item {index}: contains NaN or infinite samples")
+        return fit_length(wave, frontend.clip_samples, crop="center")
 
     @torch.no_grad()
     def get_audio_embeddings(
@@ -206,12 +201,18 @@ class CLAP:
         batch_size: int = 16,
         normalize: bool = True,
     ) -> torch.Tensor:
-        """(N, embed_dim) embeddings of clips (see ``load_audio`` for what ``audio`` may be), on the CPU."""
-        waves = self.load_audio(audio, sample_rate)
-        out = [
-            self.model.encode_audio(waves[i : i + batch_size].to(self.device)).float().cpu()
-            for i in range(0, len(waves), batch_size)
-        ]
+        """(N, embed_dim) embeddings of clips (see ``load_audio`` for what ``audio`` may be), on the CPU.
+
+        Files are read one batch at a time, so a long list never sits in memory as waveforms.
+        """
+        items = _audio_items(audio)
+        if not items:
+            raise ValueError("no audio given")
+        out = []
+        for start in range(0, len(items), batch_size):
+            chunk = items[start : start + batch_size]
+            waves = torch.stack([self._load_item(item, start + i, sample_rate) for i, item in enumerate(chunk)])
+            out.append(self.model.encode_audio(waves.to(self.device)).float().cpu())
         emb = torch.cat(out)
         return F.normalize(emb, dim=-1) if normalize else emb
 
@@ -254,18 +255,37 @@ class CLAP:
         each logit, as the paper evaluates multi-label tasks.  ``ranking`` sorts labels by score (ties: first
         label first).
         """
+        audio_embeddings = self.get_audio_embeddings(audio, sample_rate, batch_size)
+        return self.zero_shot_from_embeddings(audio_embeddings, labels, prompt, batch_size, multilabel)
+
+    def zero_shot_from_embeddings(
+        self,
+        audio_embeddings: torch.Tensor,
+        labels: Sequence[str],
+        prompt: str = PROMPT_TEMPLATES["msclap"],
+        batch_size: int = 64,
+        multilabel: bool = False,
+    ) -> ZeroShotResult:
+        """``zero_shot_classify`` for audio embedded once (e.g. to try several prompts or label sets)."""
         labels = [str(label) for label in labels]
         if not labels:
             raise ValueError("no labels given")
         if len(set(labels)) != len(labels):
             raise ValueError("labels must be distinct")
         prompts = apply_prompt(labels, prompt)
-        logits = self.similarity(
-            self.get_audio_embeddings(audio, sample_rate, batch_size), self.get_text_embeddings(prompts, batch_size)
-        )
+        logits = self.similarity(audio_embeddings, self.get_text_embeddings(prompts, batch_size))
         probs = torch.sigmoid(logits) if multilabel else logits.softmax(dim=-1)
         ranking = torch.sort(logits, dim=-1, descending=True, stable=True).indices
         return ZeroShotResult(labels, prompts, logits, probs, ranking)
+
+
+def _audio_items(audio: AudioInput | Sequence[AudioInput]) -> list[AudioInput]:
+    """One clip, a list of clips, or a 2-D array/tensor = a batch of mono clips -> a list of clips."""
+    if isinstance(audio, (np.ndarray, torch.Tensor)) and audio.ndim == 2:
+        return list(audio)
+    if isinstance(audio, (str, Path, np.ndarray, torch.Tensor)):
+        return [audio]
+    return list(audio)
 
 
 def _check_tokenizer(model: CLAPModel, tokenizer: TextTokenizer) -> None:

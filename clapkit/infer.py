@@ -61,21 +61,27 @@ def load_model(args: argparse.Namespace):
     raise SystemExit(f"clapkit: --model {path}: no such file or directory")
 
 
-def _load_clips(clap, files: list[str]):
-    """Read every file; report and skip unreadable ones.  Returns (waves (N, T) or None, kept paths, n_skipped)."""
+def _embed_files(clap, files: list[str], batch_size: int):
+    """Embed ``files`` a batch at a time; report and skip unreadable ones.
+
+    Returns (embeddings (N, D) tensor or None, the N files embedded, number skipped)."""
     import torch
 
     from .audio import AudioReadError
 
-    waves, kept = [], []
-    for f in files:
-        try:
-            waves.append(clap.load_audio([f])[0])
-            kept.append(f)
-        except AudioReadError as err:
-            print(f"clapkit: skipped {err}", file=sys.stderr)
+    chunks, kept = [], []
+    for start in range(0, len(files), batch_size):
+        waves = []
+        for f in files[start : start + batch_size]:
+            try:
+                waves.append(clap.load_audio([f])[0])
+                kept.append(f)
+            except AudioReadError as err:
+                print(f"clapkit: skipped {err}", file=sys.stderr)
+        if waves:
+            chunks.append(clap.get_audio_embeddings(torch.stack(waves), batch_size=batch_size))
     skipped = len(files) - len(kept)
-    return (torch.stack(waves) if waves else None), kept, skipped
+    return (torch.cat(chunks) if chunks else None), kept, skipped
 
 
 def _status(kept: list[str], skipped: int) -> int:
@@ -89,10 +95,10 @@ def cmd_embed(args: argparse.Namespace) -> int:
     from .text import atomic_write_bytes, atomic_write_text
 
     clap = load_model(args)
-    waves, kept, skipped = _load_clips(clap, args.files)
-    if waves is None:
+    emb, kept, skipped = _embed_files(clap, args.files, args.batch_size)
+    if emb is None:
         return _status(kept, skipped)
-    emb = clap.get_audio_embeddings(waves, batch_size=args.batch_size).numpy().astype(np.float32)
+    emb = emb.numpy().astype(np.float32)
     if args.out:
         out = Path(args.out)
         out.parent.mkdir(parents=True, exist_ok=True)
@@ -113,11 +119,10 @@ def cmd_zeroshot(args: argparse.Namespace) -> int:
     if not labels:
         raise SystemExit("clapkit: --labels is empty")
     clap = load_model(args)
-    waves, kept, skipped = _load_clips(clap, args.files)
-    if waves is None:
+    emb, kept, skipped = _embed_files(clap, args.files, args.batch_size)
+    if emb is None:
         return _status(kept, skipped)
-    result = clap.zero_shot_classify(waves, labels, prompt=args.prompt, batch_size=args.batch_size,
-                                     multilabel=args.multilabel)
+    result = clap.zero_shot_from_embeddings(emb, labels, prompt=args.prompt, multilabel=args.multilabel)
     print(format_ranking(kept, result.top(args.top_k)))
     return _status(kept, skipped)
 

@@ -262,6 +262,10 @@ def test_cli_embed_and_zeroshot(clap, tmp_path, capsys):
     assert (tmp_path / "emb" / "emb.files.txt").read_text().split() == files
     np.testing.assert_array_equal(emb, clap.get_audio_embeddings(files).numpy())
     assert "2 embeddings of dimension 32" in capsys.readouterr().out
+    assert run("embed", "--model", model_dir, *files, "--batch-size", "1") == 0  # printed, one batch per file
+    printed = [line.split() for line in capsys.readouterr().out.strip().splitlines()]
+    assert [row[0] for row in printed] == files
+    np.testing.assert_allclose(np.array([row[1:] for row in printed], dtype=np.float32), emb, atol=1e-5)
 
     assert run("zeroshot", "--model", model_dir, "--labels", "dog, rain,piano", files[0], bad) == 1
     captured = capsys.readouterr()
