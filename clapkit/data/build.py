@@ -36,14 +36,18 @@ def _register_sources() -> None:
 
 
 def synth_tools() -> dict[str, tuple]:
+    """tool -> (config dataclass, builder), from clapkit.data.synth."""
     from . import synth
 
-    return {
-        "espeak": (synth.build_espeak, synth.EspeakConfig),
-        "flite": (synth.build_flite, synth.FliteConfig),
-        "fluidsynth": (synth.build_fluidsynth, synth.FluidsynthConfig),
-        "sox": (synth.build_sox, synth.SoxConfig),
-    }
+    return synth.BUILDERS
+
+
+def _code_hash(*paths: str | Path) -> str:
+    """Hash of source files, so an extractor whose code changed is re-run even if package versions did not."""
+    h = hashlib.sha256()
+    for p in paths:
+        h.update(Path(p).read_bytes())
+    return h.hexdigest()[:16]
 
 
 @dataclass
@@ -89,7 +93,12 @@ def build_debian_source(name: str, root: Path, cache_dir: Path) -> dict[str, Any
         roots[pkg], versions[pkg] = fetch_package(pkg, cache_dir)
     out_dir = root / name
     stamp_path, jsonl = out_dir / ".stamp", out_dir / "clips.jsonl"
-    stamp = _stamp({"versions": versions, "extractor": name})
+    import inspect
+
+    from .debian import fetch, vocabulary
+
+    code = _code_hash(inspect.getsourcefile(src.extract), vocabulary.__file__, fetch.__file__)
+    stamp = _stamp({"versions": versions, "extractor": name, "code": code})
     if jsonl.exists() and stamp_path.exists() and stamp_path.read_text() == stamp:
         records = read_jsonl(jsonl)
     else:
@@ -104,7 +113,7 @@ def build_debian_source(name: str, root: Path, cache_dir: Path) -> dict[str, Any
 
 
 def build_synth_source(tool: str, tool_cfg: dict[str, Any], root: Path, seed: int) -> dict[str, Any]:
-    builder, cfg_cls = synth_tools()[tool]
+    cfg_cls, builder = synth_tools()[tool]
     cfg = dataclass_from_dict(cfg_cls, tool_cfg, f"data.synth.{tool}")
     records = builder(root, cfg, seed=seed)
     out_dir = root / tool
