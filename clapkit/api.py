@@ -18,6 +18,8 @@ A directory written by ``save_pretrained`` holds ``config.json`` (the full model
 from __future__ import annotations
 
 import json
+import os
+import tempfile
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Mapping, Sequence, Union
@@ -26,11 +28,11 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 from safetensors.torch import load_file as load_safetensors
-from safetensors.torch import save as safetensors_bytes
+from safetensors.torch import save_file as save_safetensors
 
 from .audio import fit_length, load_clip, mix_down, resample
 from .models.clap import CLAPModel, load_model_config
-from .text import PROMPT_TEMPLATES, TextTokenizer, apply_prompt, atomic_write_bytes, atomic_write_text
+from .text import PROMPT_TEMPLATES, TextTokenizer, apply_prompt, atomic_write_text
 
 __all__ = ["CLAP", "ZeroShotResult"]
 
@@ -114,7 +116,7 @@ class CLAP:
         state = {k: v.detach().to("cpu").contiguous() for k, v in self.model.state_dict().items()}
         config = dict(self.model.config, tokenizer=self.tokenizer.spec())
         self.tokenizer.save(directory)
-        atomic_write_bytes(directory / WEIGHTS_FILE, safetensors_bytes(state, metadata={"format": "pt"}))
+        _atomic_save_safetensors(state, directory / WEIGHTS_FILE)
         atomic_write_text(directory / CONFIG_FILE, json.dumps(config, indent=2) + "\n")
         return directory
 
@@ -286,6 +288,18 @@ def _audio_items(audio: AudioInput | Sequence[AudioInput]) -> list[AudioInput]:
     if isinstance(audio, (str, Path, np.ndarray, torch.Tensor)):
         return [audio]
     return list(audio)
+
+
+def _atomic_save_safetensors(state: dict[str, torch.Tensor], path: Path) -> None:
+    """safetensors straight to a temp file beside ``path`` (no second in-memory copy), then ``os.replace``."""
+    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
+    os.close(fd)
+    try:
+        save_safetensors(state, tmp, metadata={"format": "pt"})
+        os.replace(tmp, path)
+    except BaseException:
+        Path(tmp).unlink(missing_ok=True)
+        raise
 
 
 def _check_tokenizer(model: CLAPModel, tokenizer: TextTokenizer) -> None:
