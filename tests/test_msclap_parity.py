@@ -1,0 +1,458 @@
+"""``load_msclap`` against the reference: msclap 1.3.4's own CLAP, random weights, 2023 and 2022 architectures.
+
+The reference code (msclap 1.3.4 + torchlibrosa 0.1.0 wheels, MIT) is unpacked by
+``scripts/install_msclap_reference.sh`` into ``.cache/msclap_site`` (or ``$MSCLAP_SITE``); a missing folder is
+installed here (CI has PyPI), never skipped.  msclap is imported without its hub-bound wrapper: ``AutoModel``
+builds GPT-2 base / BERT base from their default configs with random weights, and ``librosa`` (only needed for
+the window and the Slaney mel filterbank) is replaced by a numpy transcription of librosa's formulas.
+
+The saved file imitates the official one: ``{"model": state_dict}`` with every tensor float (the 2023 file
+holds only FloatStorage), plus the legacy GPT-2 causal-mask buffers / BERT ``position_ids`` that older
+transformers versions wrote.  Both towers then see the same (B, samples) waveform and the same token ids.
+
+The malformed-checkpoint tests at the end use a tiny clapkit model written out under msclap's key names.
+"""
+
+import importlib.machinery
+import math
+import os
+import subprocess
+import sys
+import types
+from pathlib import Path
+
+import numpy as np
+import pytest
+import scipy.signal
+import torch
+
+from clapkit.audio import FrontendConfig, mel_filterbank
+from clapkit.checkpoints import AUDIO_PREFIX, CheckpointError, hann_dft_kernels, load_msclap
+from clapkit.models.clap import CLAPModel, load_model_config
+
+REPO = Path(__file__).resolve().parent.parent
+SITE = Path(os.environ.get("MSCLAP_SITE", REPO / ".cache" / "msclap_site"))
+MARKER = ".complete-msclap-1.3.4-torchlibrosa-0.1.0"
+TOL = 1e-4
+
+
+# ------------------------------------------------------------------------------------- the reference package
+
+
+def _slaney_mel(sr, n_fft, n_mels, fmin, fmax, **_):
+    """librosa.filters.mel(htk=False, norm='slaney'): (n_mels, 1 + n_fft // 2)."""
+    def hz_to_mel(f):
+        f = np.asarray(f, dtype=np.float64)
+        return np.where(f >= 1000.0, 15.0 + np.log(np.maximum(f, 1e-9) / 1000.0) / (np.log(6.4) / 27.0), f / (200.0 / 3))
+
+    def mel_to_hz(m):
+        m = np.asarray(m, dtype=np.float64)
+        return np.where(m >= 15.0, 1000.0 * np.exp((np.log(6.4) / 27.0) * (m - 15.0)), m * (200.0 / 3))
+
+    fft_freqs = np.linspace(0, sr / 2, 1 + n_fft // 2)
+    edges = mel_to_hz(np.linspace(hz_to_mel(fmin), hz_to_mel(fmax), n_mels + 2))
+    ramps = edges[:, None] - fft_freqs[None, :]
+    lower = -ramps[:-2] / np.diff(edges)[:-1, None]
+    upper = ramps[2:] / np.diff(edges)[1:, None]
+    weights = np.maximum(0, np.minimum(lower, upper))
+    return (weights * (2.0 / (edges[2:] - edges[:-2]))[:, None]).astype(np.float32)
+
+
+def _librosa_stand_in():
+    lib = types.ModuleType("librosa")
+    lib.__spec__ = importlib.machinery.ModuleSpec("librosa", None)
+    lib.filters = types.SimpleNamespace(
+        get_window=lambda window, n, fftbins=True: scipy.signal.get_window(window, n, fftbins=fftbins),
+        mel=_slaney_mel,
+    )
+
+    def pad_center(x, size):
+        left = (size - len(x)) // 2
+        return np.pad(x, (left, size - len(x) - left))
+
+    lib.util = types.SimpleNamespace(pad_center=pad_center)
+    return lib
+
+
+@pytest.fixture(scope="module")
+def msclap():
+    """msclap's model modules, importable for the duration of this test module."""
+    if not (SITE / MARKER).is_file():
+        script = REPO / "scripts" / "install_msclap_reference.sh"
+        env = {**os.environ, "PYTHON": sys.executable}
+        done = subprocess.run(["bash", str(script), str(SITE)], capture_output=True, text=True, env=env)
+        if done.returncode != 0 or not (SITE / MARKER).is_file():
+            pytest.fail(f"could not install the msclap reference into {SITE}:\n{done.stdout}\n{done.stderr}")
+    saved = {name: mod for name, mod in sys.modules.items() if name.split(".")[0] in ("librosa", "msclap", "torchlibrosa")}
+    sys.path.insert(0, str(SITE))
+    sys.modules["librosa"] = _librosa_stand_in()
+    package = types.ModuleType("msclap")  # skip msclap/__init__.py: its wrapper downloads from the hub
+    package.__path__ = [str(SITE / "msclap")]
+    sys.modules["msclap"] = package
+    try:
+        import msclap.models.clap as msclap_clap
+        from transformers import BertConfig, BertModel, GPT2Config, GPT2Model
+
+        def random_text_model(name, *args, **kwargs):
+            return GPT2Model(GPT2Config()) if "gpt" in name else BertModel(BertConfig())
+
+        msclap_clap.AutoModel = types.SimpleNamespace(from_pretrained=random_text_model)
+        yield msclap_clap
+    finally:
+        sys.path.remove(str(SITE))
+        for name in [n for n in sys.modules if n.split(".")[0] in ("librosa", "msclap", "torchlibrosa")]:
+            del sys.modules[name]
+        sys.modules.update(saved)
+
+
+def msclap_yaml(version: str) -> dict:
+    import yaml
+
+    return yaml.safe_load((SITE / "msclap" / "configs" / f"config_{version}.yml").read_text())
+
+
+# msclap's STFT kernels and mel filterbank, as its audio encoders build them, per version (building a full
+# reference model takes seconds: the parity test fills this, the frontend tests reuse it).
+REFERENCE_FRONTEND: dict[str, dict[str, torch.Tensor]] = {}
+
+
+def keep_frontend(version: str, audio_base) -> dict[str, torch.Tensor]:
+    base = audio_base.htsat if version == "2023" else audio_base
+    REFERENCE_FRONTEND[version] = {
+        "melW": base.logmel_extractor.melW.detach().clone(),
+        "conv_real": base.spectrogram_extractor.stft.conv_real.weight.detach().clone(),
+        "conv_imag": base.spectrogram_extractor.stft.conv_imag.weight.detach().clone(),
+    }
+    return REFERENCE_FRONTEND[version]
+
+
+def reference_frontend(msclap_clap, version: str) -> dict[str, torch.Tensor]:
+    """msclap's own audio encoder constructor, called with the YAML's values as its wrapper does."""
+    if version not in REFERENCE_FRONTEND:
+        from msclap.models.audio import get_audio_encoder
+
+        c = msclap_yaml(version)
+        base = get_audio_encoder(c["audioenc_name"])(c["sampling_rate"], c["window_size"], c["hop_size"], c["mel_bins"],
+                                                     c["fmin"], c["fmax"], c["num_classes"], c["out_emb"])
+        keep_frontend(version, base)
+    return REFERENCE_FRONTEND[version]
+
+
+def build_reference(msclap_clap, version: str, seed: int):
+    """msclap's CLAP exactly as its wrapper builds it from the shipped YAML, then every weight randomised."""
+    cfg = msclap_yaml(version)
+    torch.manual_seed(seed)
+    model = msclap_clap.CLAP(
+        audioenc_name=cfg["audioenc_name"], sample_rate=cfg["sampling_rate"], window_size=cfg["window_size"],
+        hop_size=cfg["hop_size"], mel_bins=cfg["mel_bins"], fmin=cfg["fmin"], fmax=cfg["fmax"],
+        classes_num=cfg["num_classes"], out_emb=cfg["out_emb"], text_model=cfg["text_model"],
+        transformer_embed_dim=cfg["transformer_embed_dim"], d_proj=cfg["d_proj"],
+    )
+    keep_frontend(version, model.audio_encoder.base)
+    # Fresh init leaves norms at 1/0, biases and BN statistics at 0/1: move them so that a swapped or skipped
+    # tensor cannot go unnoticed.  STFT kernels, filterbank and derived buffers stay as built.
+    with torch.no_grad():
+        for name, t in model.state_dict().items():
+            if not t.is_floating_point() or "extractor" in name or "attn_mask" in name:
+                continue
+            if name.endswith("running_var"):
+                t.uniform_(0.5, 2.0)
+            elif name.endswith("running_mean"):
+                t.normal_(std=3.0 if ".bn0." in name else 0.3)
+            elif t.ndim <= 1 and t.numel() > 1:  # biases and norm scales
+                t.add_(0.1 * torch.randn_like(t))
+        model.logit_scale.fill_(math.log(30.0))
+    if version == "2022":
+        # A random CNN14 with made-up BatchNorm statistics maps every clip to nearly the same embedding, which
+        # would make the parity check blind.  Calibrate its statistics on audio (as training would): activations
+        # then keep their scale through the six blocks and the embedding depends on the input.
+        cnn14 = model.audio_encoder.base
+        for bn in [m for m in cnn14.modules() if isinstance(m, torch.nn.BatchNorm2d)]:
+            bn.reset_running_stats()
+            bn.momentum = None  # cumulative average over the calibration batch
+        cnn14.train()
+        with torch.no_grad():
+            t = torch.arange(44100) / 44100.0
+            cnn14(torch.stack([0.1 * torch.randn(44100), 0.3 * torch.sin(2 * math.pi * 440 * t)]))
+        model.eval()
+    with torch.no_grad():
+        for name, t in model.state_dict().items():
+            if name.endswith("num_batches_tracked"):
+                t.fill_(12345)
+    return model.eval()
+
+
+def save_like_official(model, version: str, path: Path) -> dict:
+    """``{"model": state_dict}`` with only float tensors and the legacy text buffers of the real files."""
+    sd = {k: (v.float() if not v.is_floating_point() else v) for k, v in model.state_dict().items()}
+    if version == "2023":
+        causal = torch.ones(1024, 1024).tril().view(1, 1, 1024, 1024)
+        for i in range(12):
+            sd[f"caption_encoder.base.h.{i}.attn.bias"] = causal
+            sd[f"caption_encoder.base.h.{i}.attn.masked_bias"] = torch.tensor(-1e4)
+    else:
+        sd["caption_encoder.base.embeddings.position_ids"] = torch.arange(512).view(1, 512).float()
+    torch.save({"model": sd}, path)
+    return sd
+
+
+def token_batch(version: str):
+    """Right-padded ids as msclap's tokenizers make them: GPT-2 ends with <|endoftext|>, pads with 0 ('!');
+    BERT is [CLS] ... [SEP] then [PAD]=0."""
+    g = torch.Generator().manual_seed(7)
+    length, lengths = (77, (12, 40)) if version == "2023" else (100, (9, 33))
+    ids = torch.zeros(len(lengths), length, dtype=torch.long)
+    for row, n in enumerate(lengths):
+        if version == "2023":
+            ids[row, : n - 1] = torch.randint(1, 50256, (n - 1,), generator=g)
+            ids[row, n - 1] = 50256
+        else:
+            ids[row, 0], ids[row, n - 1] = 101, 102
+            ids[row, 1 : n - 1] = torch.randint(1000, 30522, (n - 2,), generator=g)
+    return ids, (ids != 0).long()
+
+
+# ------------------------------------------------------------------------------------- parity
+
+
+@pytest.mark.parametrize("version, samples", [("2023", 7 * 44100), ("2022", 5 * 44100)])
+def test_load_msclap_matches_reference_embeddings(msclap, tmp_path, version, samples):
+    torch.set_num_threads(max(1, min(2, torch.get_num_threads())))
+    reference = build_reference(msclap, version, seed=int(version))
+    path = tmp_path / f"CLAP_weights_{version}.pth"
+    saved = save_like_official(reference, version, path)
+
+    model, report = load_msclap(path, version=version)
+
+    # what the loader did with each key group
+    prefix = AUDIO_PREFIX[version]
+    dropped = {k for keys in report.dropped.values() for k in keys}
+    assert report.loaded + len(dropped) == len(saved)
+    assert {prefix + "spectrogram_extractor.stft.conv_real.weight", prefix + "spectrogram_extractor.stft.conv_imag.weight"} <= dropped
+    assert all(k.endswith("num_batches_tracked") for k in report.cast)
+    if version == "2023":
+        assert len(report.cast) == 1  # bn0 only; the derived int buffers are verified, not loaded
+        assert sum("attn" in k and k.startswith("caption_encoder") for k in dropped) == 24
+        assert sum(k.endswith(("attn_mask", "relative_position_index")) for k in dropped) == 12 + 5
+        assert any("attention masks" in v for v in report.verified)
+    else:
+        assert len(report.cast) == 1 + 6 * 2  # bn0 and the two BatchNorms of each conv block
+        assert "caption_encoder.base.embeddings.position_ids" in dropped
+        assert {k for k in dropped if ".pooler." in k} == {"caption_encoder.base.pooler.dense.weight",
+                                                           "caption_encoder.base.pooler.dense.bias"}
+    assert int(model.audio.encoder.bn0.num_batches_tracked) == 12345
+    assert report.logit_scale == pytest.approx(math.log(30.0))
+    assert report.mel_fb_matches_config
+    torch.testing.assert_close(model.audio.frontend.mel_fb, saved[prefix + "logmel_extractor.melW"], rtol=0, atol=0)
+
+    # two different clips: noise, and a chirp over quieter noise
+    t = torch.arange(samples) / 44100.0
+    wave = 0.1 * torch.randn(2, samples, generator=torch.Generator().manual_seed(3))
+    wave[1] = 0.5 * torch.sin(2 * math.pi * (200.0 + 300.0 * t) * t) + 0.2 * wave[1]
+    ids, mask = token_batch(version)
+    with torch.no_grad():
+        ref_audio, ref_tags = reference.audio_encoder(wave)
+        if version == "2023":
+            ref_text = reference.caption_encoder({"input_ids": ids, "attention_mask": mask})
+        else:
+            ref_text = reference.caption_encoder({"input_ids": ids, "token_type_ids": torch.zeros_like(ids),
+                                                  "attention_mask": mask})
+        audio = model.encode_audio(wave)
+        text = model.encode_text(ids, mask)
+        tags = model.audio.encoder.tag(model.audio.frontend(wave[:1]))
+        ref_logits = reference.logit_scale.exp() * torch.nn.functional.normalize(ref_audio, dim=-1) @ \
+            torch.nn.functional.normalize(ref_text, dim=-1).T
+
+    audio_diff = (audio - ref_audio).abs().max().item()
+    text_diff = (text - ref_text).abs().max().item()
+    print(f"\nmsclap {version}: audio embedding max abs diff {audio_diff:.2e}, text {text_diff:.2e}, "
+          f"AudioSet tags {(tags - ref_tags[:1]).abs().max().item():.2e}")
+    assert audio.shape == ref_audio.shape == (2, 1024) and text.shape == ref_text.shape == (2, 1024)
+    assert audio_diff <= TOL, f"audio embeddings differ by {audio_diff}"
+    assert text_diff <= TOL, f"text embeddings differ by {text_diff}"
+    assert (tags - ref_tags[:1]).abs().max() <= TOL
+    torch.testing.assert_close(model.logits(audio, text), ref_logits, atol=1e-3, rtol=1e-4)
+    # not a vacuous match: the two clips and the two captions are far apart
+    assert (ref_audio[0] - ref_audio[1]).abs().max() > 100 * TOL and (ref_text[0] - ref_text[1]).abs().max() > 100 * TOL
+
+
+def test_msclap_2023_filterbank_is_designed_for_32khz(msclap):
+    """The sample-rate quirk: msclap 2023 resamples to 44.1 kHz (YAML) but its HTSAT builds the mel filterbank
+    from HTS-AT's config.py, for 32 kHz and 50-14000 Hz.  clapkit's msclap-2023 config reproduces it."""
+    from msclap.models import config as htsat_config
+
+    yaml_cfg = msclap_yaml("2023")
+    assert (yaml_cfg["sampling_rate"], yaml_cfg["fmax"]) == (44100, 8000)  # what the wrapper passes (ignored)
+    assert (htsat_config.sample_rate, htsat_config.fmin, htsat_config.fmax) == (32000, 50, 14000)  # what is used
+    melw = reference_frontend(msclap, "2023")["melW"]
+    cfg = FrontendConfig.from_dict(load_model_config("msclap-2023")["frontend"])
+    assert cfg.sample_rate == 44100 and cfg.filterbank_sample_rate == 32000 and cfg.f_max == 14000
+    torch.testing.assert_close(mel_filterbank(cfg), melw, atol=1e-6, rtol=1e-4)
+    as_documented = mel_filterbank(FrontendConfig.from_dict({**cfg.to_dict(), "filterbank_sample_rate": None, "f_max": 8000.0}))
+    assert (as_documented - melw).abs().max() > 1e-3  # not the 44.1 kHz / 8 kHz design the paper and YAML state
+    # On 44.1 kHz audio the top filter's upper edge lands at 14000 * 44100 / 32000 Hz.
+    top_bin = int(melw[:, -1].nonzero().max())
+    assert top_bin * 44100 / 1024 == pytest.approx(14000 * 44100 / 32000, abs=44100 / 1024)
+
+
+def test_msclap_2022_cnn14_filterbank_follows_the_yaml(msclap):
+    melw = reference_frontend(msclap, "2022")["melW"]
+    cfg = FrontendConfig.from_dict(load_model_config("msclap-2022")["frontend"])
+    torch.testing.assert_close(mel_filterbank(cfg), melw, atol=1e-6, rtol=1e-4)
+
+
+def test_torchlibrosa_stft_kernels_are_the_analytic_hann_dft(msclap):
+    real, imag = hann_dft_kernels(1024, 1024)
+    for version in ("2023", "2022"):
+        kernels = reference_frontend(msclap, version)
+        assert (kernels["conv_real"].double() - real).abs().max() < 1e-6
+        assert (kernels["conv_imag"].double() - imag).abs().max() < 1e-6
+
+
+# ------------------------------------------------------------------------------------- malformed checkpoints
+
+TINY = load_model_config("clap-tiny-htsat-gpt2")
+TINY["audio_encoder"] = {**TINY["audio_encoder"], "depths": [2, 2], "num_classes": 5}  # shifted windows + head
+
+
+def tiny_as_msclap(model: CLAPModel) -> dict:
+    """A tiny CLAPModel's weights under msclap 2023's key names, with the STFT kernels and derived buffers."""
+    prefix = AUDIO_PREFIX["2023"]
+    sd = {}
+    for key, t in model.state_dict().items():
+        if key == "audio.frontend.mel_fb":
+            sd[prefix + "logmel_extractor.melW"] = t
+        elif key.startswith("audio.encoder."):
+            sd[prefix + key[len("audio.encoder."):]] = t
+        elif key.startswith("audio.projection."):
+            sd["audio_encoder.projection." + key[len("audio.projection."):]] = t
+        elif key.startswith("text.encoder.transformer."):
+            sd["caption_encoder.base." + key[len("text.encoder.transformer."):]] = t
+        elif key.startswith("text.projection."):
+            sd["caption_encoder.projection." + key[len("text.projection."):]] = t
+        else:
+            sd[key] = t
+    for name, b in model.audio.encoder.named_buffers():
+        if name.endswith(("attn_mask", "relative_position_index")):
+            sd[prefix + name] = b.float()
+    cfg = model.audio.frontend.cfg
+    real, imag = hann_dft_kernels(cfg.n_fft, cfg.win_length)
+    sd[prefix + "spectrogram_extractor.stft.conv_real.weight"] = real.float()
+    sd[prefix + "spectrogram_extractor.stft.conv_imag.weight"] = imag.float()
+    return sd
+
+
+@pytest.fixture()
+def tiny_file(tmp_path):
+    source = CLAPModel.from_config(TINY, seed=1)
+    sd = tiny_as_msclap(source)
+
+    def write(mutate=None, name="tiny.pth"):
+        data = dict(sd)
+        if mutate:
+            mutate(data)
+        path = tmp_path / name
+        torch.save({"model": data}, path)
+        return path
+
+    return source, sd, write
+
+
+def load_tiny(path):
+    return load_msclap(path, version="2023", model=CLAPModel.from_config(TINY, seed=2))
+
+
+def test_tiny_round_trip_is_exact(tiny_file):
+    source, _, write = tiny_file
+    model, report = load_tiny(write())
+    for key, t in source.state_dict().items():
+        assert torch.equal(model.state_dict()[key], t), key
+    assert report.mel_fb_matches_config and report.mel_fb_design == "as configured"
+    assert "tensors loaded" in report.summary()
+
+
+def test_wrong_shape_is_named(tiny_file):
+    _, _, write = tiny_file
+    key = "audio_encoder.projection.linear1.weight"
+    path = write(lambda sd: sd.__setitem__(key, torch.zeros(32, 31)))
+    with pytest.raises(CheckpointError, match="shape mismatch") as err:
+        load_tiny(path)
+    assert f"{key}: checkpoint (32, 31) vs model audio.projection.linear1.weight (32, 32)" in str(err.value)
+    assert str(path) in str(err.value)
+
+
+def test_missing_key_is_named(tiny_file):
+    _, _, write = tiny_file
+    with pytest.raises(CheckpointError, match=r"missing \(model keys not in the checkpoint\) \(1\): "
+                                              r"audio\.encoder\.layers\.1\.blocks\.0\.mlp\.fc2\.bias"):
+        load_tiny(write(lambda sd: sd.pop("audio_encoder.base.htsat.layers.1.blocks.0.mlp.fc2.bias")))
+
+
+def test_extra_keys_are_named(tiny_file):
+    _, _, write = tiny_file
+
+    def add(sd):
+        sd["audio_encoder.base.htsat.layers.5.blocks.0.norm1.weight"] = torch.ones(3)
+        sd["some_other_model.weight"] = torch.ones(3)
+        sd["caption_encoder.base.h.0.attn.bias"] = torch.ones(1, 1, 32, 32)  # a legacy buffer that is NOT causal
+
+    with pytest.raises(CheckpointError, match=r"unexpected \(checkpoint keys with no place in the model\) \(3\)") as err:
+        load_tiny(write(add))
+    for key in ("audio_encoder.base.htsat.layers.5.blocks.0.norm1.weight", "some_other_model.weight",
+                "caption_encoder.base.h.0.attn.bias"):
+        assert key in str(err.value)
+
+
+def test_legacy_gpt2_buffers_are_dropped(tiny_file):
+    _, _, write = tiny_file
+
+    def add(sd):
+        sd["caption_encoder.base.h.0.attn.bias"] = torch.ones(32, 32).tril().view(1, 1, 32, 32)
+        sd["caption_encoder.base.h.0.attn.masked_bias"] = torch.tensor(-1e4)
+
+    _, report = load_tiny(write(add))
+    assert sum(len(v) for k, v in report.dropped.items() if "legacy GPT-2" in k) == 2
+
+
+def test_pickle_carrying_code_is_refused_and_not_run(tmp_path):
+    marker = tmp_path / "code_ran"
+
+    class Payload:
+        def __reduce__(self):
+            return (open, (str(marker), "w"))
+
+    path = tmp_path / "evil.pth"
+    torch.save({"model": {"logit_scale": torch.tensor(1.0)}, "extra": Payload()}, path)
+    with pytest.raises(CheckpointError, match=r"refusing to unpickle: the file references Python code \(io\.open\)") as err:
+        load_msclap(path, version="2023", model=CLAPModel.from_config(TINY))
+    assert str(path) in str(err.value)
+    assert not marker.exists()
+
+
+def test_tampered_stft_and_masks_fail_loudly(tiny_file):
+    _, _, write = tiny_file
+    key = "audio_encoder.base.htsat.spectrogram_extractor.stft.conv_real.weight"
+    hamming = lambda sd: sd.__setitem__(key, sd[key] * 0.9)  # noqa: E731  (another window)
+    with pytest.raises(CheckpointError, match="is not the periodic-Hann DFT the frontend computes"):
+        load_tiny(write(hamming))
+    mask_key = "audio_encoder.base.htsat.layers.0.blocks.1.attn_mask"
+    zeroed = lambda sd: sd.__setitem__(mask_key, torch.zeros_like(sd[mask_key]))  # noqa: E731
+    with pytest.raises(CheckpointError, match="differs from the buffer this HTSAT config derives"):
+        load_tiny(write(zeroed))
+
+
+def test_unreadable_and_wrong_files(tmp_path, tiny_file):
+    model = CLAPModel.from_config(TINY)
+    with pytest.raises(CheckpointError, match="does not exist"):
+        load_msclap(tmp_path / "nope.pth", model=model)
+    (tmp_path / "junk.pth").write_bytes(b"not a checkpoint at all")
+    with pytest.raises(CheckpointError, match="not a readable PyTorch checkpoint"):
+        load_msclap(tmp_path / "junk.pth", model=model)
+    torch.save({"state_dict": {}}, tmp_path / "other.pth")
+    with pytest.raises(CheckpointError, match="expected a dict with a 'model' state dict"):
+        load_msclap(tmp_path / "other.pth", model=model)
+    _, _, write = tiny_file
+    with pytest.raises(CheckpointError, match="version '2022' requested, but this is a 2023 checkpoint"):
+        load_msclap(write(), version="2022", model=model)
+    with pytest.raises(ValueError, match="version must be one of"):
+        load_msclap(write(), version="2024", model=model)
