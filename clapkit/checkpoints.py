@@ -35,7 +35,7 @@ import pickle
 import re
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import Any, Mapping
 
 import torch
 
@@ -294,9 +294,9 @@ def _is_arange(t: torch.Tensor) -> bool:
     return torch.equal(t.reshape(-1).long(), torch.arange(t.numel()))
 
 
-def _empty_msclap_model(version: str):
-    """The shipped ``msclap-<version>`` CLAPModel without random initialisation (seconds for 160-200 M
-    parameters, all about to be overwritten).  Safe because loading is strict: every parameter and persistent
+def _uninitialised_model(config):
+    """A CLAPModel from ``config`` without random initialisation (seconds for 160-200 M parameters, all
+    about to be overwritten).  Safe because loading is strict: every parameter and persistent
     buffer is replaced, and the non-persistent buffers (window, HTSAT masks, position ids) are computed, not
     drawn.  ``no_init_weights`` is what transformers' own ``from_pretrained`` uses for the same purpose."""
     from .models.clap import CLAPModel  # late: keeps ``import clapkit.checkpoints`` light
@@ -304,19 +304,25 @@ def _empty_msclap_model(version: str):
     try:
         from transformers.initialization import no_init_weights
     except ImportError:  # another transformers layout: pay for the initialisation
-        return CLAPModel(f"msclap-{version}")
+        return CLAPModel(config)
     with no_init_weights():
-        return CLAPModel(f"msclap-{version}")
+        return CLAPModel(config)
 
 
-def load_msclap(path: str | Path, version: str = "2023", model: Any = None) -> tuple[Any, LoadReport]:
-    """Load an official msclap checkpoint into a clapkit ``CLAPModel`` (built from the shipped
-    ``msclap-<version>`` config unless ``model`` is given); returns ``(model in eval mode, LoadReport)``."""
+def load_msclap(path: str | Path, version: str = "2023", model: Any = None,
+                config: str | Path | Mapping[str, Any] | None = None) -> tuple[Any, LoadReport]:
+    """Load an official msclap checkpoint into a clapkit ``CLAPModel``; returns ``(model in eval mode, report)``.
+
+    The model is ``model`` if given, else built from ``config`` (a model config name, JSON path or dict;
+    default: the shipped ``msclap-<version>``) without wasting time on random initialisation.
+    """
     if version not in VERSIONS:
         raise ValueError(f"msclap version must be one of {VERSIONS}, got {version!r}")
+    if model is not None and config is not None:
+        raise ValueError("pass either model or config, not both")
     sd = read_msclap_state_dict(path)
     if model is None:
-        model = _empty_msclap_model(version)
+        model = _uninitialised_model(config if config is not None else f"msclap-{version}")
     mapped, report = map_msclap_state_dict(sd, version, model, path)
     model.load_state_dict(mapped, strict=True)
 

@@ -30,6 +30,8 @@ from clapkit.audio import FrontendConfig, mel_filterbank
 from clapkit.checkpoints import AUDIO_PREFIX, CheckpointError, hann_dft_kernels, load_msclap
 from clapkit.models.clap import CLAPModel, load_model_config
 
+pytestmark = pytest.mark.filterwarnings("ignore:torch.meshgrid:UserWarning")  # raised inside msclap's HTSAT
+
 REPO = Path(__file__).resolve().parent.parent
 SITE = Path(os.environ.get("MSCLAP_SITE", REPO / ".cache" / "msclap_site"))
 MARKER = ".complete-msclap-1.3.4-torchlibrosa-0.1.0"
@@ -243,6 +245,8 @@ def test_load_msclap_matches_reference_embeddings(msclap, tmp_path, version, sam
     assert int(model.audio.encoder.bn0.num_batches_tracked) == 12345
     assert report.logit_scale == pytest.approx(math.log(30.0))
     assert report.mel_fb_matches_config
+    assert report.mel_fb_design.startswith("HTS-AT config.py design" if version == "2023" else "YAML design")
+    print("\n" + report.summary())
     torch.testing.assert_close(model.audio.frontend.mel_fb, saved[prefix + "logmel_extractor.melW"], rtol=0, atol=0)
 
     # two different clips: noise, and a chirp over quieter noise
@@ -364,11 +368,19 @@ def load_tiny(path):
 
 def test_tiny_round_trip_is_exact(tiny_file):
     source, _, write = tiny_file
-    model, report = load_tiny(write())
-    for key, t in source.state_dict().items():
-        assert torch.equal(model.state_dict()[key], t), key
+    path = write()
+    given, _ = load_tiny(path)  # into a model the caller built
+    built, report = load_msclap(path, version="2023", config=TINY)  # built here, without random init
+    for model in (given, built):
+        assert not model.training
+        for key, t in source.state_dict().items():
+            assert torch.equal(model.state_dict()[key], t), key
+        for key, b in source.named_buffers():  # derived buffers are computed, never left uninitialised
+            assert torch.equal(dict(model.named_buffers())[key], b), key
     assert report.mel_fb_matches_config and report.mel_fb_design == "as configured"
     assert "tensors loaded" in report.summary()
+    with pytest.raises(ValueError, match="either model or config"):
+        load_msclap(path, version="2023", model=given, config=TINY)
 
 
 def test_wrong_shape_is_named(tiny_file):
