@@ -144,7 +144,10 @@ def check_clip(path: str, target_sr: int, cfg: PrepareConfig) -> ClipResult:
             return ClipResult(False, f"truncated or corrupt stream: {str(err).splitlines()[0][:200]}", **base)
         if data.shape[0] == 0:
             return ClipResult(False, "no audio samples (empty or truncated stream)", **base)
-        if data.shape[0] < 0.98 * frames:
+        # Only where the header's frame count is exact: for MP3/Ogg it is an estimate (from bitrate and file size,
+        # ID3 tags included), and a shorter decode is normal there.
+        exact_count = info.format in ("WAV", "WAVEX", "AIFF", "FLAC", "W64", "RF64", "CAF", "AU")
+        if exact_count and data.shape[0] < 0.98 * frames:
             return ClipResult(False, f"truncated: header says {frames} frames, decoded {data.shape[0]}", **base)
         if not np.isfinite(data).all():
             return ClipResult(False, "contains NaN or infinite samples", **base)
