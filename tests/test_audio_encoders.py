@@ -30,6 +30,16 @@ def tiny_htsat(**over) -> HTSAT:
     return HTSAT(HTSATConfig(**{**TINY_HTSAT, **over}))
 
 
+@pytest.fixture()
+def one_thread():
+    """Timed tests run single-threaded: on a busy shared machine, OpenMP threads waiting on each other can
+    make a tiny model 100x slower, which says nothing about the model."""
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(threads)
+
+
 def set_identity_bn0(model):
     with torch.no_grad():
         model.bn0.running_mean.zero_(); model.bn0.running_var.fill_(1.0)
@@ -77,8 +87,24 @@ def test_window_attention_equals_explicit_softmax():
         q, k, v = attn.qkv(x).view(2, 4, 4, 3, 3, 4).permute(3, 0, 1, 4, 2, 5)  # each B, nW, heads, N, d
         bias = attn.relative_position_bias_table[relative_position_index(2).view(-1)].view(4, 4, 3).permute(2, 0, 1)
         logits = q @ k.transpose(-1, -2) / 2.0 + bias + (0 if m is None else m[:, None])
-        out = (logits.softmax(-1) @ v).permute(0, 1, 3, 2, 4).reshape(2, 4, 4, 12)
-        torch.testing.assert_close(attn(x, m), attn.proj(out), atol=1e-6, rtol=1e-5)
+        out = attn.proj((logits.softmax(-1) @ v).permute(0, 1, 3, 2, 4).reshape(2, 4, 4, 12))
+        ours = attn(x, m)
+        torch.testing.assert_close(ours, out, atol=1e-6, rtol=1e-5)
+        # and the same gradients, the relative-position bias table's included (it enters SDPA as a mask)
+        weights = torch.randn_like(out)
+        params = [attn.relative_position_bias_table, attn.qkv.weight]
+        expected = torch.autograd.grad((out * weights).sum(), params)
+        for got, want in zip(torch.autograd.grad((ours * weights).sum(), params), expected):
+            torch.testing.assert_close(got, want, atol=1e-5, rtol=1e-4)
+
+
+def test_htsat_runs_under_bf16_autocast():
+    torch.manual_seed(0)
+    model = tiny_htsat().train()
+    with torch.autocast("cpu", dtype=torch.bfloat16):
+        emb = model(torch.randn(2, 200, 16))
+    emb.float().sum().backward()
+    assert torch.isfinite(emb.float()).all() and model.layers[0].blocks[1].attn.relative_position_bias_table.grad is not None
 
 
 def _block_output_change(block, res, token):
@@ -182,16 +208,19 @@ def test_spec_augment_is_train_only_and_bounded():
     assert torch.equal(aug(x), out)  # reproducible from the seed
 
 
-def test_tiny_htsat_trains_fast_and_every_used_weight_gets_a_gradient():
+def test_tiny_htsat_trains_fast_and_every_used_weight_gets_a_gradient(one_thread):
     torch.manual_seed(0)
     model = tiny_htsat(drop_path_rate=0.1).train()
     x = torch.randn(2, 200, 16)
-    start = time.perf_counter()
-    emb = model(x)
-    (emb.square().mean() + model.tag(x).mean()).backward()
-    elapsed = time.perf_counter() - start
+    times = []
+    for _ in range(3):  # best of 3: the first call pays one-off kernel set-up, a shared machine adds noise
+        model.zero_grad()
+        start = time.perf_counter()
+        emb = model(x)
+        (emb.square().mean() + model.tag(x).mean()).backward()
+        times.append(time.perf_counter() - start)
     assert emb.shape == (2, 32) and model.out_dim == 32
-    assert elapsed < 1.0, f"tiny HTSAT forward+backward took {elapsed:.2f} s"
+    assert min(times) < 1.0, f"tiny HTSAT forward+backward took {min(times):.2f} s"
     no_grad = [n for n, p in model.named_parameters() if p.grad is None or not p.grad.abs().sum() > 0]
     assert no_grad == ["head.weight", "head.bias"]  # the unused AudioSet head only (kept for strict loading)
 
@@ -237,14 +266,18 @@ def test_htsat_config_errors(bad, message):
 # ---------------------------------------------------------------------------------------------- CNN14
 
 
-def test_tiny_cnn14_trains_fast_and_dropout_is_train_only():
+def test_tiny_cnn14_trains_fast_and_dropout_is_train_only(one_thread):
     torch.manual_seed(0)
     model = CNN14(CNN14Config(**TINY_CNN14))
     x = torch.randn(2, 50, 16)
-    start = time.perf_counter()
-    emb = model.train()(x)
-    emb.sum().backward()
-    assert time.perf_counter() - start < 1.0
+    times = []
+    for _ in range(3):
+        model.zero_grad()
+        start = time.perf_counter()
+        emb = model.train()(x)
+        emb.sum().backward()
+        times.append(time.perf_counter() - start)
+    assert min(times) < 1.0, f"tiny CNN14 forward+backward took {min(times):.2f} s"
     assert emb.shape == (2, 24) and model.out_dim == 24
     assert all(p.grad is not None for n, p in model.named_parameters() if not n.startswith("fc_audioset"))
     model.eval()

@@ -219,7 +219,6 @@ def token_batch(version: str):
 
 @pytest.mark.parametrize("version, samples", [("2023", 7 * 44100), ("2022", 5 * 44100)])
 def test_load_msclap_matches_reference_embeddings(msclap, tmp_path, version, samples):
-    torch.set_num_threads(max(1, min(2, torch.get_num_threads())))
     reference = build_reference(msclap, version, seed=int(version))
     path = tmp_path / f"CLAP_weights_{version}.pth"
     saved = save_like_official(reference, version, path)
