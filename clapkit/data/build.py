@@ -170,29 +170,35 @@ def corpus_versions(summary: dict[str, Any]) -> dict[str, Any]:
     return out
 
 
+def corpus_hash(root: str = "data") -> str:
+    """DVC's directory hash of ``root`` (what ``data.dvc`` records), computed without touching the cache."""
+    from dvc.repo import Repo
+    from dvc_data.hashfile.build import build
+
+    repo = Repo(".")
+    _, _, obj = build(repo.cache.local, root, repo.fs, "md5", ignore=repo.dvcignore, dry_run=True)
+    return obj.hash_info.value
+
+
 def check_corpus(root: str = "data", dvc_file: str = "data.dvc") -> str:
     """Compare the built ``data/`` with the corpus ``data.dvc`` tracks; returns "match", "differs" or "untracked".
 
-    On a fresh clone DVC's cache is empty, so ``dvc status`` says "not in cache" even when the rebuilt corpus is
-    byte-identical: that is a match (the first ``dvc repro`` caches it).  "modified" means the bytes differ,
-    usually because Debian shipped another package version; we name the sources whose versions differ.
+    We hash ``data/`` the way DVC does and compare with the ``md5`` in ``data.dvc``.  (``dvc status`` cannot tell:
+    on a fresh clone DVC's cache is empty, and it says "not in cache" whether or not the bytes are identical.)
+    When the bytes differ, usually because Debian shipped another package version, we name the sources whose
+    versions differ, from ``data.dvc``'s ``meta``.
     """
-    import subprocess
-
     import yaml
 
     if not Path(dvc_file).exists():
         print(f"[data check] {dvc_file} does not exist: track this corpus with `clapkit data track`")
         return "untracked"
-    res = subprocess.run(["dvc", "status", dvc_file, "--json"], capture_output=True, text=True)
-    if res.returncode != 0:
-        raise RuntimeError(f"dvc status {dvc_file} failed: {res.stderr.strip()}")
-    status = json.loads(res.stdout or "{}")
-    changes = [v for entry in status.get(dvc_file, []) for v in entry.get("changed outs", {}).values()]
-    if all(c == "not in cache" for c in changes):
-        print(f"[data check] {root}/ matches the corpus tracked in {dvc_file}")
+    tracked_file = yaml.safe_load(open(dvc_file)) or {}
+    tracked_md5 = tracked_file["outs"][0]["md5"]
+    if corpus_hash(root) == tracked_md5:
+        print(f"[data check] {root}/ matches the corpus tracked in {dvc_file} ({tracked_md5})")
         return "match"
-    tracked = (yaml.safe_load(open(dvc_file)) or {}).get("meta", {}).get("corpus", {})
+    tracked = tracked_file.get("meta", {}).get("corpus", {})
     built = corpus_versions(json.loads((Path(root) / "corpus.json").read_text()))
     diffs = [name for name in sorted(set(tracked) | set(built)) if tracked.get(name) != built.get(name)]
     print(f"[data check] WARNING: {root}/ differs from the corpus tracked in {dvc_file}.")
