@@ -148,7 +148,8 @@ class CLAP:
             cfg["tokenizer"] = {**cfg["tokenizer"], "vocab": str(bert_vocab)}
         tokenizer = TextTokenizer.from_spec(cfg["tokenizer"])
         cfg["tokenizer"] = tokenizer.spec()  # the vocabulary travels as tokenizer.json, not as a path
-        model, report = load_msclap(path, version, model=CLAPModel.from_config(cfg))
+        # load_msclap builds the model from the config without random init: strict loading overwrites every weight
+        model, report = load_msclap(path, version, config=cfg)
         clap = cls(model, tokenizer, device)
         clap.msclap_report = report
         return clap

@@ -21,6 +21,7 @@ of every task is its ``test`` clips, fixed by the salt, independent of the train
 from __future__ import annotations
 
 import csv
+import dataclasses
 import hashlib
 import json
 import math
@@ -53,7 +54,7 @@ class PrepareConfig:
     out: str = "prepared"
     metrics: str = "metrics/data.json"
     datasets: dict[str, str] = field(default_factory=dict)  # adapter name -> folder of a dataset on disk
-    cache_seconds: float = 4.0  # seconds kept per clip (centre window); training crops inside it
+    cache_seconds: float | None = None  # seconds kept per clip (centre window); None = the preset's clip_seconds
     max_file_seconds: float = 600.0  # longer files are quarantined without decoding them
     min_sample_rate: int = 4000
     max_sample_rate: int = 192000
@@ -156,7 +157,7 @@ def check_clip(path: str, target_sr: int, cfg: PrepareConfig) -> ClipResult:
         if rms < cfg.silence_rms:
             return ClipResult(False, f"all silent: RMS {rms:.2e} < silence_rms {cfg.silence_rms:g}", **base)
         wave = resample(mono, sr, target_sr).numpy()
-        keep = int(round(cfg.cache_seconds * target_sr))
+        keep = int(round(cfg.cache_seconds * target_sr))  # prepare() resolved None to the clip length
         if wave.shape[0] > keep:  # centre window, as inference crops
             start = (wave.shape[0] - keep) // 2
             wave = wave[start : start + keep]
@@ -260,6 +261,8 @@ def _init_worker() -> None:
 
 def prepare(cfg: PrepareConfig, frontend: FrontendConfig, progress: bool = True) -> dict[str, Any]:
     t0 = time.time()
+    if cfg.cache_seconds is None:
+        cfg = dataclasses.replace(cfg, cache_seconds=frontend.clip_seconds)
     report: list[dict[str, str]] = []
     records = collect_records(cfg, report)
     out, tmp = Path(cfg.out), Path(str(cfg.out) + ".tmp")
