@@ -21,7 +21,7 @@ the torchlibrosa/msclap definition.  Its mel filterbank is a buffer, so a checkp
 from __future__ import annotations
 
 import math
-from dataclasses import asdict, dataclass, fields
+from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any, Mapping
 
@@ -30,6 +30,8 @@ import soundfile as sf
 import torch
 import torchaudio.functional as AF
 from torch import nn
+
+from .strict import strict_from_dict
 
 __all__ = [
     "AudioReadError",
@@ -153,11 +155,7 @@ class FrontendConfig:
 
     @classmethod
     def from_dict(cls, d: Mapping[str, Any]) -> "FrontendConfig":
-        known = {f.name for f in fields(cls)}
-        unknown = set(d) - known
-        if unknown:
-            raise ValueError(f"unknown frontend parameter(s): {sorted(unknown)}; known: {sorted(known)}")
-        return cls(**dict(d))
+        return strict_from_dict(cls, d, "frontend config")
 
     def to_dict(self) -> dict[str, Any]:
         return asdict(self)

@@ -8,13 +8,13 @@ are resolved here.
 
 from __future__ import annotations
 
-import dataclasses
 from pathlib import Path
 from typing import Any, TypeVar
 
 import yaml
 
 from .audio import FrontendConfig
+from .strict import strict_from_dict
 
 PRESETS = ("embedded", "paper")
 T = TypeVar("T")
@@ -41,9 +41,4 @@ def frontend_config(params: dict[str, Any]) -> FrontendConfig:
 
 def dataclass_from_dict(cls: type[T], block: dict[str, Any] | None, where: str) -> T:
     """Build dataclass ``cls`` from a params block, rejecting unknown keys (a typo must not be ignored)."""
-    block = dict(block or {})
-    known = {f.name for f in dataclasses.fields(cls)}
-    unknown = sorted(set(block) - known)
-    if unknown:
-        raise ValueError(f"params.yaml {where}: unknown key(s) {unknown}; known: {sorted(known)}")
-    return cls(**block)
+    return strict_from_dict(cls, block, f"params.yaml {where}")

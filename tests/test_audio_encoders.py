@@ -329,5 +329,5 @@ def test_build_audio_encoder():
     assert isinstance(build_audio_encoder({"name": "cnn14", **TINY_CNN14}), CNN14)
     with pytest.raises(ValueError, match="unknown audio encoder 'resnet'"):
         build_audio_encoder({"name": "resnet"})
-    with pytest.raises(ValueError, match=r"unknown HTSAT config field\(s\): \['hidden'\]"):
+    with pytest.raises(ValueError, match=r"HTSAT config: unknown key\(s\) \['hidden'\]"):
         build_audio_encoder({"name": "htsat", "hidden": 3})

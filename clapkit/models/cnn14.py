@@ -14,13 +14,14 @@ of the ``fc_audioset`` head, which CLAP does not use but whose weights the check
 
 from __future__ import annotations
 
-from dataclasses import asdict, dataclass, fields
+from dataclasses import asdict, dataclass
 from typing import Any, Mapping
 
 import torch
 import torch.nn.functional as F
 from torch import nn
 
+from ..strict import strict_from_dict
 from .htsat import SpecAugment
 
 __all__ = ["CNN14", "CNN14Config"]
@@ -56,11 +57,7 @@ class CNN14Config:
 
     @classmethod
     def from_dict(cls, d: Mapping[str, Any]) -> "CNN14Config":
-        known = {f.name for f in fields(cls)}
-        unknown = set(d) - known
-        if unknown:
-            raise ValueError(f"unknown CNN14 config field(s): {sorted(unknown)}; known: {sorted(known)}")
-        return cls(**dict(d))
+        return strict_from_dict(cls, d, "CNN14 config")
 
     def to_dict(self) -> dict[str, Any]:
         d = asdict(self)

@@ -29,12 +29,14 @@ reproduced; a longer clip is a configuration error, reported as such.
 from __future__ import annotations
 
 import math
-from dataclasses import asdict, dataclass, fields
+from dataclasses import asdict, dataclass
 from typing import Any, Mapping
 
 import torch
 import torch.nn.functional as F
 from torch import nn
+
+from ..strict import strict_from_dict
 
 __all__ = ["HTSAT", "HTSATConfig", "SpecAugment"]
 
@@ -109,11 +111,7 @@ class HTSATConfig:
 
     @classmethod
     def from_dict(cls, d: Mapping[str, Any]) -> "HTSATConfig":
-        known = {f.name for f in fields(cls)}
-        unknown = set(d) - known
-        if unknown:
-            raise ValueError(f"unknown HTSAT config field(s): {sorted(unknown)}; known: {sorted(known)}")
-        return cls(**dict(d))
+        return strict_from_dict(cls, d, "HTSAT config")
 
     def to_dict(self) -> dict[str, Any]:
         d = asdict(self)
