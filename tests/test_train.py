@@ -75,3 +75,271 @@ def test_checkpoint_restores_rng_and_refuses_missing_state(tmp_path):
     opt = torch.optim.Adam(model.parameters())
     with pytest.raises(CheckpointError, match="no optimizer state"):
         load_checkpoint(path, model, opt)
+
+
+# --- fixtures: a tiny prepared corpus and a tiny model -------------------------------------------------------------
+
+import json  # noqa: E402
+from pathlib import Path  # noqa: E402
+
+import soundfile as sf  # noqa: E402
+import torch.nn.functional as F  # noqa: E402
+
+from clapkit.models.clap import load_model_config  # noqa: E402
+
+TONE_KINDS = ["sine tone", "square wave", "white noise", "chirp"]
+
+
+def make_prepared(root: Path, n: int = 64) -> Path:
+    """``n`` short clips of 4 signal kinds (task ``tone``), prepared at 16 kHz, 1 s clips cached 1.5 s."""
+    from clapkit.audio import FrontendConfig
+    from clapkit.data.prepare import PrepareConfig, prepare
+    from clapkit.data.records import ClipRecord, write_jsonl
+
+    sr = 16000
+    (root / "fixture").mkdir(parents=True, exist_ok=True)
+    rng = np.random.default_rng(0)
+    records = []
+    for i in range(n):
+        t = np.arange(int(sr * (0.8 + 0.1 * (i % 5)))) / sr  # 0.8-1.2 s: padded and cropped clips both occur
+        f = 300 + 40 * (i % 7)
+        x = [np.sin(2 * np.pi * f * t), np.sign(np.sin(2 * np.pi * f * t)), rng.standard_normal(len(t)),
+             np.sin(2 * np.pi * (f + 800 * t) * t)][i % 4]
+        rel = f"fixture/c{i:03d}.wav"
+        sf.write(root / rel, (0.3 * x).astype(np.float32), sr)
+        records.append(ClipRecord(id=f"fixture/c{i:03d}", path=rel, source="synth:fixture", licence="CC0-1.0",
+                                  real=False, group=f"g{i}", labels={"tone": TONE_KINDS[i % 4]}))
+    write_jsonl(root / "fixture" / "clips.jsonl", records)
+    (root / "corpus.json").write_text(json.dumps({"sources": {"fixture": {"clips": n}}}))
+    cfg = PrepareConfig(corpus=str(root), out=str(root / "prepared"), metrics=str(root / "data.json"),
+                        cache_seconds=1.5, workers=1, test_fraction=0.2, val_fraction=0.2)
+    prepare(cfg, FrontendConfig(sample_rate=16000, clip_seconds=1.0), progress=False)
+    return root / "prepared"
+
+
+@pytest.fixture(scope="module")
+def prepared(tmp_path_factory):
+    return make_prepared(tmp_path_factory.mktemp("corpus"))
+
+
+def deterministic_tiny_config() -> dict:
+    """The tiny HTSAT + GPT-2 config with every dropout / SpecAugment off (for exact-equivalence tests)."""
+    cfg = load_model_config("clap-tiny-htsat-gpt2")
+    cfg["projection_dropout"] = 0.0
+    cfg["audio_encoder"].update(drop_path_rate=0.0, time_mask_stripes=0, freq_mask_stripes=0)
+    cfg["text_encoder"].update(resid_pdrop=0.0, embd_pdrop=0.0, attn_pdrop=0.0)
+    return cfg
+
+
+def train_config(tmp: Path, prepared: Path, **kw):
+    from clapkit.train import TrainConfig
+
+    base = dict(prepared=str(prepared), out=str(tmp / "clap"), checkpoint_dir=str(tmp / "ckpt"),
+                metrics=str(tmp / "metrics.json"), live_dir=str(tmp / "live"), max_steps=10, batch_size=8,
+                warmup_steps=2, checkpoint_every=3, keep_checkpoints=100, audio_init="none", log_every=1, threads=1,
+                precision="fp32")
+    base.update(kw)
+    return TrainConfig(**base)
+
+
+# --- loss ----------------------------------------------------------------------------------------------------------
+
+def test_clip_loss_equals_symmetric_cross_entropy_by_hand():
+    from clapkit.losses import ClipLoss, clamp_logit_scale
+
+    g = torch.Generator().manual_seed(0)
+    a = F.normalize(torch.randn(5, 3, generator=g), dim=-1)
+    t = F.normalize(torch.randn(5, 3, generator=g), dim=-1)
+    scale = torch.tensor(7.0)
+    logits = (scale * a @ t.T).double().numpy()
+
+    def ce(m):  # mean over rows of -log softmax at the diagonal
+        m = m - m.max(1, keepdims=True)
+        return float(np.mean(np.log(np.exp(m).sum(1)) - np.diag(m)))
+
+    expected = (ce(logits) + ce(logits.T)) / 2
+    assert ClipLoss()(a, t, scale).item() == pytest.approx(expected, rel=1e-6)
+    # single process: the local loss is the global loss
+    assert ClipLoss(local_loss=True)(a, t, scale).item() == pytest.approx(expected, rel=1e-6)
+    # orthogonal, perfectly aligned pairs with a large scale: loss -> 0
+    eye = torch.eye(4)
+    assert ClipLoss()(eye, eye, torch.tensor(100.0)).item() < 1e-6
+    p = torch.nn.Parameter(torch.tensor(9.0))
+    clamp_logit_scale(p)
+    assert p.item() == pytest.approx(np.log(100.0))
+    p.data.fill_(-1.0)
+    clamp_logit_scale(p)
+    assert p.item() == 0.0
+
+
+# --- data ----------------------------------------------------------------------------------------------------------
+
+def test_epoch_batches_shard_the_global_batch_and_resume_mid_epoch():
+    from clapkit.data.loader import EpochBatches
+
+    single = list(EpochBatches(50, 8, seed=3, epoch=1))
+    assert len(single) == 6 and all(len(b) == 8 for b in single)  # 50 // 8 batches, tail dropped
+    assert len({i for b in single for i in b}) == 48
+    ranks = [list(EpochBatches(50, 8, seed=3, epoch=1, rank=r, world=2)) for r in range(2)]
+    assert [r0 + r1 for r0, r1 in zip(*ranks)] == single  # rank slices concatenate to the global batch
+    assert list(EpochBatches(50, 8, seed=3, epoch=1, start=4)) == single[4:]
+    assert list(EpochBatches(50, 8, seed=3, epoch=2)) != single  # a new order each epoch
+    with pytest.raises(ValueError, match="divisible"):
+        EpochBatches(50, 9, seed=0, world=2)
+
+
+def test_dataset_crops_and_captions_are_seeded_per_epoch(prepared):
+    from clapkit.audio import fit_length
+    from clapkit.data.loader import ClipCaptionDataset, make_collate
+    from clapkit.data.prepare import PreparedCorpus
+    from clapkit.text import TextTokenizer
+
+    corpus = PreparedCorpus(prepared)
+    idx = corpus.split("train")
+    ds = ClipCaptionDataset(corpus, idx, 16000, train=True, seed=0)
+    long_items = [k for k, i in enumerate(idx) if corpus.rows[i]["length"] > 16000]
+    assert long_items
+    k = long_items[0]
+    first = ds[k]
+    assert torch.equal(first["wave"], ds[k]["wave"]) and first["caption"] == ds[k]["caption"]  # same epoch: same
+    draws = set()
+    for epoch in range(8):
+        ds.set_epoch(epoch)
+        item = ds[k]
+        draws.add((item["caption"], float(item["wave"][0])))
+        assert item["wave"].shape == (16000,) and item["caption"] in corpus.rows[idx[k]]["captions"]
+    assert len(draws) > 4  # crops / captions vary across epochs
+    ev = ClipCaptionDataset(corpus, idx, 16000, train=False)
+    wave = torch.from_numpy(corpus.waveform(idx[k]))
+    assert torch.equal(ev[k]["wave"], fit_length(wave, 16000, crop="center"))
+    assert ev[k]["caption"] == corpus.rows[idx[k]]["captions"][0]
+    tok = TextTokenizer.from_spec({"kind": "gpt2", "max_length": 32})
+    batch = make_collate(tok)([ds[0], ds[1], ds[2]])
+    lengths = batch["attention_mask"].sum(1)
+    assert batch["input_ids"].shape[1] == int(lengths.max())  # padded to the longest caption only
+    assert batch["wave"].shape == (3, 16000)
+
+
+# --- schedule ------------------------------------------------------------------------------------------------------
+
+def test_schedule_warmup_cosine_and_plateau():
+    from clapkit.train import Schedule, TrainConfig
+
+    p = torch.nn.Parameter(torch.zeros(1))
+    opt = torch.optim.Adam([p], lr=1.0)
+    s = Schedule(opt, TrainConfig(lr=1.0, warmup_steps=4, max_steps=14, schedule="cosine", min_lr_ratio=0.0))
+    lrs = []
+    for _ in range(14):
+        lrs.append(opt.param_groups[0]["lr"])
+        s.step()
+    assert lrs[:4] == [0.25, 0.5, 0.75, 1.0]
+    assert lrs[9] == pytest.approx(0.5)  # halfway through the cosine
+    assert opt.param_groups[0]["lr"] == pytest.approx(0.0, abs=1e-12)
+    opt = torch.optim.Adam([p], lr=1.0)
+    s = Schedule(opt, TrainConfig(lr=1.0, warmup_steps=0, schedule="plateau", plateau_patience=1, plateau_factor=0.1))
+    for loss in (3.0, 2.0, 2.5, 2.5):  # best at 2.0, then two bad epochs > patience 1
+        s.epoch_end(loss)
+    assert opt.param_groups[0]["lr"] == pytest.approx(0.1)
+    state = s.state_dict()
+    s2 = Schedule(torch.optim.Adam([p], lr=1.0), TrainConfig(lr=1.0, warmup_steps=0, schedule="plateau"))
+    s2.load_state_dict(state)
+    assert s2.optimizer.param_groups[0]["lr"] == pytest.approx(0.1)
+
+
+# --- the training step -----------------------------------------------------------------------------------------------
+
+def _batch(clap, n=8, seed=0):
+    g = torch.Generator().manual_seed(seed)
+    captions = [f"a {w} sound number {i}" for i, w in zip(range(n), ["loud", "soft", "short", "long"] * n)]
+    tokens = clap.tokenizer(captions)
+    return {"wave": 0.1 * torch.randn(n, clap.clip_samples, generator=g), **tokens}
+
+
+def _grads(model):
+    return {n: p.grad.clone() for n, p in model.named_parameters() if p.grad is not None}
+
+
+def test_gradient_accumulation_equals_one_big_batch():
+    from clapkit.api import CLAP
+    from clapkit.losses import ClipLoss
+    from clapkit.train import train_step
+
+    clap = CLAP.from_config(deterministic_tiny_config(), seed=0)
+    model = clap.model.train()
+    model.audio.encoder.bn0.eval()  # batch statistics would differ between micro-batches by construction
+    batch = _batch(clap)
+    loss1 = train_step(model, batch, ClipLoss(), 1, torch.device("cpu"), None)
+    g1 = _grads(model)
+    model.zero_grad()
+    loss2 = train_step(model, batch, ClipLoss(), 2, torch.device("cpu"), None)
+    g2 = _grads(model)
+    assert loss1 == pytest.approx(loss2, rel=1e-5)
+    assert g1.keys() == g2.keys() and len(g1) > 20
+    for name in g1:
+        torch.testing.assert_close(g1[name], g2[name], rtol=1e-4, atol=1e-6, msg=name)
+
+
+# --- whole runs ----------------------------------------------------------------------------------------------------
+
+def _tsv_values(live: Path, name: str) -> list[tuple[str, str]]:
+    rows = (live / "plots" / "metrics" / name).read_text().splitlines()
+    header = rows[0].split("\t")
+    keep = [header.index("step"), header.index(Path(name).stem)]
+    return [tuple(r.split("\t")[c] for c in keep) for r in rows[1:]]
+
+
+def test_interrupted_and_resumed_run_equals_uninterrupted(prepared, tmp_path):
+    from clapkit.api import CLAP
+    from clapkit.checkpointing import list_checkpoints
+    from clapkit.train import train
+
+    model_cfg = load_model_config("clap-tiny-htsat-gpt2")  # dropout and SpecAugment on: the RNG must be restored
+    straight = train(train_config(tmp_path / "a", prepared), model_cfg, seed=1, progress=False)
+    # Run B the same way, then lose everything after step 6 (mid-epoch: 39 train clips = 4 batches of 8 per
+    # epoch) as a kill -9 after the step-6 checkpoint would, and rerun: it resumes at epoch 1, batch 2.
+    b = tmp_path / "b"
+    train(train_config(b, prepared), model_cfg, seed=1, progress=False)
+    for step, path in list_checkpoints(b / "ckpt"):
+        if step > 6:
+            path.unlink()
+    (b / "metrics.json").unlink()
+    resumed = train(train_config(b, prepared), model_cfg, seed=1, progress=False)
+    assert resumed == straight  # same val metrics, same temperature, bit for bit
+    wa = CLAP.from_pretrained(tmp_path / "a" / "clap").model.state_dict()
+    wb = CLAP.from_pretrained(b / "clap").model.state_dict()
+    assert all(torch.equal(wa[k], wb[k]) for k in wa)
+    assert _tsv_values(tmp_path / "a" / "live", "train/loss.tsv") == _tsv_values(b / "live", "train/loss.tsv")
+    assert [s for s, _ in _tsv_values(b / "live", "val/loss.tsv")] == ["4", "8", "10"]
+    # and it learnt something: the validation loss fell from the first epoch to the end
+    vals = [float(v) for _, v in _tsv_values(b / "live", "val/loss.tsv")]
+    assert vals[-1] < vals[0]
+    assert straight["val_zeroshot"]["tone"]["chance"] == 0.25
+    # a different config does not resume someone else's checkpoint: it starts afresh
+    other = train(train_config(b, prepared, max_steps=2), model_cfg, seed=1, progress=False)
+    assert other["step"] == 2
+
+
+def test_encoder_init_from_file_and_freezing(prepared, tmp_path):
+    from safetensors.torch import save_file
+
+    from clapkit.api import CLAP
+    from clapkit.train import train
+
+    model_cfg = load_model_config("clap-tiny-htsat-gpt2")
+    donor = CLAP.from_config(model_cfg, seed=123).model
+    state = {f"audio.encoder.{k}": v for k, v in donor.audio.encoder.state_dict().items()}
+    state["text.encoder.unrelated"] = torch.zeros(1)  # another tower's keys are ignored
+    save_file(state, str(tmp_path / "audio_encoder.safetensors"))
+    metrics = train(train_config(tmp_path, prepared, max_steps=3, audio_init=str(tmp_path), freeze_audio=True),
+                    model_cfg, seed=0, progress=False)
+    assert metrics["init"][0]["tensors"] == len(donor.audio.encoder.state_dict())
+    trained = CLAP.from_pretrained(tmp_path / "clap").model
+    for k, v in donor.audio.encoder.state_dict().items():
+        assert torch.equal(trained.audio.encoder.state_dict()[k], v), k  # loaded and frozen (BN stats too)
+    fresh = CLAP.from_config(model_cfg, seed=0).model
+    assert not torch.equal(trained.audio.projection.linear1.weight, fresh.audio.projection.linear1.weight)
+    # a file for another encoder geometry is refused with the file named
+    bad = {"encoder.patch_embed.proj.weight": torch.zeros(1)}
+    save_file(bad, str(tmp_path / "bad.safetensors"))
+    with pytest.raises(ValueError, match="bad.safetensors"):
+        train(train_config(tmp_path / "x", prepared, audio_init=str(tmp_path / "bad.safetensors")), model_cfg)

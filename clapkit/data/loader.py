@@ -1,0 +1,148 @@
+"""Training and evaluation batches from a PreparedCorpus: cropped waveforms + one tokenised caption per clip.
+
+Everything random is a pure function of ``(seed, epoch, clip index)``, never of a running generator:
+
+* the *order* of an epoch is ``torch.randperm`` seeded with ``seed + epoch`` (every rank computes the same one);
+* a clip's *crop* (train: a random window of ``clip_samples`` inside the cached waveform; eval: the centre) and
+  its *caption* (one of its several captions, drawn once per epoch) come from a generator seeded with
+  ``hash(seed, epoch, index)``.
+
+So a batch does not depend on how many workers read it, on which rank it lands, or on whether the run was
+interrupted: resuming at step k of an epoch just starts the same index list at batch k (``EpochBatches.start``).
+
+Sharding is DistributedSampler-style over the *global* batch: the epoch's permutation is cut into global batches
+of ``global_batch`` clips (the tail that does not fill one is dropped), and rank r of W takes the r-th contiguous
+``global_batch / W`` slice of each, so the union of the ranks' micro-batches is exactly the single-process batch.
+"""
+
+from __future__ import annotations
+
+import hashlib
+from dataclasses import dataclass
+from typing import Any, Sequence
+
+import torch
+from torch.utils.data import DataLoader, Dataset
+
+from ..audio import fit_length
+from ..text import TextTokenizer
+
+__all__ = ["ClipCaptionDataset", "EpochBatches", "clip_seed", "make_collate", "make_loader", "steps_per_epoch"]
+
+
+def clip_seed(seed: int, epoch: int, index: int) -> int:
+    """A 63-bit seed for one clip in one epoch (stable across Python runs, unlike ``hash``)."""
+    digest = hashlib.blake2b(f"{seed}:{epoch}:{index}".encode(), digest_size=8).digest()
+    return int.from_bytes(digest, "little") & ((1 << 63) - 1)
+
+
+class ClipCaptionDataset(Dataset):
+    """Item ``i`` of ``indices`` -> ``{"wave": (clip_samples,) float32, "caption": str, "index": corpus row}``.
+
+    ``train=True``: seeded random crop and a caption drawn per epoch (call ``set_epoch``).  ``train=False``: the
+    centre crop and the clip's first caption, always the same.  Clips shorter than ``clip_samples`` are
+    repeat-padded (``fit_length``), as at inference.
+    """
+
+    def __init__(self, corpus, indices: Sequence[int], clip_samples: int, train: bool, seed: int = 0):
+        self.corpus = corpus
+        self.indices = [int(i) for i in indices]
+        self.clip_samples = int(clip_samples)
+        self.train = train
+        self.seed = int(seed)
+        self.epoch = 0
+        empty = [self.corpus.rows[i]["id"] for i in self.indices if not self.corpus.rows[i].get("captions")]
+        if empty:
+            raise ValueError(f"{len(empty)} clip(s) have no caption, e.g. {empty[:3]}: cannot train on them")
+
+    def set_epoch(self, epoch: int) -> None:
+        self.epoch = int(epoch)
+
+    def __len__(self) -> int:
+        return len(self.indices)
+
+    def __getitem__(self, item: int) -> dict[str, Any]:
+        index = self.indices[item]
+        row = self.corpus.rows[index]
+        wave = torch.from_numpy(self.corpus.waveform(index))
+        if self.train:
+            gen = torch.Generator().manual_seed(clip_seed(self.seed, self.epoch, index))
+            wave = fit_length(wave, self.clip_samples, crop="random", generator=gen)
+            captions = row["captions"]
+            caption = captions[int(torch.randint(len(captions), (1,), generator=gen))]
+        else:
+            wave = fit_length(wave, self.clip_samples, crop="center")
+            caption = row["captions"][0]
+        return {"wave": wave.contiguous(), "caption": caption, "index": index}
+
+
+def make_collate(tokenizer: TextTokenizer):
+    """Stack waveforms; tokenise the captions padded to the longest one in the batch (dynamic padding)."""
+
+    def collate(items: list[dict[str, Any]]) -> dict[str, Any]:
+        tokens = tokenizer([it["caption"] for it in items])
+        return {
+            "wave": torch.stack([it["wave"] for it in items]),
+            "input_ids": tokens["input_ids"],
+            "attention_mask": tokens["attention_mask"],
+            "captions": [it["caption"] for it in items],
+            "index": torch.tensor([it["index"] for it in items], dtype=torch.long),
+        }
+
+    return collate
+
+
+@dataclass
+class EpochBatches:
+    """The dataset positions of this rank's batches in one epoch (a batch sampler for ``DataLoader``).
+
+    ``global_batch`` clips per optimiser step over all ranks; this rank gets ``global_batch // world`` of each;
+    iteration starts at batch ``start`` (to resume in the middle of an epoch).
+    """
+
+    n_items: int
+    global_batch: int
+    seed: int
+    epoch: int = 0
+    rank: int = 0
+    world: int = 1
+    shuffle: bool = True
+    drop_last: bool = True
+    start: int = 0
+
+    def __post_init__(self):
+        if self.global_batch % self.world:
+            raise ValueError(f"global batch {self.global_batch} is not divisible by {self.world} ranks")
+
+    def global_batches(self) -> list[list[int]]:
+        if self.shuffle:
+            order = torch.randperm(self.n_items, generator=torch.Generator().manual_seed(self.seed + self.epoch)).tolist()
+        else:
+            order = list(range(self.n_items))
+        full = self.n_items // self.global_batch
+        batches = [order[b * self.global_batch:(b + 1) * self.global_batch] for b in range(full)]
+        if not self.drop_last and full * self.global_batch < self.n_items:
+            batches.append(order[full * self.global_batch:])
+        return batches
+
+    def __len__(self) -> int:
+        return len(self.global_batches()) - self.start
+
+    def __iter__(self):
+        for batch in self.global_batches()[self.start:]:
+            per_rank = -(-len(batch) // self.world)
+            yield batch[self.rank * per_rank:(self.rank + 1) * per_rank]
+
+
+def make_loader(dataset: ClipCaptionDataset, batches: EpochBatches, tokenizer: TextTokenizer,
+                num_workers: int = 0) -> DataLoader:
+    """A DataLoader over ``batches``; workers only read and crop (the order is fixed by ``batches``)."""
+    # Our own generator: creating a DataLoader iterator otherwise draws a seed from the *global* RNG, which
+    # would make a run resumed mid-epoch diverge from an uninterrupted one.
+    generator = torch.Generator().manual_seed(clip_seed(batches.seed, batches.epoch, -1))
+    return DataLoader(dataset, batch_sampler=batches, collate_fn=make_collate(tokenizer), num_workers=num_workers,
+                      generator=generator)
+
+
+def steps_per_epoch(n_items: int, global_batch: int) -> int:
+    return n_items // global_batch

@@ -1,0 +1,673 @@
+"""Stage ``train``: contrastive training of a CLAP model on the prepared corpus (MS-CLAP 2023 §2-3).
+
+One command on one CPU, one GPU or many (``torchrun --nproc-per-node N -m clapkit.cli train ...``)::
+
+    clapkit train --params params.yaml [--resume latest|none|<checkpoint>]
+
+What happens, top to bottom of this file:
+
+1. ``TrainConfig`` (block ``train:`` of params.yaml) + the shared ``seed``, ``model.<preset>`` and
+   ``frontend.<preset>``.  The model's frontend is always the params one.
+2. ``build_model``: a seeded CLAP of that config; the audio encoder initialised from the pretrain stage
+   (``audio_init: pretrain`` reads ``models/pretrain/``), from a file/directory, or left random (``none``);
+   the same for the text encoder (``text_init``).  ``freeze_audio`` / ``freeze_text`` fix an encoder (its
+   projection still trains) and keep it in eval mode.
+3. Optimiser (Adam or AdamW; no weight decay on biases, norms, embeddings and the temperature), a schedule
+   (``Schedule``: linear warmup, then cosine, constant, or reduce-on-plateau on the validation loss), gradient
+   clipping, optional gradient accumulation in OpenCLIP's two-pass form (the loss of k accumulated micro-batches
+   equals the loss of one k-times larger batch, see ``train_step``), autocast (``precision``).
+4. The loop, with a budget in optimiser *steps* (``max_steps``): checkpoints every ``checkpoint_every`` steps,
+   at each epoch end and at the end (``clapkit.checkpointing``); validation (loss + zero-shot accuracy per task
+   of the corpus on the ``val`` split, through ``clapkit.api.CLAP``) at each epoch end and at the end; dvclive
+   logs (loss, lr, temperature, clips/s, validation metrics) in ``train.live_dir``.
+5. The final model through ``CLAP.save_pretrained`` into ``train.out`` (``models/clap``); ``metrics/train.json``.
+
+Resume: with ``--resume latest`` (what the stage runs; ``auto`` = the same) the newest checkpoint written under
+the *same* configuration is loaded (model, optimiser, schedule, scaler, RNG, epoch and batch position) and the
+run continues exactly where it stopped, also from the middle of an epoch; without one it starts afresh.  Batches
+are a pure function of (seed, epoch, index) (``clapkit.data.loader``), so "interrupted + resumed" computes the
+same steps as "uninterrupted" (tests/test_train.py).  dvclive rows logged after the checkpoint are dropped on
+resume, so the curves have no duplicated steps.
+
+Distributed: ``torchrun`` sets RANK / WORLD_SIZE; the process group is NCCL on GPUs, gloo on CPUs.  Each rank
+takes a contiguous slice of every global batch; features are gathered with gradients (``clapkit.losses``), so
+the loss and the gradients equal the single-process ones on the same global batch (tests/test_ddp.py).
+BatchNorm (HTSAT's ``bn0``) normalises per rank as in OpenCLIP (``sync_batchnorm: true`` for SyncBatchNorm on GPUs).
+"""
+
+from __future__ import annotations
+
+import copy
+import csv
+import json
+import math
+import os
+import time
+from contextlib import nullcontext
+from dataclasses import asdict, dataclass
+from pathlib import Path
+from typing import Any, Mapping
+
+import torch
+import torch.distributed as dist
+import torch.nn.functional as F
+from torch import nn
+
+from .checkpointing import find_latest, load_checkpoint, save_checkpoint, unwrap
+from .config import dataclass_from_dict, frontend_config, load_params
+from .losses import ClipLoss, clamp_logit_scale
+from .text import atomic_write_text
+
+__all__ = ["Schedule", "TrainConfig", "build_model", "evaluate", "load_encoder_weights", "train", "train_step"]
+
+
+@dataclass
+class TrainConfig:
+    """Block ``train:`` of params.yaml (comments there say why each value)."""
+
+    prepared: str = "prepared"
+    out: str = "models/clap"
+    checkpoint_dir: str = "checkpoints/train"
+    metrics: str = "metrics/train.json"
+    live_dir: str = "dvclive/train"
+    max_steps: int = 300
+    batch_size: int = 64  # global: clips per optimiser step over all ranks and accumulation micro-batches
+    accum_steps: int = 1
+    optimizer: str = "adamw"  # adamw | adam
+    lr: float = 1e-3
+    betas: tuple[float, float] = (0.9, 0.98)
+    eps: float = 1e-6
+    weight_decay: float = 0.1
+    schedule: str = "cosine"  # cosine | constant | plateau
+    warmup_steps: int = 30
+    min_lr_ratio: float = 0.05
+    plateau_factor: float = 0.1
+    plateau_patience: int = 15
+    grad_clip_norm: float | None = 1.0
+    precision: str = "auto"  # auto | fp32 | bf16 | fp16
+    threads: int = 0  # torch intra-op threads per process; 0 = torch's default
+    num_workers: int = 0
+    checkpoint_every: int = 50
+    keep_checkpoints: int = 2
+    log_every: int = 5
+    val_max_clips: int | None = None
+    val_batch_size: int = 64
+    audio_init: str = "pretrain"  # none | pretrain | <path>
+    pretrain_dir: str = "models/pretrain"
+    text_init: str = "none"  # none | <path>
+    freeze_audio: bool = False
+    freeze_text: bool = False
+    local_loss: bool = False
+    gather_with_grad: bool = True
+    sync_batchnorm: bool = False
+
+    def __post_init__(self):
+        self.betas = tuple(float(b) for b in self.betas)
+        problems = []
+        if self.optimizer not in ("adam", "adamw"):
+            problems.append(f"optimizer must be adam or adamw, got {self.optimizer!r}")
+        if self.schedule not in ("cosine", "constant", "plateau"):
+            problems.append(f"schedule must be cosine, constant or plateau, got {self.schedule!r}")
+        if self.precision not in ("auto", "fp32", "bf16", "fp16"):
+            problems.append(f"precision must be auto, fp32, bf16 or fp16, got {self.precision!r}")
+        if self.max_steps < 1 or self.batch_size < 2 or self.accum_steps < 1:
+            problems.append("max_steps >= 1, batch_size >= 2 and accum_steps >= 1 are required")
+        if problems:
+            raise ValueError("params.yaml train: " + "; ".join(problems))
+
+    @classmethod
+    def from_params(cls, params: Mapping[str, Any]) -> "TrainConfig":
+        return dataclass_from_dict(cls, params.get("train"), "train")
+
+
+def model_config_from_params(params: Mapping[str, Any]) -> dict[str, Any]:
+    """The model config of ``model.<preset>`` with its frontend replaced by ``frontend.<preset>``."""
+    from .models.clap import load_model_config
+
+    preset = params.get("preset", "embedded")
+    try:
+        name = params["model"][preset]
+    except (KeyError, TypeError) as err:
+        raise KeyError(f"params.yaml has no model.{preset} entry") from err
+    cfg = load_model_config(name)
+    cfg["frontend"] = asdict(frontend_config(params))
+    return cfg
+
+
+# --- model -----------------------------------------------------------------------------------------------------------
+
+_ENCODER_PREFIXES = ("audio.encoder.", "text.encoder.", "audio_encoder.", "text_encoder.", "encoder.")
+
+
+def _read_state(path: Path) -> dict[str, torch.Tensor]:
+    if path.suffix == ".safetensors":
+        from safetensors.torch import load_file
+
+        return load_file(str(path))
+    state = torch.load(path, map_location="cpu", weights_only=True)
+    if isinstance(state, dict) and "model" in state and isinstance(state["model"], dict):
+        state = state["model"]  # a clapkit training checkpoint or msclap's {"model": ...}
+    return state
+
+
+def _find_weights(path: Path, tower: str) -> Path:
+    """A weights file from a file or a directory (the pretrain output, a save_pretrained dir, a checkpoint dir)."""
+    if path.is_file():
+        return path
+    if not path.is_dir():
+        raise FileNotFoundError(f"{path}: no such file or directory (encoder initialisation for the {tower} tower)")
+    for name in (f"{tower}_encoder.safetensors", "encoder.safetensors", "model.safetensors"):
+        if (path / name).is_file():
+            return path / name
+    from .checkpointing import list_checkpoints
+
+    ckpts = list_checkpoints(path)
+    if ckpts:
+        return ckpts[-1][1]
+    raise FileNotFoundError(f"{path}: no {tower}_encoder.safetensors, encoder.safetensors, model.safetensors "
+                            "or step_*.pt checkpoint in it")
+
+
+def load_encoder_weights(encoder: nn.Module, source: str | Path, tower: str) -> dict[str, Any]:
+    """Load ``source`` into ``encoder`` strictly.  Keys may be bare or carry a CLAP / pretrain prefix
+    (``audio.encoder.``, ``audio_encoder.``, ``encoder.``); keys of the other tower or of heads are ignored
+    only if they carry a prefix that is not this encoder's.  Returns a small report."""
+    path = _find_weights(Path(source), tower)
+    state = _read_state(path)
+    own = (f"{tower}.encoder.", f"{tower}_encoder.", "encoder.")
+    wanted = set(encoder.state_dict())
+    picked: dict[str, torch.Tensor] = {}
+    for key, value in state.items():
+        stripped = next((key[len(p):] for p in own if key.startswith(p)), key)
+        if stripped in wanted:
+            picked[stripped] = value
+    missing = sorted(wanted - set(picked))
+    if missing:
+        raise ValueError(f"{path}: cannot initialise the {tower} encoder, {len(missing)} tensor(s) missing "
+                         f"(e.g. {missing[:3]}); is it the same encoder config?")
+    encoder.load_state_dict(picked, strict=True)
+    return {"tower": tower, "path": str(path), "tensors": len(picked)}
+
+
+def build_model(cfg: TrainConfig, model_config: Mapping[str, Any], seed: int):
+    """A seeded ``clapkit.CLAP`` with the encoders initialised and frozen as ``cfg`` says, and the init report."""
+    from .api import CLAP
+
+    clap = CLAP.from_config(dict(model_config), seed=seed, device="cpu")
+    model = clap.model
+    report = []
+    audio_init = cfg.audio_init
+    if audio_init == "pretrain":
+        audio_init = cfg.pretrain_dir
+    if audio_init != "none":
+        report.append(load_encoder_weights(model.audio.encoder, audio_init, "audio"))
+    if cfg.text_init != "none":
+        report.append(load_encoder_weights(model.text.encoder, cfg.text_init, "text"))
+    for frozen, encoder in ((cfg.freeze_audio, model.audio.encoder), (cfg.freeze_text, model.text.encoder)):
+        if frozen:
+            encoder.requires_grad_(False)
+    return clap, report
+
+
+def set_train_mode(model: nn.Module, cfg: TrainConfig) -> None:
+    """Train mode, except frozen encoders (no dropout, BatchNorm statistics kept)."""
+    model.train()
+    if cfg.freeze_audio:
+        model.audio.encoder.eval()
+    if cfg.freeze_text:
+        model.text.encoder.eval()
+
+
+# --- optimisation ----------------------------------------------------------------------------------------------------
+
+def make_optimizer(model: nn.Module, cfg: TrainConfig) -> torch.optim.Optimizer:
+    """Weight decay on weight matrices only (CLIP: not on gains, biases, embeddings or the temperature)."""
+    decay, no_decay = [], []
+    for name, p in model.named_parameters():
+        if not p.requires_grad:
+            continue
+        if p.ndim < 2 or "logit_scale" in name or "wte" in name or "wpe" in name or "embeddings" in name:
+            no_decay.append(p)
+        else:
+            decay.append(p)
+    groups = [{"params": decay, "weight_decay": cfg.weight_decay if cfg.optimizer == "adamw" else 0.0},
+              {"params": no_decay, "weight_decay": 0.0}]
+    opt_cls = torch.optim.AdamW if cfg.optimizer == "adamw" else torch.optim.Adam
+    return opt_cls(groups, lr=cfg.lr, betas=cfg.betas, eps=cfg.eps)
+
+
+class Schedule:
+    """Learning rate per optimiser step: linear warmup from 0, then cosine to ``min_lr_ratio``, constant, or
+    reduce-on-plateau (x ``plateau_factor`` after ``plateau_patience`` epochs without a better validation loss,
+    the paper's recipe).  ``step()`` after each optimiser step, ``epoch_end(val_loss)`` after each validation.
+    Its whole state is in ``state_dict`` (a checkpoint restores it exactly)."""
+
+    def __init__(self, optimizer: torch.optim.Optimizer, cfg: TrainConfig):
+        self.optimizer, self.cfg = optimizer, cfg
+        self.base_lr = cfg.lr
+        self.steps = 0
+        self.plateau_scale = 1.0
+        self.best = math.inf
+        self.bad_epochs = 0
+        self._apply()
+
+    def lr(self) -> float:
+        cfg = self.cfg
+        if cfg.warmup_steps and self.steps < cfg.warmup_steps:
+            return self.base_lr * (self.steps + 1) / cfg.warmup_steps
+        if cfg.schedule == "cosine":
+            span = max(1, cfg.max_steps - cfg.warmup_steps)
+            progress = min(1.0, (self.steps - cfg.warmup_steps) / span)
+            ratio = cfg.min_lr_ratio + (1 - cfg.min_lr_ratio) * 0.5 * (1 + math.cos(math.pi * progress))
+            return self.base_lr * ratio
+        if cfg.schedule == "plateau":
+            return self.base_lr * self.plateau_scale
+        return self.base_lr
+
+    def _apply(self) -> None:
+        for group in self.optimizer.param_groups:
+            group["lr"] = self.lr()
+
+    def step(self) -> None:
+        self.steps += 1
+        self._apply()
+
+    def epoch_end(self, val_loss: float) -> None:
+        if self.cfg.schedule != "plateau":
+            return
+        if val_loss < self.best:
+            self.best, self.bad_epochs = val_loss, 0
+        else:
+            self.bad_epochs += 1
+            if self.bad_epochs > self.cfg.plateau_patience:
+                self.plateau_scale *= self.cfg.plateau_factor
+                self.bad_epochs = 0
+        self._apply()
+
+    def state_dict(self) -> dict[str, Any]:
+        return {"steps": self.steps, "plateau_scale": self.plateau_scale, "best": self.best, "bad_epochs": self.bad_epochs}
+
+    def load_state_dict(self, state: Mapping[str, Any]) -> None:
+        self.steps, self.plateau_scale = int(state["steps"]), float(state["plateau_scale"])
+        self.best, self.bad_epochs = float(state["best"]), int(state["bad_epochs"])
+        self._apply()
+
+
+def resolve_precision(precision: str, device: torch.device) -> torch.dtype | None:
+    """The autocast dtype (None = fp32).  ``auto``: bf16 on CUDA GPUs that have it and on CPUs with native bf16
+    matrix units (AVX512-BF16 / AMX); fp32 elsewhere, where emulated bf16 is slower than fp32."""
+    if precision == "fp32":
+        return None
+    if precision == "bf16":
+        return torch.bfloat16
+    if precision == "fp16":
+        return torch.float16
+    if device.type == "cuda":
+        return torch.bfloat16 if torch.cuda.is_bf16_supported() else torch.float16
+    try:
+        flags = Path("/proc/cpuinfo").read_text().split()
+    except OSError:
+        flags = []
+    return torch.bfloat16 if ("amx_bf16" in flags or "avx512_bf16" in flags) else None
+
+
+def autocast(device: torch.device, dtype: torch.dtype | None):
+    return torch.autocast(device.type, dtype=dtype) if dtype is not None else nullcontext()
+
+
+def _features(model: nn.Module, batch: Mapping[str, torch.Tensor]) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    out = model(batch["wave"], batch["input_ids"], batch["attention_mask"])
+    return out["audio_embeds"], out["text_embeds"], out["logit_scale"]
+
+
+def train_step(model: nn.Module, batch: Mapping[str, torch.Tensor], loss_fn: ClipLoss, accum_steps: int,
+               device: torch.device, dtype: torch.dtype | None) -> float:
+    """Forward + backward of one optimiser step (no optimiser call); returns this rank's loss.
+
+    With ``accum_steps = k > 1`` the rank's batch is cut into k micro-batches, OpenCLIP-style: pass 1 embeds
+    every micro-batch without gradients; pass 2 re-embeds each with gradients and computes the loss of the whole
+    batch with the other micro-batches' features as constants, and backpropagates it.  The summed gradients equal
+    those of one pass over the whole batch (every pair keeps all its negatives), at the cost of a second forward.
+    The RNG state is replayed so that dropout / SpecAugment draw the same masks in both passes.
+    """
+    batch = {k: v.to(device, non_blocking=True) for k, v in batch.items() if torch.is_tensor(v)}
+    if accum_steps == 1:
+        with autocast(device, dtype):
+            audio, text, scale = _features(model, batch)
+        loss = loss_fn(audio, text, scale)
+        loss.backward()
+        return float(loss.detach())
+    n = batch["wave"].shape[0]
+    if n % accum_steps:
+        raise ValueError(f"per-rank batch {n} is not divisible by accum_steps {accum_steps}")
+    size = n // accum_steps
+    micro = [{k: v[i * size:(i + 1) * size] for k, v in batch.items()} for i in range(accum_steps)]
+    rng_states, cached_audio, cached_text = [], [], []
+    with torch.no_grad():
+        for mb in micro:
+            rng_states.append(torch.get_rng_state())
+            with autocast(device, dtype):
+                a, t, _ = _features(unwrap(model), mb)
+            cached_audio.append(a)
+            cached_text.append(t)
+    after = torch.get_rng_state()
+    loss_value = 0.0
+    for i, mb in enumerate(micro):
+        torch.set_rng_state(rng_states[i])
+        # DDP must sync gradients only on the last micro-batch.
+        sync = model.no_sync() if (i < accum_steps - 1 and hasattr(model, "no_sync")) else nullcontext()
+        with sync:
+            with autocast(device, dtype):
+                a, t, scale = _features(model, mb)
+            audio = torch.cat(cached_audio[:i] + [a] + cached_audio[i + 1:])
+            text = torch.cat(cached_text[:i] + [t] + cached_text[i + 1:])
+            # Every pass computes the whole batch's loss: the temperature's gradient is taken from one of them.
+            loss = loss_fn(audio, text, scale if i == 0 else scale.detach())
+            loss.backward()
+        loss_value = float(loss.detach())
+    torch.set_rng_state(after)
+    return loss_value
+
+
+# --- evaluation ------------------------------------------------------------------------------------------------------
+
+@torch.no_grad()
+def evaluate(clap, corpus, indices: list[int], tasks: Mapping[str, Any], batch_size: int, device: torch.device,
+             dtype: torch.dtype | None) -> dict[str, Any]:
+    """Validation: contrastive loss over batches of ``indices`` (centre crops, first captions) and zero-shot
+    accuracy per task of the corpus, prompt = the task's canonical caption template.  Returns
+    ``{"loss", "zeroshot": {task: {"accuracy", "chance", "classes", "clips"}}, "mean_accuracy"}``."""
+    from .data.captions import TASK_TEMPLATES
+    from .data.loader import ClipCaptionDataset, make_collate
+
+    model = clap.model
+    was_training = model.training
+    model.eval()
+    dataset = ClipCaptionDataset(corpus, indices, clap.clip_samples, train=False)
+    collate = make_collate(clap.tokenizer)
+    loss_fn = ClipLoss(gather_with_grad=False)
+    audio_all, losses, weights = [], [], []
+    for start in range(0, len(dataset), batch_size):
+        batch = collate([dataset[i] for i in range(start, min(start + batch_size, len(dataset)))])
+        with autocast(device, dtype):
+            a = model.encode_audio(batch["wave"].to(device))
+            t = model.encode_text(batch["input_ids"].to(device), batch["attention_mask"].to(device))
+        a, t = F.normalize(a.float(), dim=-1), F.normalize(t.float(), dim=-1)
+        audio_all.append(a.cpu())
+        if a.shape[0] > 1:
+            per_audio = model.logit_scale.exp() * a @ t.T
+            labels = torch.arange(a.shape[0], device=a.device)
+            losses.append(float((F.cross_entropy(per_audio, labels) + F.cross_entropy(per_audio.T, labels)) / 2))
+            weights.append(a.shape[0])
+    audio_all = torch.cat(audio_all) if audio_all else torch.zeros(0, model.embed_dim)
+    results = {}
+    for task, info in sorted(tasks.items()):
+        classes = list(info["classes"])
+        rows = [(j, corpus.rows[i]["labels"].get(task)) for j, i in enumerate(indices)]
+        rows = [(j, label) for j, label in rows if label in classes]
+        if len(classes) < 2 or not rows:
+            continue
+        template = TASK_TEMPLATES.get(task, ["this is the sound of {}"])[0]
+        result = clap.zero_shot_from_embeddings(audio_all[[j for j, _ in rows]], classes, template)
+        predicted = result.ranking[:, 0]
+        truth = torch.tensor([classes.index(label) for _, label in rows])
+        results[task] = {"accuracy": float((predicted == truth).float().mean()), "chance": 1.0 / len(classes),
+                         "classes": len(classes), "clips": len(rows)}
+    model.train(was_training)
+    loss = sum(l * w for l, w in zip(losses, weights)) / max(1, sum(weights))
+    mean_acc = sum(r["accuracy"] for r in results.values()) / max(1, len(results))
+    return {"loss": loss, "zeroshot": results, "mean_accuracy": mean_acc}
+
+
+# --- logging ---------------------------------------------------------------------------------------------------------
+
+def _trim_live_logs(live_dir: Path, last_step: int) -> None:
+    """After a resume from step ``last_step``, drop dvclive rows logged after it (they will be recomputed)."""
+    for tsv in (live_dir / "plots" / "metrics").rglob("*.tsv") if (live_dir / "plots").is_dir() else []:
+        with open(tsv, newline="") as f:
+            rows = list(csv.reader(f, delimiter="\t"))
+        if not rows:
+            continue
+        header, body = rows[0], rows[1:]
+        col = header.index("step") if "step" in header else None
+        kept = [r for r in body if col is None or int(r[col]) <= last_step]
+        tmp = tsv.with_suffix(".tsv.tmp")
+        with open(tmp, "w", newline="") as f:
+            csv.writer(f, delimiter="\t", lineterminator="\n").writerows([header] + kept)
+        os.replace(tmp, tsv)
+
+
+class _NoLive:
+    """Stands in for dvclive on ranks other than 0."""
+
+    step = 0
+
+    def log_metric(self, *a, **k):
+        pass
+
+    def log_params(self, *a, **k):
+        pass
+
+    def next_step(self):
+        pass
+
+    def end(self):
+        pass
+
+
+def _open_live(live_dir: str, resumed_step: int | None, rank: int):
+    if rank != 0:
+        return _NoLive()
+    from dvclive import Live
+
+    path = Path(live_dir)
+    if resumed_step is None and path.exists():
+        import shutil
+
+        shutil.rmtree(path)  # a fresh run: no curves from an earlier one
+    if resumed_step is not None:
+        _trim_live_logs(path, resumed_step)
+    # dvcyaml=False / save_dvc_exp=False: the stage's plots and metrics are declared in the project's dvc.yaml.
+    live = Live(dir=live_dir, resume=resumed_step is not None, save_dvc_exp=False, dvcyaml=False)
+    return live
+
+
+# --- the loop --------------------------------------------------------------------------------------------------------
+
+def _init_distributed() -> tuple[int, int, torch.device]:
+    world = int(os.environ.get("WORLD_SIZE", "1"))
+    if world > 1 and not dist.is_initialized():
+        backend = "nccl" if torch.cuda.is_available() else "gloo"
+        dist.init_process_group(backend)
+    rank = dist.get_rank() if dist.is_initialized() else 0
+    world = dist.get_world_size() if dist.is_initialized() else 1
+    if torch.cuda.is_available():
+        local = int(os.environ.get("LOCAL_RANK", "0"))
+        torch.cuda.set_device(local)
+        return rank, world, torch.device("cuda", local)
+    return rank, world, torch.device("cpu")
+
+
+def run_config(cfg: TrainConfig, model_config: Mapping[str, Any], seed: int, world: int) -> dict[str, Any]:
+    """What a checkpoint must match to be resumed: everything that changes the computation."""
+    c = asdict(cfg)
+    for key in ("threads", "num_workers", "checkpoint_every", "keep_checkpoints", "log_every", "out", "metrics",
+                "live_dir", "checkpoint_dir", "prepared"):
+        c.pop(key)
+    return {"train": c, "model": model_config, "seed": seed, "world": world}
+
+
+def train(cfg: TrainConfig, model_config: Mapping[str, Any], seed: int = 0, resume: str = "latest",
+          progress: bool = True) -> dict[str, Any]:
+    """Run the stage; returns the metrics written to ``cfg.metrics``."""
+    from .data.loader import ClipCaptionDataset, EpochBatches, make_loader
+    from .data.prepare import PreparedCorpus
+
+    if cfg.threads:
+        torch.set_num_threads(cfg.threads)
+    rank, world, device = _init_distributed()
+    if cfg.batch_size % (world * cfg.accum_steps):
+        raise ValueError(f"train.batch_size {cfg.batch_size} must be divisible by ranks x accum_steps = "
+                         f"{world} x {cfg.accum_steps}")
+    torch.manual_seed(seed)
+    corpus = PreparedCorpus(cfg.prepared)
+    train_idx, val_idx = corpus.split("train"), corpus.split("val")
+    if cfg.val_max_clips is not None:
+        val_idx = val_idx[: cfg.val_max_clips]
+    if len(train_idx) < cfg.batch_size:
+        raise ValueError(f"{cfg.prepared}: {len(train_idx)} training clips, fewer than one batch of {cfg.batch_size}")
+    tasks = {k: v for k, v in corpus.tasks.items() if len(v.get("classes", [])) >= 2}
+
+    clap, init_report = build_model(cfg, model_config, seed)
+    model = clap.model.to(device)
+    clap.device = device
+    if world > 1 and cfg.sync_batchnorm:
+        model = nn.SyncBatchNorm.convert_sync_batchnorm(model)
+    set_train_mode(model, cfg)
+    dtype = resolve_precision(cfg.precision, device)
+    optimizer = make_optimizer(model, cfg)
+    schedule = Schedule(optimizer, cfg)
+    scaler = torch.amp.GradScaler(device.type) if dtype == torch.float16 else None
+    loss_fn = ClipLoss(local_loss=cfg.local_loss, gather_with_grad=cfg.gather_with_grad)
+    wrapped = nn.parallel.DistributedDataParallel(model, device_ids=[device.index] if device.type == "cuda" else None) \
+        if world > 1 else model
+
+    ident = run_config(cfg, clap.model.config, seed, world)
+    step, epoch, batch_in_epoch, history = 0, 0, 0, []
+    ckpt = None
+    if resume in ("latest", "auto"):
+        ckpt = find_latest(cfg.checkpoint_dir, ident)
+    elif resume not in ("none", None):
+        ckpt = Path(resume)
+    if ckpt is not None:
+        info = load_checkpoint(ckpt, model, optimizer, schedule, scaler, map_location=device)
+        step = info["step"]
+        epoch, batch_in_epoch = info["extra"]["epoch"], info["extra"]["batch_in_epoch"]
+        history = json.loads(info["extra"].get("history", "[]"))
+        if rank == 0:
+            print(f"resumed from {ckpt} at step {step} (epoch {epoch}, batch {batch_in_epoch})")
+    live = _open_live(cfg.live_dir, step if ckpt is not None else None, rank)
+    live.step = step
+
+    dataset = ClipCaptionDataset(corpus, train_idx, clap.clip_samples, train=True, seed=seed)
+    per_epoch = len(train_idx) // cfg.batch_size
+
+    def checkpoint() -> None:
+        if rank == 0:
+            save_checkpoint(cfg.checkpoint_dir, step, model, optimizer, schedule, scaler, config=ident,
+                            keep=cfg.keep_checkpoints,
+                            extra={"epoch": epoch, "batch_in_epoch": batch_in_epoch, "history": json.dumps(history)})
+        if world > 1:
+            dist.barrier()
+
+    def validate() -> dict[str, Any]:
+        result = evaluate(clap, corpus, val_idx, tasks, cfg.val_batch_size, device, dtype) if rank == 0 else {}
+        set_train_mode(model, cfg)
+        if world > 1:
+            box = [result]
+            dist.broadcast_object_list(box, src=0)
+            result = box[0]
+        return result
+
+    t_last, clips_since = time.perf_counter(), 0
+    last_eval_step = history[-1]["step"] if history else -1
+    while step < cfg.max_steps:
+        dataset.set_epoch(epoch)
+        batches = EpochBatches(len(train_idx), cfg.batch_size, seed, epoch, rank, world, start=batch_in_epoch)
+        for batch in make_loader(dataset, batches, clap.tokenizer, cfg.num_workers):
+            optimizer.zero_grad(set_to_none=True)
+            loss = train_step(wrapped, batch, loss_fn, cfg.accum_steps, device, dtype)
+            if scaler is not None:
+                scaler.unscale_(optimizer)
+            if cfg.grad_clip_norm:
+                torch.nn.utils.clip_grad_norm_([p for p in model.parameters() if p.requires_grad], cfg.grad_clip_norm)
+            if scaler is not None:
+                scaler.step(optimizer)
+                scaler.update()
+            else:
+                optimizer.step()
+            clamp_logit_scale(unwrap(model).logit_scale)
+            lr = optimizer.param_groups[0]["lr"]
+            schedule.step()
+            step += 1
+            batch_in_epoch += 1
+            clips_since += cfg.batch_size
+            if world > 1 and cfg.local_loss:  # each rank holds part of the loss: log the global one
+                box = torch.tensor([loss], device=device)
+                dist.all_reduce(box)
+                loss = float(box) / world
+            if step % cfg.log_every == 0 or step == cfg.max_steps:
+                now = time.perf_counter()
+                live.step = step
+                live.log_metric("train/loss", loss)
+                live.log_metric("train/lr", lr)
+                live.log_metric("train/temperature", float(1.0 / unwrap(model).logit_scale.detach().exp()))
+                live.log_metric("train/clips_per_s", clips_since / max(1e-9, now - t_last))
+                t_last, clips_since = now, 0
+                if progress and rank == 0:
+                    print(f"step {step}/{cfg.max_steps} epoch {epoch} loss {loss:.4f} lr {lr:.2e}", flush=True)
+            if step % cfg.checkpoint_every == 0 and step < cfg.max_steps:
+                checkpoint()
+            if step >= cfg.max_steps:
+                break
+        if batch_in_epoch >= per_epoch:  # a completed epoch: validate, then the plateau schedule reacts
+            result = validate()
+            schedule.epoch_end(result["loss"])
+            history.append(_log_validation(live, step, epoch, result, progress and rank == 0))
+            last_eval_step = step
+            epoch, batch_in_epoch = epoch + 1, 0
+            if step < cfg.max_steps:
+                checkpoint()
+    if last_eval_step != step:
+        history.append(_log_validation(live, step, epoch, validate(), progress and rank == 0))
+    checkpoint()
+    metrics = {}
+    if rank == 0:
+        final = history[-1]
+        metrics = {"step": step, "epochs": round(step / per_epoch, 3), "clips_seen": step * cfg.batch_size,
+                   "val_loss": final["loss"], "val_mean_accuracy": final["mean_accuracy"],
+                   "temperature": float(1.0 / unwrap(model).logit_scale.detach().exp()),
+                   "val_zeroshot": final["zeroshot"], "init": init_report}
+        clap.model = unwrap(model).to("cpu").eval()
+        clap.device = torch.device("cpu")
+        clap.save_pretrained(cfg.out)
+        Path(cfg.metrics).parent.mkdir(parents=True, exist_ok=True)
+        atomic_write_text(cfg.metrics, json.dumps(metrics, indent=2, sort_keys=True) + "\n")
+        live.end()
+    if world > 1:
+        dist.barrier()
+    return metrics
+
+
+def _log_validation(live, step: int, epoch: int, result: Mapping[str, Any], verbose: bool) -> dict[str, Any]:
+    live.step = step
+    live.log_metric("val/loss", result["loss"])
+    live.log_metric("val/zeroshot_mean_accuracy", result["mean_accuracy"])
+    for task, r in result["zeroshot"].items():
+        live.log_metric(f"val/zeroshot/{task}", r["accuracy"])
+    if verbose:
+        accs = " ".join(f"{t}={r['accuracy']:.2f}" for t, r in result["zeroshot"].items())
+        print(f"validation at step {step} (epoch {epoch}): loss {result['loss']:.4f} mean acc "
+              f"{result['mean_accuracy']:.3f} [{accs}]", flush=True)
+    return {"step": step, "epoch": epoch, **copy.deepcopy(dict(result))}
+
+
+# --- command line ----------------------------------------------------------------------------------------------------
+
+def _cmd_train(args) -> int:
+    params = load_params(args.params)
+    cfg = TrainConfig.from_params(params)
+    train(cfg, model_config_from_params(params), seed=int(params.get("seed", 0)), resume=args.resume,
+          progress=not args.no_progress)
+    if dist.is_initialized():
+        dist.destroy_process_group()
+    return 0
+
+
+def register(subparsers) -> None:
+    p = subparsers.add_parser("train", help="stage train: contrastive training (torchrun for several processes)")
+    p.add_argument("--params", default="params.yaml")
+    p.add_argument("--resume", default="latest",
+                   help="latest (default: the newest checkpoint of the same config, if any), none, or a checkpoint path")
+    p.add_argument("--no-progress", action="store_true")
+    p.set_defaults(func=_cmd_train)
