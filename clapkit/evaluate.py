@@ -248,33 +248,37 @@ class EmbeddingCache:
     def _hash(identities: Sequence[str]) -> str:
         return hashlib.sha256("\n".join(identities).encode()).hexdigest()
 
-    def get(self, name: str, identities: Sequence[str], compute: Callable[[], tuple[torch.Tensor, list[int]]]):
-        """(embeddings, kept positions) of ``identities``, from disk or ``compute()`` (then saved)."""
+    def get(self, name: str, identities: Sequence[str],
+            compute: Callable[[], tuple[torch.Tensor, list[int], list[str]]]):  # fmt: skip
+        """(embeddings, kept positions, problems) of ``identities``, from disk or ``compute()`` (then saved).
+
+        ``problems`` (clips skipped as unreadable) are stored too, so a cache hit reports them again."""
         path = self.dir / f"{name}.npz" if self.dir else None
         want = self._hash(identities)
         if path is not None and path.is_file():
             with np.load(path) as z:
                 if str(z["identities"]) == want:
-                    return torch.from_numpy(z["embeddings"].copy()), z["kept"].tolist()
-        emb, kept = compute()
+                    return torch.from_numpy(z["embeddings"].copy()), z["kept"].tolist(), json.loads(str(z["problems"]))
+        emb, kept, problems = compute()
         if path is not None:
             def write(tmp: str) -> None:
                 with open(tmp, "wb") as f:
-                    np.savez(f, embeddings=emb.numpy(), kept=np.asarray(kept, dtype=np.int64), identities=want)
+                    np.savez(f, embeddings=emb.numpy(), kept=np.asarray(kept, dtype=np.int64), identities=want,
+                             problems=json.dumps(problems))
 
             _atomic_write(path, write)
-        return emb, kept
+        return emb, kept, problems
 
 
-def embed_items(embedder: Embedder, items: Sequence[Any], batch_size: int, sample_rate: int | None = None,
-                problems: list[str] | None = None) -> tuple[torch.Tensor, list[int]]:  # fmt: skip
+def embed_items(embedder: Embedder, items: Sequence[Any], batch_size: int,
+                sample_rate: int | None = None) -> tuple[torch.Tensor, list[int], list[str]]:  # fmt: skip
     """Embed clips (file paths or waveforms) a batch at a time; an unreadable clip is reported and skipped.
 
-    Returns the (K, D) embeddings and the positions in ``items`` of the K clips kept.
+    Returns the (K, D) embeddings, the positions in ``items`` of the K clips kept, and the problems met.
     """
     from .audio import AudioReadError
 
-    chunks, kept = [], []
+    chunks, kept, problems = [], [], []
     for start in range(0, len(items), batch_size):
         waves = []
         for i in range(start, min(start + batch_size, len(items))):
@@ -282,13 +286,13 @@ def embed_items(embedder: Embedder, items: Sequence[Any], batch_size: int, sampl
                 waves.append(embedder.load(items[i], sample_rate))
                 kept.append(i)
             except (AudioReadError, ValueError) as err:  # one bad clip never stops the evaluation
-                (problems if problems is not None else []).append(f"skipped {err}")
+                problems.append(f"skipped {err}")
                 print(f"clapkit evaluate: skipped {err}", file=sys.stderr)
         if waves:
             chunks.append(embedder.audio(torch.stack(waves)))
     if not chunks:
         raise ValueError("no clip could be read")
-    return torch.cat(chunks), kept
+    return torch.cat(chunks), kept, problems
 
 
 # =============================================================================================================
@@ -471,14 +475,14 @@ def evaluate_dataset_task(embedder: Embedder, task: Task, root: str | Path, cfg:
 
     if not task.supported:
         raise ValueError(f"{task.name}: {task.prompt_note}")
-    cache = cache or EmbeddingCache(None, embedder.key)
+    cache = cache or EmbeddingCache(cfg.cache_dir, embedder.key)
     report = LoadReport()
     records = ADAPTERS[task.adapter].load(root, report)
     problems = [str(p) for p in report.problems]
     if task.kind == RETRIEVAL:
         usable = [r for r in records if r.texts]
     else:
-        usable = [r for r in records if task.label_key in r.labels and r.labels[task.label_key] not in ([], "")]
+        usable = [r for r in records if task.label_key in r.labels]  # an empty multi-label list is all negatives
     test = [r for r in usable if r.split == task.eval_split]
     if not test and all(r.split is None for r in usable):
         test = usable
@@ -487,8 +491,10 @@ def evaluate_dataset_task(embedder: Embedder, task: Task, root: str | Path, cfg:
 
     def embed(rs, name):
         ident = [_file_identity(r.path) for r in rs]
-        return cache.get(f"{task.adapter}-{name}", ident, lambda: embed_items(embedder, [r.path for r in rs],
-                                                                                   cfg.batch_size, None, problems))
+        emb, kept, skipped = cache.get(f"{task.adapter}-{name}", ident,
+                                       lambda: embed_items(embedder, [r.path for r in rs], cfg.batch_size))
+        problems.extend(skipped)
+        return emb, kept
 
     emb, kept = embed(test, task.eval_split)
     test = [test[i] for i in kept]
@@ -528,7 +534,7 @@ def evaluate_corpus(embedder: Embedder, cfg: EvaluateConfig, cache: EmbeddingCac
     """Every selected embedded task: zero-shot and linear probe on its test clips; caption retrieval; map sample."""
     from .data.prepare import PreparedCorpus
 
-    cache = cache or EmbeddingCache(None, embedder.key)
+    cache = cache or EmbeddingCache(cfg.cache_dir, embedder.key)
     corpus = PreparedCorpus(cfg.prepared)
     tasks = _selected_tasks(embedded_tasks(cfg.prepared), cfg.tasks)
     wave_size = (corpus.root / "waveforms.f16").stat().st_size if (corpus.root / "waveforms.f16").exists() else 0
@@ -538,7 +544,7 @@ def evaluate_corpus(embedder: Embedder, cfg: EvaluateConfig, cache: EmbeddingCac
         return f"{r['id']}|{r['offset']}|{r['length']}|{wave_size}"
 
     def embed(indices: list[int], name: str) -> dict[int, torch.Tensor]:
-        emb, kept = cache.get(f"corpus-{name}", [ident(i) for i in indices], lambda: embed_items(
+        emb, kept, _ = cache.get(f"corpus-{name}", [ident(i) for i in indices], lambda: embed_items(
             embedder, [corpus.waveform(i) for i in indices], cfg.batch_size, corpus.sample_rate))
         return {indices[k]: emb[j] for j, k in enumerate(kept)}
 
@@ -768,6 +774,7 @@ def tsne(x: np.ndarray, perplexity: float = 20.0, iterations: int = 500, seed: i
     y = pca(x.astype(np.float64), 2)
     y = y / (np.std(y[:, 0]) or 1.0) * 1e-2 + np.random.default_rng(seed).normal(0, 1e-6, (n, 2))
     velocity, gains = np.zeros_like(y), np.ones_like(y)
+    learning_rate = max(n / 12.0 / 4.0, 50.0)  # sklearn's "auto" rate: a fixed 200 oscillates on small sets
     for it in range(iterations):
         exaggeration = 12.0 if it < 100 else 1.0
         momentum = 0.5 if it < 100 else 0.8
@@ -777,7 +784,7 @@ def tsne(x: np.ndarray, perplexity: float = 20.0, iterations: int = 500, seed: i
         pq = (exaggeration * p - q) * num
         grad = 4.0 * (np.diag(pq.sum(1)) - pq) @ y
         gains = np.where(np.sign(grad) != np.sign(velocity), gains + 0.2, gains * 0.8).clip(0.01)
-        velocity = momentum * velocity - 200.0 * gains * grad
+        velocity = momentum * velocity - learning_rate * gains * grad
         y = y + velocity
         y = y - y.mean(0)
     return y

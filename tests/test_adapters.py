@@ -15,23 +15,10 @@ import soundfile as sf
 
 from clapkit.data.adapters import ADAPTERS, TASK_CLASSES, DatasetError, LoadReport, Problem
 from clapkit.data.records import ClipRecord
+from dataset_fixtures import nsynth_example, text, wav  # shared with the evaluation tests
 
 # ---------------------------------------------------------------------------------------------------------------
 # Fixture helpers
-
-
-def wav(path: Path, fmt: str | None = None) -> Path:
-    """A 10 ms sine at 16 kHz: enough to be a real, decodable audio file."""
-    path.parent.mkdir(parents=True, exist_ok=True)
-    x = 0.1 * np.sin(2 * np.pi * 440 * np.arange(160) / 16000).astype(np.float32)
-    sf.write(path, x, 16000, format=fmt)
-    return path
-
-
-def text(path: Path, content: str, encoding: str = "utf-8") -> Path:
-    path.parent.mkdir(parents=True, exist_ok=True)
-    path.write_text(content, encoding=encoding)
-    return path
 
 
 def load(name: str, root: Path, report: LoadReport | None = None):
@@ -396,16 +383,6 @@ def test_gtzan_genre_exact_records_original_au_layout(tmp_path):
     assert [(Path(p.file).name, p.reason) for p in report.problems] == [
         ("polka.00001.au", "unknown label 'polka'"), ("rock1.au", "file name is not rock.<5 digits>.au/.wav")
     ]
-
-
-def nsynth_example(note_str, family, source, pitch, velocity, qualities):
-    all_q = ["bright", "dark", "distortion", "fast_decay", "long_release", "multiphonic", "nonlinear_env",
-             "percussive", "reverb", "tempo-synced"]  # fmt: skip
-    return {"note": 1, "note_str": note_str, "instrument": 7, "instrument_str": note_str.rsplit("-", 2)[0],
-            "pitch": pitch, "velocity": velocity, "sample_rate": 16000,
-            "qualities": [int(q in qualities) for q in all_q], "qualities_str": qualities,
-            "instrument_family": 0, "instrument_family_str": family, "instrument_source": 2,
-            "instrument_source_str": source}  # fmt: skip
 
 
 def test_nsynth_exact_records(tmp_path):
