@@ -39,6 +39,7 @@ from __future__ import annotations
 
 import copy
 import csv
+import itertools
 import json
 import math
 import os
@@ -66,10 +67,13 @@ class TrainConfig:
     """Block ``train:`` of params.yaml (comments there say why each value)."""
 
     prepared: str = "prepared"
+    shards: str | None = None  # None: index prepared/ directly; a `clapkit shards write` directory: stream it
+    shuffle_buffer: int = 1000  # streaming only: samples in the shuffle buffer
     out: str = "models/clap"
     checkpoint_dir: str = "checkpoints/train"
     metrics: str = "metrics/train.json"
     live_dir: str = "dvclive/train"
+    timings: str | None = "reports/timings/train.json"  # wall-clock figures (not a DVC output: they vary per run)
     max_steps: int = 300
     batch_size: int = 64  # global: clips per optimiser step over all ranks and accumulation micro-batches
     accum_steps: int = 1
@@ -233,7 +237,9 @@ def make_optimizer(model: nn.Module, cfg: TrainConfig) -> torch.optim.Optimizer:
     groups = [{"params": decay, "weight_decay": cfg.weight_decay if cfg.optimizer == "adamw" else 0.0},
               {"params": no_decay, "weight_decay": 0.0}]
     opt_cls = torch.optim.AdamW if cfg.optimizer == "adamw" else torch.optim.Adam
-    return opt_cls(groups, lr=cfg.lr, betas=cfg.betas, eps=cfg.eps)
+    # fused: one kernel over all tensors; on this CPU 14x faster than the per-tensor loop for the 13M-entry
+    # GPT-2 token embedding (which Adam updates in full every step).
+    return opt_cls(groups, lr=cfg.lr, betas=cfg.betas, eps=cfg.eps, fused=True)
 
 
 class Schedule:
@@ -492,7 +498,7 @@ def run_config(cfg: TrainConfig, model_config: Mapping[str, Any], seed: int, wor
     """What a checkpoint must match to be resumed: everything that changes the computation."""
     c = asdict(cfg)
     for key in ("threads", "num_workers", "checkpoint_every", "keep_checkpoints", "log_every", "out", "metrics",
-                "live_dir", "checkpoint_dir", "prepared"):
+                "live_dir", "checkpoint_dir", "prepared", "shards", "timings"):
         c.pop(key)
     return {"train": c, "model": model_config, "seed": seed, "world": world}
 
@@ -500,7 +506,7 @@ def run_config(cfg: TrainConfig, model_config: Mapping[str, Any], seed: int, wor
 def train(cfg: TrainConfig, model_config: Mapping[str, Any], seed: int = 0, resume: str = "latest",
           progress: bool = True) -> dict[str, Any]:
     """Run the stage; returns the metrics written to ``cfg.metrics``."""
-    from .data.loader import ClipCaptionDataset, EpochBatches, make_loader
+    from .data.loader import ClipCaptionDataset, EpochBatches, make_loader, make_stream_loader
     from .data.prepare import PreparedCorpus
 
     if cfg.threads:
@@ -549,8 +555,16 @@ def train(cfg: TrainConfig, model_config: Mapping[str, Any], seed: int = 0, resu
     live = _open_live(cfg.live_dir, step if ckpt is not None else None, rank)
     live.step = step
 
-    dataset = ClipCaptionDataset(corpus, train_idx, clap.clip_samples, train=True, seed=seed)
-    per_epoch = len(train_idx) // cfg.batch_size
+    if cfg.shards:  # stream WebDataset shards; the epoch is cut to the same number of steps as the index
+        from .data.shards import ShardStream, read_index
+
+        shard_paths, n_clips = read_index(cfg.shards, "train")
+        per_epoch = n_clips // cfg.batch_size
+        dataset = ShardStream(shard_paths, clap.clip_samples, seed, True, cfg.shuffle_buffer, rank, world,
+                              samples_per_rank=per_epoch * cfg.batch_size // world)
+    else:
+        dataset = ClipCaptionDataset(corpus, train_idx, clap.clip_samples, train=True, seed=seed)
+        per_epoch = len(train_idx) // cfg.batch_size
 
     def checkpoint() -> None:
         if rank == 0:
@@ -569,12 +583,18 @@ def train(cfg: TrainConfig, model_config: Mapping[str, Any], seed: int = 0, resu
             result = box[0]
         return result
 
-    t_last, clips_since = time.perf_counter(), 0
+    t_start = t_last = time.perf_counter()
+    start_step, clips_since = step, 0
     last_eval_step = history[-1]["step"] if history else -1
     while step < cfg.max_steps:
         dataset.set_epoch(epoch)
-        batches = EpochBatches(len(train_idx), cfg.batch_size, seed, epoch, rank, world, start=batch_in_epoch)
-        for batch in make_loader(dataset, batches, clap.tokenizer, cfg.num_workers):
+        if cfg.shards:  # the stream is a pure function of (seed, epoch): resuming skips the batches already done
+            loader = itertools.islice(make_stream_loader(dataset, cfg.batch_size // world, clap.tokenizer,
+                                                         cfg.num_workers), batch_in_epoch, None)
+        else:
+            batches = EpochBatches(len(train_idx), cfg.batch_size, seed, epoch, rank, world, start=batch_in_epoch)
+            loader = make_loader(dataset, batches, clap.tokenizer, cfg.num_workers)
+        for batch in loader:
             optimizer.zero_grad(set_to_none=True)
             loss = train_step(wrapped, batch, loss_fn, cfg.accum_steps, device, dtype)
             if scaler is not None:
@@ -633,6 +653,14 @@ def train(cfg: TrainConfig, model_config: Mapping[str, Any], seed: int = 0, resu
         clap.save_pretrained(cfg.out)
         Path(cfg.metrics).parent.mkdir(parents=True, exist_ok=True)
         atomic_write_text(cfg.metrics, json.dumps(metrics, indent=2, sort_keys=True) + "\n")
+        if cfg.timings:
+            seconds = time.perf_counter() - t_start
+            timing = {"seconds_this_run": round(seconds, 1), "steps_this_run": step - start_step,
+                      "resumed_from_step": start_step, "world": world, "threads": torch.get_num_threads(),
+                      "clips_per_s": round((step - start_step) * cfg.batch_size / max(seconds, 1e-9), 1),
+                      "precision": str(dtype or "fp32"), "device": str(device)}
+            Path(cfg.timings).parent.mkdir(parents=True, exist_ok=True)
+            atomic_write_text(cfg.timings, json.dumps(timing, indent=2) + "\n")
         live.end()
     if world > 1:
         dist.barrier()

@@ -135,7 +135,7 @@ def train_config(tmp: Path, prepared: Path, **kw):
     from clapkit.train import TrainConfig
 
     base = dict(prepared=str(prepared), out=str(tmp / "clap"), checkpoint_dir=str(tmp / "ckpt"),
-                metrics=str(tmp / "metrics.json"), live_dir=str(tmp / "live"), max_steps=10, batch_size=8,
+                metrics=str(tmp / "metrics.json"), live_dir=str(tmp / "live"), timings=None, max_steps=10, batch_size=8,
                 warmup_steps=2, checkpoint_every=3, keep_checkpoints=100, audio_init="none", log_every=1, threads=1,
                 precision="fp32")
     base.update(kw)
@@ -343,3 +343,47 @@ def test_encoder_init_from_file_and_freezing(prepared, tmp_path):
     save_file(bad, str(tmp_path / "bad.safetensors"))
     with pytest.raises(ValueError, match="bad.safetensors"):
         train(train_config(tmp_path / "x", prepared, audio_init=str(tmp_path / "bad.safetensors")), model_cfg)
+
+
+# --- WebDataset shards -----------------------------------------------------------------------------------------------
+
+def test_shards_round_trip_split_by_rank_and_match_the_indexed_dataset(prepared, tmp_path):
+    from clapkit.data.loader import ClipCaptionDataset
+    from clapkit.data.prepare import PreparedCorpus
+    from clapkit.data.shards import ShardStream, read_index, write_shards
+
+    index = write_shards(prepared, tmp_path / "shards", "train", shard_size=10)
+    corpus = PreparedCorpus(prepared)
+    train_idx = corpus.split("train")
+    assert index["clips"] == len(train_idx) and len(index["shards"]) == -(-len(train_idx) // 10)
+    shards, n = read_index(tmp_path / "shards", "train")
+    shards = shards[:4]  # an even number of shards for 2 ranks
+    ranks = [list(ShardStream(shards, 16000, seed=0, rank=r, world=2, shuffle_buffer=8)) for r in range(2)]
+    ids = [[s["id"] for s in r] for r in ranks]
+    assert not set(ids[0]) & set(ids[1])
+    assert sorted(ids[0] + ids[1]) == sorted(corpus.rows[i]["id"] for i in train_idx[:40])
+    # a clip gets the same crop and caption as from the indexed dataset (both seeded by seed, epoch, clip id)
+    ds = ClipCaptionDataset(corpus, train_idx, 16000, train=True, seed=0)
+    by_id = {corpus.rows[i]["id"]: k for k, i in enumerate(train_idx)}
+    for sample in ranks[0][:5]:
+        ref = ds[by_id[sample["id"]]]
+        assert sample["caption"] == ref["caption"]
+        torch.testing.assert_close(sample["wave"], ref["wave"])  # float16 both ways: exact
+    again = [s["id"] for s in ShardStream(shards, 16000, seed=0, rank=0, world=2, shuffle_buffer=8)]
+    assert again == ids[0]  # deterministic for a seed and epoch
+    other = ShardStream(shards, 16000, seed=0, rank=0, world=2, shuffle_buffer=8)
+    other.set_epoch(1)
+    assert [s["id"] for s in other] != ids[0]
+    with pytest.raises(ValueError, match="evenly"):
+        ShardStream(shards[:3], 16000, world=2)
+
+
+def test_training_streams_shards(prepared, tmp_path):
+    from clapkit.data.shards import write_shards
+    from clapkit.train import train
+
+    write_shards(prepared, tmp_path / "shards", "train", shard_size=16)
+    metrics = train(train_config(tmp_path, prepared, shards=str(tmp_path / "shards"), max_steps=5,
+                                 checkpoint_every=2), load_model_config("clap-tiny-htsat-gpt2"), progress=False)
+    assert metrics["step"] == 5 and metrics["epochs"] == 1.25  # 39 clips -> 4 steps per epoch
+    assert (tmp_path / "clap" / "model.safetensors").is_file()

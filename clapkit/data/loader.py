@@ -5,7 +5,7 @@ Everything random is a pure function of ``(seed, epoch, clip index)``, never of 
 * the *order* of an epoch is ``torch.randperm`` seeded with ``seed + epoch`` (every rank computes the same one);
 * a clip's *crop* (train: a random window of ``clip_samples`` inside the cached waveform; eval: the centre) and
   its *caption* (one of its several captions, drawn once per epoch) come from a generator seeded with
-  ``hash(seed, epoch, index)``.
+  ``hash(seed, epoch, clip id)`` (so the WebDataset stream of ``clapkit.data.shards`` draws the same ones).
 
 So a batch does not depend on how many workers read it, on which rank it lands, or on whether the run was
 interrupted: resuming at step k of an epoch just starts the same index list at batch k (``EpochBatches.start``).
@@ -27,12 +27,12 @@ from torch.utils.data import DataLoader, Dataset
 from ..audio import fit_length
 from ..text import TextTokenizer
 
-__all__ = ["ClipCaptionDataset", "EpochBatches", "clip_seed", "make_collate", "make_loader", "steps_per_epoch"]
+__all__ = ["ClipCaptionDataset", "EpochBatches", "clip_seed", "make_collate", "make_loader", "make_stream_loader", "steps_per_epoch"]
 
 
-def clip_seed(seed: int, epoch: int, index: int) -> int:
-    """A 63-bit seed for one clip in one epoch (stable across Python runs, unlike ``hash``)."""
-    digest = hashlib.blake2b(f"{seed}:{epoch}:{index}".encode(), digest_size=8).digest()
+def clip_seed(seed: int, epoch: int, key: int | str) -> int:
+    """A 63-bit seed for one clip (its id) in one epoch (stable across Python runs, unlike ``hash``)."""
+    digest = hashlib.blake2b(f"{seed}:{epoch}:{key}".encode(), digest_size=8).digest()
     return int.from_bytes(digest, "little") & ((1 << 63) - 1)
 
 
@@ -66,7 +66,7 @@ class ClipCaptionDataset(Dataset):
         row = self.corpus.rows[index]
         wave = torch.from_numpy(self.corpus.waveform(index))
         if self.train:
-            gen = torch.Generator().manual_seed(clip_seed(self.seed, self.epoch, index))
+            gen = torch.Generator().manual_seed(clip_seed(self.seed, self.epoch, row["id"]))
             wave = fit_length(wave, self.clip_samples, crop="random", generator=gen)
             captions = row["captions"]
             caption = captions[int(torch.randint(len(captions), (1,), generator=gen))]
@@ -146,3 +146,9 @@ def make_loader(dataset: ClipCaptionDataset, batches: EpochBatches, tokenizer: T
 
 def steps_per_epoch(n_items: int, global_batch: int) -> int:
     return n_items // global_batch
+
+
+def make_stream_loader(stream, per_rank_batch: int, tokenizer: TextTokenizer, num_workers: int = 0) -> DataLoader:
+    """A DataLoader over an IterableDataset (``clapkit.data.shards.ShardStream``), full batches only."""
+    return DataLoader(stream, batch_size=per_rank_batch, collate_fn=make_collate(tokenizer), num_workers=num_workers,
+                      drop_last=True, generator=torch.Generator().manual_seed(clip_seed(stream.seed, stream.epoch, -1)))
