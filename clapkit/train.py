@@ -189,8 +189,24 @@ def load_encoder_weights(encoder: nn.Module, source: str | Path, tower: str) -> 
     if missing:
         raise ValueError(f"{path}: cannot initialise the {tower} encoder, {len(missing)} tensor(s) missing "
                          f"(e.g. {missing[:3]}); is it the same encoder config?")
-    encoder.load_state_dict(picked, strict=True)
+    try:
+        encoder.load_state_dict(picked, strict=True)
+    except RuntimeError as err:  # shape mismatches: another geometry of the same architecture
+        raise ValueError(f"{path}: does not fit the {tower} encoder of this model config: {err}") from err
     return {"tower": tower, "path": str(path), "tensors": len(picked)}
+
+
+def check_pretrain_config(directory: Path, model_config: Mapping[str, Any]) -> None:
+    """The pretrain stage writes ``config.json`` beside its weights: refuse an encoder pretrained with another
+    encoder config or another audio frontend (the weights could load and still mean something else)."""
+    path = Path(directory) / "config.json"
+    if not path.is_file():
+        return
+    info = json.loads(path.read_text(encoding="utf-8"))
+    for key in ("audio_encoder", "frontend"):
+        if key in info and info[key] != model_config[key]:
+            raise ValueError(f"{path}: the pretrained audio encoder was made with another {key} than this model "
+                             f"config ({info[key]} != {model_config[key]}); rerun the pretrain stage")
 
 
 def build_model(cfg: TrainConfig, model_config: Mapping[str, Any], seed: int):
@@ -204,6 +220,8 @@ def build_model(cfg: TrainConfig, model_config: Mapping[str, Any], seed: int):
     if audio_init == "pretrain":
         audio_init = cfg.pretrain_dir
     if audio_init != "none":
+        if Path(audio_init).is_dir():
+            check_pretrain_config(Path(audio_init), clap.model.config)
         report.append(load_encoder_weights(model.audio.encoder, audio_init, "audio"))
     if cfg.text_init != "none":
         report.append(load_encoder_weights(model.text.encoder, cfg.text_init, "text"))
@@ -389,6 +407,9 @@ def evaluate(clap, corpus, indices: list[int], tasks: Mapping[str, Any], batch_s
     model = clap.model
     was_training = model.training
     model.eval()
+    # The split lists clips source by source; batches of neighbours (one speaker, one kit) have near-identical
+    # captions and would make the loss meaningless.  A fixed permutation mixes them, the same for every run.
+    indices = [indices[k] for k in torch.randperm(len(indices), generator=torch.Generator().manual_seed(0))]
     dataset = ClipCaptionDataset(corpus, indices, clap.clip_samples, train=False)
     collate = make_collate(clap.tokenizer)
     loss_fn = ClipLoss(gather_with_grad=False)

@@ -330,6 +330,12 @@ def test_encoder_init_from_file_and_freezing(prepared, tmp_path):
     state = {f"audio.encoder.{k}": v for k, v in donor.audio.encoder.state_dict().items()}
     state["text.encoder.unrelated"] = torch.zeros(1)  # another tower's keys are ignored
     save_file(state, str(tmp_path / "audio_encoder.safetensors"))
+    # the pretrain stage's config.json beside the weights must name the same encoder and frontend
+    info = {"audio_encoder": model_cfg["audio_encoder"], "frontend": model_cfg["frontend"]}
+    (tmp_path / "config.json").write_text(json.dumps(dict(info, audio_encoder=dict(model_cfg["audio_encoder"], embed_dim=8))))
+    with pytest.raises(ValueError, match="another audio_encoder"):
+        train(train_config(tmp_path / "y", prepared, audio_init=str(tmp_path)), model_cfg)
+    (tmp_path / "config.json").write_text(json.dumps(info))
     metrics = train(train_config(tmp_path, prepared, max_steps=3, audio_init=str(tmp_path), freeze_audio=True),
                     model_cfg, seed=0, progress=False)
     assert metrics["init"][0]["tensors"] == len(donor.audio.encoder.state_dict())
