@@ -189,7 +189,7 @@ def model_fingerprint(config: dict[str, Any], state: dict[str, torch.Tensor]) ->
 
 
 class ClapEmbedder:
-    """A ``clapkit.CLAP`` as an ``Embedder``: deterministic, batched, optionally under bf16 autocast (CPU)."""
+    """A ``clapkit.CLAP`` as an ``Embedder``: deterministic, batched, audio optionally under bf16 autocast."""
 
     def __init__(self, clap, batch_size: int = 64, bf16: bool = False):
         self.clap = clap
@@ -209,9 +209,8 @@ class ClapEmbedder:
         with self._autocast():
             return self.clap.get_audio_embeddings(waves, batch_size=self.batch_size).float()
 
-    def text(self, texts: Sequence[str]) -> torch.Tensor:
-        with self._autocast():
-            return self.clap.get_text_embeddings(list(texts), batch_size=self.batch_size).float()
+    def text(self, texts: Sequence[str]) -> torch.Tensor:  # fp32 always: autocast slows the small GPT-2 down here
+        return self.clap.get_text_embeddings(list(texts), batch_size=self.batch_size)
 
     def logits(self, audio: torch.Tensor, text: torch.Tensor) -> torch.Tensor:
         return self.clap.similarity(audio, text)
@@ -409,9 +408,15 @@ def linear_probe(train_x: torch.Tensor, train_y: torch.Tensor, test_x: torch.Ten
 
 
 def probe_classification(task: Task, train_x, train_labels, test_x, test_labels, classes, cfg: "EvaluateConfig"):
-    ytr = encode_targets(train_labels, classes, task.multi_label)
+    """Fit the probe on the classes the training clips have; the others score 0 (a probe cannot predict them)."""
+    seen = {str(v) for lab in train_labels for v in (lab if isinstance(lab, list) else [lab])}
+    fitted = [c for c in classes if c in seen]
+    ytr = encode_targets(train_labels, fitted, task.multi_label)
     yte = encode_targets(test_labels, classes, task.multi_label)
-    scores = linear_probe(train_x, ytr, test_x, len(classes), task.multi_label, cfg.probe_steps, cfg.probe_weight_decay)
+    fitted_scores = linear_probe(train_x, ytr, test_x, len(fitted), task.multi_label, cfg.probe_steps,
+                                 cfg.probe_weight_decay)  # fmt: skip
+    scores = torch.zeros(len(test_x), len(classes))
+    scores[:, [classes.index(c) for c in fitted]] = fitted_scores
     return _result(task, scores, yte, classes, cfg.f1_top_k)
 
 
@@ -428,12 +433,14 @@ class EvaluateConfig:
     results: str = "results/evaluate"  # results.json, retrieval examples, embedding sample (the notebook's input)
     plots: str = "plots/evaluate"  # confusion matrices as CSV rows (actual, predicted) for `dvc plots`
     metrics: str = "metrics/evaluate.json"
+    timings: str | None = "reports/timings/evaluate.json"  # wall-clock seconds: not a dvc output (varies per run)
     cache_dir: str | None = ".cache/clapkit/embeddings"  # audio embeddings per model and clip set; null = none
     tasks: list[str] | str = "all"  # embedded tasks to evaluate ("all" = every task of tasks.json)
     datasets: dict[str, str] = field(default_factory=dict)  # paper datasets on disk: adapter name -> folder
     batch_size: int = 64
-    bf16: bool = False  # bf16 autocast for the encoders (CPU ~1.9x faster; embeddings differ slightly)
+    bf16: bool = False  # bf16 autocast for the audio encoder (CPU ~1.5x faster; embeddings differ slightly)
     f1_top_k: int = 1  # DCASE 2017 Task 4 F1: each clip's k best classes are its predictions
+    test_clips_per_task: int | None = None  # evaluation clips per embedded task (hash-ordered subset); null = all
     linear_probe: bool = True
     probe_train_per_task: int = 300  # training clips per task for the probe (hash-ordered subset of "train")
     probe_steps: int = 100  # L-BFGS iterations
@@ -549,16 +556,24 @@ def evaluate_corpus(embedder: Embedder, cfg: EvaluateConfig, cache: EmbeddingCac
         return {indices[k]: emb[j] for j, k in enumerate(kept)}
 
     classification = [t for t in tasks if t.kind == CLASSIFICATION]
-    test_of = {t.name: [i for i in corpus.split(t.eval_split) if t.label_key in corpus.rows[i]["labels"]]
-               for t in classification}  # fmt: skip
-    test_idx = sorted({i for idx in test_of.values() for i in idx} | set(corpus.split("test")))
+    # One global order (a hash of the clip id) for every subset: a clip with several labels is picked by all its
+    # tasks, so the clips to embed overlap as much as they can.
+    def first(indices: list[int], n: int | None) -> list[int]:
+        return sorted(sorted(indices, key=lambda i: _hash_order(corpus.rows[i]["id"]))[:n])
+
+    test_of = {t.name: first([i for i in corpus.split(t.eval_split) if t.label_key in corpus.rows[i]["labels"]],
+                             cfg.test_clips_per_task) for t in classification}  # fmt: skip
+    # retrieval reuses the clips the classification tasks embed (all test clips when it is the only task)
+    scored = {i for idx in test_of.values() for i in idx} or set(corpus.split("test"))
+    test_pool = [i for i in sorted(scored) if corpus.rows[i]["captions"]]
+    retrieval_idx = first(test_pool, cfg.retrieval_clips) if any(t.name == EMBEDDED_RETRIEVAL for t in tasks) else []
+    test_idx = sorted({i for idx in test_of.values() for i in idx} | set(retrieval_idx))
     test_emb = embed(test_idx, "test")
     train_of: dict[str, list[int]] = {}
     if cfg.linear_probe:
         for t in classification:
             candidates = [i for i in corpus.split("train") if t.label_key in corpus.rows[i]["labels"]]
-            train_of[t.name] = sorted(sorted(candidates, key=lambda i: _hash_order(corpus.rows[i]["id"]))
-                                      [: cfg.probe_train_per_task])  # fmt: skip
+            train_of[t.name] = first(candidates, cfg.probe_train_per_task)
         train_idx = sorted({i for idx in train_of.values() for i in idx})
         train_emb = embed(train_idx, "train-probe") if train_idx else {}
 
@@ -579,9 +594,8 @@ def evaluate_corpus(embedder: Embedder, cfg: EvaluateConfig, cache: EmbeddingCac
             entry.update(linear_probe=probe, probe_value=probe.value, probe_train_clips=len(tr))
         results[t.name] = entry
 
-    if any(t.name == EMBEDDED_RETRIEVAL for t in tasks):
-        pool = [i for i in corpus.split("test") if i in test_emb and corpus.rows[i]["captions"]]
-        picked = sorted(sorted(pool, key=lambda i: _hash_order(corpus.rows[i]["id"]))[: cfg.retrieval_clips])
+    picked = [i for i in retrieval_idx if i in test_emb]
+    if picked:
         captions = [corpus.rows[i]["captions"][: cfg.retrieval_captions] for i in picked]
         res = retrieval(embedder, torch.stack([test_emb[i] for i in picked]), captions, cfg.retrieval_examples)
         results[EMBEDDED_RETRIEVAL] = {
@@ -704,8 +718,11 @@ def run_stage(cfg: EvaluateConfig, embedder: Embedder | None = None, progress: b
     _atomic_write(results_dir / "map_embeddings.npy", lambda tmp: _save_npy(tmp, emb))
     write_json(results_dir / "map_clips.json", {"task": m.get("task", []), "id": m.get("id", [])})
     write_json(cfg.metrics, metrics)
+    seconds = time.time() - t0
+    if cfg.timings:
+        write_json(cfg.timings, {"seconds": round(seconds, 1), "tasks": len(rows)})
     if progress:
-        print(f"evaluate: {len(rows)} tasks in {time.time() - t0:.0f} s -> {cfg.metrics}, {results_dir}, {plots_dir}")
+        print(f"evaluate: {len(rows)} tasks in {seconds:.0f} s -> {cfg.metrics}, {results_dir}, {plots_dir}")
     return metrics
 
 

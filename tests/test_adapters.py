@@ -9,9 +9,7 @@ tested on the problems it names: missing audio, malformed rows, unknown labels, 
 import json
 from pathlib import Path
 
-import numpy as np
 import pytest
-import soundfile as sf
 
 from clapkit.data.adapters import ADAPTERS, TASK_CLASSES, DatasetError, LoadReport, Problem
 from clapkit.data.records import ClipRecord

@@ -339,7 +339,7 @@ def test_stage_on_a_prepared_corpus_is_perfect_with_the_oracle_and_deterministic
 
     def cfg(out):
         return EvaluateConfig(prepared=str(prepared), results=str(out / "results"), plots=str(out / "plots"),
-                              metrics=str(out / "metrics.json"), cache_dir=str(tmp_path / "cache"),
+                              metrics=str(out / "metrics.json"), cache_dir=str(tmp_path / "cache"), timings=None,
                               probe_train_per_task=50, retrieval_examples=2)  # fmt: skip
 
     metrics = run_stage(cfg(tmp_path / "a"), embedder=oracle, progress=False)
