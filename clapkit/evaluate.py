@@ -222,6 +222,7 @@ def _atomic_write(path: Path, write: Callable[[str], None]) -> None:
     os.close(fd)
     try:
         write(tmp)
+        os.chmod(tmp, 0o644)  # mkstemp makes the file private; outputs are ordinary files
         os.replace(tmp, path)
     except BaseException:
         Path(tmp).unlink(missing_ok=True)
@@ -358,7 +359,8 @@ def retrieval(embedder: Embedder, audio: torch.Tensor, captions: Sequence[Sequen
     """Audio-to-text and text-to-audio over every caption of every clip (LAION-CLAP's protocol).
 
     A->T: each clip ranks all captions; its positives are its own captions.  T->A: each caption ranks all clips;
-    its one positive is its clip.  ``examples``: how many A->T queries to return with their top-5 captions.
+    its one positive is its clip.  ``examples``: how many A->T queries (evenly spaced through the list) to return
+    with their top-5 captions.
     """
     flat = [c for caps in captions for c in caps]
     owner = torch.tensor([i for i, caps in enumerate(captions) for _ in caps])
@@ -370,7 +372,7 @@ def retrieval(embedder: Embedder, audio: torch.Tensor, captions: Sequence[Sequen
     a2t = RetrievalMetrics.from_scores(logits, positives)
     t2a = RetrievalMetrics.from_scores(logits.T, positives.T)
     shown = []
-    for q in range(min(examples, len(captions))):
+    for q in sorted({int(v) for v in np.linspace(0, len(captions) - 1, min(examples, len(captions)))}):  # spread out
         top = torch.sort(logits[q], descending=True, stable=True).indices[:5].tolist()
         shown.append({"clip": q, "captions": list(captions[q]),
                       "top5": [{"caption": flat[j], "score": round(float(logits[q, j]), 4), "match": bool(owner[j] == q)}
