@@ -393,3 +393,26 @@ def test_training_streams_shards(prepared, tmp_path):
                                  checkpoint_every=2), load_model_config("clap-tiny-htsat-gpt2"), progress=False)
     assert metrics["step"] == 5 and metrics["epochs"] == 1.25  # 39 clips -> 4 steps per epoch
     assert (tmp_path / "clap" / "model.safetensors").is_file()
+
+
+def test_bf16_autocast_step_on_cpu_is_close_to_fp32():
+    from clapkit.api import CLAP
+    from clapkit.losses import ClipLoss
+    from clapkit.train import resolve_precision, train_step
+
+    cpu = torch.device("cpu")
+    assert resolve_precision("bf16", cpu) is torch.bfloat16 and resolve_precision("fp32", cpu) is None
+    assert resolve_precision("auto", cpu) in (None, torch.bfloat16)  # bf16 only where the CPU has it natively
+    clap = CLAP.from_config(deterministic_tiny_config(), seed=0)
+    model = clap.model.train()
+    model.audio.encoder.bn0.eval()
+    batch = _batch(clap)
+    loss32 = train_step(model, batch, ClipLoss(), 1, cpu, None)
+    g32 = _grads(model)
+    model.zero_grad()
+    loss16 = train_step(model, batch, ClipLoss(), 1, cpu, torch.bfloat16)
+    g16 = _grads(model)
+    assert loss16 == pytest.approx(loss32, rel=2e-2)  # the loss itself is computed in float32
+    cos = F.cosine_similarity(torch.cat([g.flatten() for g in g16.values()]),
+                              torch.cat([g.flatten() for g in g32.values()]), dim=0)
+    assert cos > 0.98 and all(g.dtype == torch.float32 for g in g16.values())
