@@ -824,7 +824,12 @@ def _cmd_evaluate(args) -> int:
             raise SystemExit("clapkit evaluate: --model/--data go with --task (one task on your dataset)")
         run_stage(EvaluateConfig.from_params(load_params(args.params)))
         return 0
-    return _cmd_one_task(args)
+    from .data.adapters import DatasetError
+
+    try:
+        return _cmd_one_task(args)
+    except (KeyError, ValueError, OSError, DatasetError) as err:  # a user's mistake: one clear line, no traceback
+        raise SystemExit(f"clapkit evaluate: {err.args[0] if isinstance(err, KeyError) else err}") from None
 
 
 def _cmd_one_task(args) -> int:

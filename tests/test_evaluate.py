@@ -382,3 +382,7 @@ def test_cli_one_task_on_a_users_dataset_with_a_real_tiny_clap(tmp_path, capsys)
     assert json.loads(out.read_text()) == first
     with pytest.raises(SystemExit, match="needs --data"):
         main(["evaluate", "--model", str(model), "--task", "esc50"])
+    with pytest.raises(SystemExit, match="unknown task 'esc-50'"):
+        main(["evaluate", "--model", str(model), "--task", "esc-50", "--data", str(root)])
+    with pytest.raises(SystemExit, match="not supported"):
+        main(["evaluate", "--model", str(model), "--task", "clotho_captioning", "--data", str(root)])
