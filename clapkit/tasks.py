@@ -159,11 +159,10 @@ def get_task(name: str, prepared_dir: str | Path | None = None) -> Task:
     """A paper task by name, or an embedded task of ``prepared_dir``."""
     if name in PAPER_TASKS:
         return PAPER_TASKS[name]
-    if prepared_dir is not None:
-        tasks = embedded_tasks(prepared_dir)
-        if name in tasks:
-            return tasks[name]
-    known = sorted(PAPER_TASKS) + (sorted(embedded_tasks(prepared_dir)) if prepared_dir is not None else [])
+    tasks = embedded_tasks(prepared_dir) if prepared_dir and (Path(prepared_dir) / "tasks.json").is_file() else {}
+    if name in tasks:
+        return tasks[name]
+    known = sorted(PAPER_TASKS) + sorted(tasks)
     raise KeyError(f"unknown task {name!r}; known: {', '.join(known)}")
 
 
