@@ -313,7 +313,8 @@ class ClassificationResult:
 def encode_targets(labels: Sequence[Any], classes: Sequence[str], multi_label: bool) -> torch.Tensor:
     """Labels -> (N,) class indices, or (N, C) multi-hot for multi-label tasks.  An unknown label is an error."""
     index = {c: i for i, c in enumerate(classes)}
-    unknown = sorted({str(v) for lab in labels for v in (lab if isinstance(lab, list) else [lab]) if str(v) not in index})
+    values = {str(v) for lab in labels for v in (lab if isinstance(lab, list) else [lab])}
+    unknown = sorted(values - set(index))
     if unknown:
         raise ValueError(f"labels not among the task's classes: {unknown[:10]}")
     if not multi_label:
@@ -375,8 +376,8 @@ def retrieval(embedder: Embedder, audio: torch.Tensor, captions: Sequence[Sequen
     for q in sorted({int(v) for v in np.linspace(0, len(captions) - 1, min(examples, len(captions)))}):  # spread out
         top = torch.sort(logits[q], descending=True, stable=True).indices[:5].tolist()
         shown.append({"clip": q, "captions": list(captions[q]),
-                      "top5": [{"caption": flat[j], "score": round(float(logits[q, j]), 4), "match": bool(owner[j] == q)}
-                               for j in top]})  # fmt: skip
+                      "top5": [{"caption": flat[j], "score": round(float(logits[q, j]), 4),
+                                "match": bool(owner[j] == q)} for j in top]})  # fmt: skip
     return {"a2t": a2t, "t2a": t2a, "examples": shown}
 
 

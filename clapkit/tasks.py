@@ -182,7 +182,8 @@ def embedded_tasks(prepared_dir: str | Path) -> dict[str, Task]:
     for name, info in sorted(tasks_json.items()):
         template = TASK_TEMPLATES.get(name, [MSCLAP_PROMPT])[0]  # the canonical wording the captions start from
         out[name] = Task(name=name, kind=CLASSIFICATION, metric="mAP" if info.get("multi_label") else "accuracy",
-                         domain="embedded corpus", title=name, label_key=name, multi_label=bool(info.get("multi_label")),
+                         domain="embedded corpus", title=name, label_key=name,
+                         multi_label=bool(info.get("multi_label")),
                          prompt=template, prompt_note="the task's first caption template", source="embedded",
                          eval_split=info.get("eval_split", "test"), classes=tuple(info["classes"]))  # fmt: skip
     out[EMBEDDED_RETRIEVAL] = Task(name=EMBEDDED_RETRIEVAL, kind=RETRIEVAL, metric="R@1", domain="embedded corpus",

@@ -212,7 +212,8 @@ class Oracle:
 
 # Per task: the labels of the fixture clips (classes of the task's vocabulary, multi-label lists).
 MULTI = {"fsd50k": ["Dog", "Bark", "Electric guitar"], "audioset": ["Speech", "Air horn, truck horn", "Car"],
-         "esc50_actions": ["calling", "singing", "pouring"], "nsynth_qualities": ["bright", "fast decay", "dark"]}  # fmt: skip
+         "esc50_actions": ["calling", "singing", "pouring"],
+         "nsynth_qualities": ["bright", "fast decay", "dark"]}  # fmt: skip
 SINGLE_OVERRIDES = {"nsynth_pitch": ["21", "60", "100"], "dcase2017_task4": ["Train horn", "Car alarm", "Bus"]}
 RETRIEVAL_WORDS = ["alpha", "bravo", "charlie", "delta"]
 
