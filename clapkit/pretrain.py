@@ -1,0 +1,769 @@
+"""Stage ``pretrain``: multi-task audio-encoder pretraining, Pengi-style ("HTSAT-22" of MS-CLAP 2023).
+
+The paper's largest single gain comes from pretraining HTSAT on 22 audio tasks instead of sound-event
+classification alone, "using a similar method to" Pengi: the audio encoder feeds a mapper that writes a prefix for
+a causal language model, and the whole is trained as a captioning system with next-token cross-entropy on
+task-prompted answers.  Here (read top to bottom):
+
+1. ``build_tasks``: one generation task per label task of the prepared corpus (``tasks.json``: language, keyword,
+   digit, speaker, gender, drum, instrument, ...), plus tasks read from each clip's text fields: a free caption,
+   the spoken words (transcript), a sound's title, real recording or synthesised, and a yes/no question about one
+   of the clip's labels (audio question answering).  Each task has one prompt,
+   ``"question: what language is spoken? answer:"``; the answer is the label text, ended by ``<|endoftext|>``.
+   ``tasks: sound_events`` keeps only sound-event classification (the plain "HTSAT" row of the paper's Table 1),
+   ``tasks: none`` skips pretraining (the stage then writes the seeded random encoder, so the train stage's input
+   always exists).
+2. ``PretrainModel``: log-mel frontend (``frontend.<preset>``) -> the audio encoder of ``model.<preset>`` ->
+   ``PrefixLM`` (``clapkit.models.mapper``: transformer mapper -> GPT-2 LM from a config, trained or frozen).
+3. ``pretrain``: each step draws ``batch_size`` clips, task-balanced (a task uniformly, then one of its training
+   clips), and trains on *every* task of every drawn clip (the encoder, the expensive part, runs once per clip).
+   Atomic checkpoints every ``checkpoint_every`` steps (``clapkit.checkpointing``); a rerun resumes from the
+   newest one written under the same parameters and ends with the same weights as an uninterrupted run.
+4. ``evaluate_generation``: greedy answers for held-out clips (the corpus' ``test`` split, unseen recording
+   identities), scored by exact match after light normalisation, with chance = 1 / number of distinct answers;
+   ``accuracy`` decodes inside the task's answer set (a trie of its training answers), ``free_accuracy`` over
+   the whole output vocabulary.
+5. Outputs (``out``, default ``models/pretrain/``): ``audio_encoder.safetensors`` (the encoder's state dict, bare
+   keys = ``CLAPModel``'s ``audio.encoder.*`` without the prefix), ``config.json`` (encoder config, frontend, tasks
+   and prompts), ``prefix_lm.safetensors`` (mapper + LM, to generate again), ``generations.json`` (examples);
+   ``metrics/pretrain.json`` (per-task accuracy and chance); ``metrics/pretrain_loss.csv`` (per-task loss curves).
+
+``load_pretrained_audio_encoder(path, encoder)`` loads the encoder weights and reports every key mismatch.
+"""
+
+from __future__ import annotations
+
+import csv
+import io
+import json
+import math
+import random
+import re
+import time
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Any, Iterable, Mapping, Sequence
+
+import numpy as np
+import torch
+from torch import nn
+
+from .audio import FrontendConfig, LogMelFrontend, fit_length
+from .config import dataclass_from_dict, frontend_config, load_params
+from .text import GPT2_EOT_ID, atomic_write_bytes, atomic_write_text, gpt2_bpe
+
+__all__ = ["PretrainConfig", "PretrainModel", "Task", "build_tasks", "evaluate_generation", "exact_match",
+           "load_pretrained_audio_encoder", "normalize_answer", "pretrain"]
+
+FORMAT = "clapkit-pretrain/1"
+MODES = ("all", "sound_events", "none")
+
+# Question and, for the yes/no task, the noun a label is asked about ("is the spoken language french?").
+# A corpus task missing here still becomes a task, with a question made from its name.
+LABEL_QUESTIONS = {
+    "language": ("what language is spoken?", "spoken language"),
+    "keyword": ("what word or phrase is spoken?", "spoken word"),
+    "digit": ("what digit is spoken?", "spoken digit"),
+    "speaker": ("who is speaking?", "speaker"),
+    "gender": ("is the voice male or female?", "voice"),
+    "drum": ("what drum is played?", "drum"),
+    "instrument": ("what instrument is playing?", "instrument"),
+    "instrument_family": ("what family of instrument is playing?", "instrument family"),
+    "pitch": ("what note is played?", "note"),
+    "velocity": ("how hard is the note played?", "dynamic"),
+    "tone": ("what kind of tone or noise is this?", "signal"),
+    "sound_event": ("what sound is this?", "sound"),
+    "sound_category": ("what kind of sound is this?", "sound category"),
+    "emotion": ("what emotion does the voice express?", "emotion"),
+    "voice_pack": ("which voice pack is this?", "voice pack"),
+    "sample_category": ("what kind of music sample is this?", "sample category"),
+}
+# Labels that make a clip speech: its text is then a transcript, otherwise a title.
+SPEECH_TASKS = ("language", "keyword", "digit", "speaker")
+TEXT_QUESTIONS = {
+    "caption": "describe the sound.",
+    "transcript": "what words are spoken?",
+    "title": "what is the title of this sound?",
+    "recording": "is this a real recording or synthesised?",
+}
+YES_NO_TASK = "yes_no"
+
+
+def prompt_text(question: str) -> str:
+    return f"question: {question} answer:"
+
+
+# --- parameters ----------------------------------------------------------------------------------------------------
+
+@dataclass
+class PretrainConfig:
+    """Block ``pretrain:`` of params.yaml (see the comments there)."""
+
+    prepared: str = "prepared"
+    out: str = "models/pretrain"
+    metrics: str = "metrics/pretrain.json"
+    loss_log: str = "metrics/pretrain_loss.csv"
+    checkpoint_dir: str = "checkpoints/pretrain"
+    timings: str = "reports/timings/pretrain.json"
+    tasks: Any = "all"  # all | sound_events | none | a list of task names
+    steps: int = 300
+    batch_size: int = 32
+    tasks_per_clip: int | None = 3
+    lr: float = 1.0e-3
+    weight_decay: float = 0.01
+    warmup_steps: int = 20
+    min_lr_ratio: float = 0.1
+    grad_clip_norm: float | None = 1.0
+    prefix_length: int = 8
+    mapper_layers: int = 2
+    mapper_heads: int = 4
+    lm: dict = field(default_factory=lambda: {"n_layer": 2, "n_embd": 128, "n_head": 4, "n_positions": 64})
+    freeze_lm: bool = False
+    output_vocab: str = "answers"  # answers | full
+    max_answer_tokens: int = 16
+    precision: str = "auto"
+    threads: int = 1
+    checkpoint_every: int = 50
+    keep_checkpoints: int = 2
+    log_every: int = 10
+    eval_clips_per_task: int = 150
+    eval_batch_size: int = 128
+    examples_per_task: int = 4
+
+    def __post_init__(self):
+        problems = []
+        if isinstance(self.tasks, str) and self.tasks not in MODES:
+            problems.append(f"tasks must be one of {MODES} or a list of task names, got {self.tasks!r}")
+        if self.output_vocab not in ("answers", "full"):
+            problems.append(f"output_vocab must be 'answers' or 'full', got {self.output_vocab!r}")
+        if self.precision not in ("auto", "fp32", "bf16"):
+            problems.append(f"precision must be auto, fp32 or bf16, got {self.precision!r}")
+        for name in ("steps", "max_answer_tokens", "eval_clips_per_task"):
+            if getattr(self, name) < 0:
+                problems.append(f"{name} must be >= 0")
+        if self.tasks_per_clip is not None and self.tasks_per_clip < 1:
+            problems.append("tasks_per_clip must be >= 1 or null")
+        for name in ("batch_size", "checkpoint_every", "log_every", "eval_batch_size", "prefix_length"):
+            if getattr(self, name) < 1:
+                problems.append(f"{name} must be >= 1")
+        if problems:
+            raise ValueError("params.yaml pretrain: " + "; ".join(problems))
+
+    @classmethod
+    def from_params(cls, params: Mapping[str, Any]) -> "PretrainConfig":
+        return dataclass_from_dict(cls, params.get("pretrain"), "pretrain")
+
+    def training_config(self) -> dict[str, Any]:
+        """The fields that change what a run computes (the checkpoint config hash); paths and logging excluded."""
+        skip = {"prepared", "out", "metrics", "loss_log", "checkpoint_dir", "timings", "checkpoint_every",
+                "keep_checkpoints", "log_every", "eval_clips_per_task", "eval_batch_size", "examples_per_task"}
+        return {k: v for k, v in asdict(self).items() if k not in skip}
+
+
+# --- tasks ---------------------------------------------------------------------------------------------------------
+
+@dataclass
+class Task:
+    """One generation task: its prompt and, per clip (manifest row index), the accepted answers."""
+
+    name: str
+    prompt: str
+    answers: dict[int, list[str]]  # row -> answers; training draws one, evaluation accepts any
+    classes: int  # distinct answers over the whole corpus (chance = 1 / classes)
+    kind: str  # label | text | yes_no
+
+
+def _fits(tokenizer, text: str, max_tokens: int) -> bool:
+    return len(tokenizer.encode(" " + text).ids) <= max_tokens
+
+
+def build_tasks(rows: Sequence[Mapping[str, Any]], corpus_tasks: Mapping[str, Any], mode: Any,
+                max_answer_tokens: int, tokenizer=None) -> list[Task]:
+    """The generation tasks the corpus supports, in a fixed order (label tasks sorted, then text tasks).
+
+    ``mode``: ``all``, ``sound_events`` (only ``sound_event``), ``none`` (no task) or a list of task names.
+    Answers longer than ``max_answer_tokens`` GPT-2 tokens are left out (long transcripts, long captions).
+    """
+    tokenizer = tokenizer or gpt2_bpe()
+    if mode == "none":
+        return []
+    tasks: list[Task] = []
+    for name in sorted(corpus_tasks):
+        if corpus_tasks[name].get("multi_label"):
+            continue  # one answer per clip and task here; multi-label tasks would need a list answer
+        question = LABEL_QUESTIONS.get(name, (f"what is the {name.replace('_', ' ')}?", ""))[0]
+        answers = {i: [r["labels"][name]] for i, r in enumerate(rows)
+                   if name in r.get("labels", {}) and _fits(tokenizer, r["labels"][name], max_answer_tokens)}
+        if answers:
+            tasks.append(Task(name, prompt_text(question), answers, len(corpus_tasks[name]["classes"]), "label"))
+    text_answers: dict[str, dict[int, list[str]]] = {name: {} for name in TEXT_QUESTIONS}
+    for i, r in enumerate(rows):
+        texts = [t for t in r.get("texts", []) if t.strip() and _fits(tokenizer, t, max_answer_tokens)]
+        captions = [c for c in r.get("captions", []) if c not in r.get("texts", [])
+                    and _fits(tokenizer, c, max_answer_tokens)]
+        if captions:
+            text_answers["caption"][i] = captions
+        if texts:
+            speech = any(t in r.get("labels", {}) for t in SPEECH_TASKS)
+            text_answers["transcript" if speech else "title"][i] = texts
+        if "real" in r:
+            text_answers["recording"][i] = ["real recording" if r["real"] else "synthesised"]
+    for name, question in TEXT_QUESTIONS.items():
+        answers = text_answers[name]
+        distinct = {a for accepted in answers.values() for a in accepted}
+        if len(distinct) >= 2:
+            tasks.append(Task(name, prompt_text(question), answers, len(distinct), "text"))
+    label_tasks = [t for t in tasks if t.kind == "label"]
+    if label_tasks:
+        covered = sorted({i for t in label_tasks for i in t.answers})
+        tasks.append(Task(YES_NO_TASK, "", {i: ["yes", "no"] for i in covered}, 2, "yes_no"))
+    if mode == "all":
+        return tasks
+    wanted = ["sound_event"] if mode == "sound_events" else list(mode)
+    known = {t.name for t in tasks}
+    unknown = sorted(set(wanted) - known)
+    if unknown:
+        raise ValueError(f"params.yaml pretrain.tasks: {unknown} not supported by this corpus; supported: {sorted(known)}")
+    return [t for t in tasks if t.name in wanted]
+
+
+def yes_no_question(rows: Sequence[Mapping[str, Any]], row: int, label_tasks: Sequence[Task],
+                    classes: Mapping[str, Sequence[str]], rng: random.Random) -> tuple[str, str]:
+    """A yes/no question about one of the clip's labels; half of them name the true label, half another class."""
+    own = [t for t in label_tasks if row in t.answers]
+    task = own[rng.randrange(len(own))]
+    truth = task.answers[row][0]
+    others = [c for c in classes[task.name] if c != truth]
+    ask_true = not others or rng.random() < 0.5
+    asked = truth if ask_true else others[rng.randrange(len(others))]
+    noun = LABEL_QUESTIONS.get(task.name, ("", task.name.replace("_", " ")))[1]
+    return prompt_text(f"is the {noun} {asked}?"), "yes" if ask_true else "no"
+
+
+# --- answers -------------------------------------------------------------------------------------------------------
+
+_SPACE = re.compile(r"\s+")
+
+
+def normalize_answer(text: str) -> str:
+    """Lower case, single spaces, no surrounding whitespace or sentence-final punctuation ("A frog." = "a frog")."""
+    return _SPACE.sub(" ", text.lower()).strip().rstrip(".!?").strip()
+
+
+def exact_match(generated: str, accepted: Iterable[str]) -> bool:
+    g = normalize_answer(generated)
+    return any(g == normalize_answer(a) for a in accepted)
+
+
+# --- the model -----------------------------------------------------------------------------------------------------
+
+class PretrainModel(nn.Module):
+    """Waveform -> log-mel -> audio encoder -> pooled embedding -> ``PrefixLM`` (mapper + GPT-2)."""
+
+    def __init__(self, frontend: FrontendConfig, encoder_cfg: Mapping[str, Any], cfg: PretrainConfig,
+                 output_vocab: Sequence[int] | None):
+        super().__init__()
+        from .models import build_audio_encoder
+        from .models.mapper import PrefixLM
+
+        self.frontend_cfg = frontend
+        self.frontend = LogMelFrontend(frontend)
+        self.encoder = build_audio_encoder(encoder_cfg)
+        enc_cfg = getattr(self.encoder, "config", None)
+        if getattr(enc_cfg, "n_mels", frontend.n_mels) != frontend.n_mels:
+            raise ValueError(f"audio encoder expects {enc_cfg.n_mels} mel bins, frontend.<preset> makes {frontend.n_mels}")
+        max_frames = getattr(enc_cfg, "max_frames", None)
+        if max_frames is not None and frontend.num_frames() > max_frames:
+            raise ValueError(f"{frontend.clip_seconds} s clips give {frontend.num_frames()} frames, more than the "
+                             f"audio encoder's {max_frames}")
+        self.prefix_lm = PrefixLM(self.encoder.out_dim, cfg.lm, cfg.prefix_length, cfg.mapper_layers,
+                                  cfg.mapper_heads, freeze_lm=cfg.freeze_lm, output_vocab=output_vocab)
+
+    def embed(self, wave: torch.Tensor, dtype: torch.dtype | None) -> torch.Tensor:
+        logmel = self.frontend(wave)  # fp32: the log of tiny mel energies is where bf16 would hurt
+        with _autocast(dtype):
+            return self.encoder(logmel).float()
+
+
+def _autocast(dtype: torch.dtype | None):
+    from contextlib import nullcontext
+
+    return torch.autocast("cpu", dtype=dtype) if dtype is not None else nullcontext()
+
+
+def resolve_precision(precision: str) -> torch.dtype | None:
+    """bf16 autocast only where the CPU has native bf16 (AMX / AVX512-BF16); emulated bf16 is slower than fp32."""
+    if precision == "fp32":
+        return None
+    if precision == "bf16":
+        return torch.bfloat16
+    try:
+        flags = Path("/proc/cpuinfo").read_text().split()
+    except OSError:
+        flags = []
+    return torch.bfloat16 if ("amx_bf16" in flags or "avx512_bf16" in flags) else None
+
+
+# --- data ----------------------------------------------------------------------------------------------------------
+
+class Examples:
+    """Turns (row, task, answer) triples into the padded ``input_ids`` / ``target_mask`` a ``PrefixLM`` scores."""
+
+    def __init__(self, tokenizer, tasks: Sequence[Task]):
+        self.tokenizer = tokenizer
+        self._cache: dict[str, list[int]] = {}
+        for t in tasks:
+            if t.prompt:
+                self.prompt_ids(t.prompt)
+
+    def prompt_ids(self, prompt: str) -> list[int]:
+        if prompt not in self._cache:
+            self._cache[prompt] = self.tokenizer.encode(prompt).ids
+        return self._cache[prompt]
+
+    def answer_ids(self, answer: str) -> list[int]:
+        key = "\0" + answer
+        if key not in self._cache:
+            self._cache[key] = self.tokenizer.encode(" " + answer).ids + [GPT2_EOT_ID]
+        return self._cache[key]
+
+    def batch(self, pairs: Sequence[tuple[str, str]]) -> tuple[torch.Tensor, torch.Tensor]:
+        """(prompt, answer) pairs -> right-padded ids (B, L) and the mask of answer + end tokens."""
+        seqs = [(self.prompt_ids(p), self.answer_ids(a)) for p, a in pairs]
+        length = max(len(p) + len(a) for p, a in seqs)
+        ids = torch.full((len(seqs), length), GPT2_EOT_ID, dtype=torch.long)
+        mask = torch.zeros((len(seqs), length), dtype=torch.bool)
+        for i, (p, a) in enumerate(seqs):
+            ids[i, : len(p) + len(a)] = torch.tensor(p + a)
+            mask[i, len(p) : len(p) + len(a)] = True
+        return ids, mask
+
+
+def answer_vocabulary(tasks: Sequence[Task], examples: Examples) -> list[int]:
+    """Every token id any answer of any task can contain, plus the end token."""
+    vocab = {GPT2_EOT_ID}
+    for t in tasks:
+        for accepted in t.answers.values():
+            for a in accepted:
+                vocab.update(examples.answer_ids(a))
+    return sorted(vocab)
+
+
+def clip_wave(corpus, row: int, num_samples: int, generator: torch.Generator | None) -> torch.Tensor:
+    wave = torch.from_numpy(corpus.waveform(row))
+    return fit_length(wave, num_samples, crop="random" if generator is not None else "center", generator=generator)
+
+
+# --- outputs -------------------------------------------------------------------------------------------------------
+
+def _save_safetensors(tensors: Mapping[str, torch.Tensor], path: Path, metadata: Mapping[str, str]) -> None:
+    from safetensors.torch import save
+
+    data = save({k: v.detach().contiguous().cpu() for k, v in tensors.items()}, metadata=dict(metadata))
+    atomic_write_bytes(path, data)
+
+
+def load_pretrained_audio_encoder(path: str | Path, encoder: nn.Module, strict: bool = True) -> dict[str, Any]:
+    """Load ``audio_encoder.safetensors`` (or the directory holding it) into ``encoder``.
+
+    Returns ``{"path", "loaded", "missing", "unexpected", "shape_mismatch"}``.  With ``strict`` (the default) any
+    mismatch raises ``ValueError`` naming the keys: a pretrained encoder of another config must not be loaded
+    half-way.  With ``strict=False`` the matching tensors are loaded and the report says what was not.
+    """
+    from safetensors.torch import load_file
+
+    path = Path(path)
+    if path.is_dir():
+        path = path / "audio_encoder.safetensors"
+    if not path.is_file():
+        raise FileNotFoundError(f"{path}: no pretrained audio encoder (run the pretrain stage)")
+    state = load_file(str(path))
+    own = encoder.state_dict()
+    missing = sorted(set(own) - set(state))
+    unexpected = sorted(set(state) - set(own))
+    mismatched = sorted(k for k in set(own) & set(state) if own[k].shape != state[k].shape)
+    report = {"path": str(path), "loaded": len(set(own) & set(state)) - len(mismatched), "missing": missing,
+              "unexpected": unexpected, "shape_mismatch": [f"{k}: file {tuple(state[k].shape)}, encoder "
+                                                            f"{tuple(own[k].shape)}" for k in mismatched]}
+    if missing or unexpected or mismatched:
+        message = (f"{path}: does not match the audio encoder: {len(missing)} missing {missing[:5]}, "
+                   f"{len(unexpected)} unexpected {unexpected[:5]}, shape mismatch {report['shape_mismatch'][:5]}")
+        if strict:
+            raise ValueError(message)
+        print(f"warning: {message}")
+    usable = {k: v for k, v in state.items() if k in own and k not in mismatched}
+    encoder.load_state_dict(usable, strict=False)
+    return report
+
+
+def write_outputs(model: PretrainModel, out: Path, info: Mapping[str, Any]) -> None:
+    """``audio_encoder.safetensors``, ``prefix_lm.safetensors`` and ``config.json``, each written atomically."""
+    out.mkdir(parents=True, exist_ok=True)
+    meta = {"format": FORMAT}
+    _save_safetensors(model.encoder.state_dict(), out / "audio_encoder.safetensors", meta)
+    # GPT-2's output layer is its token embedding (tied): store it once, as lm.transformer.wte.weight.
+    lm_state = {k: v for k, v in model.prefix_lm.state_dict().items() if k != "lm.lm_head.weight"}
+    _save_safetensors(lm_state, out / "prefix_lm.safetensors", meta)
+    atomic_write_text(out / "config.json", json.dumps({"format": FORMAT, **info}, indent=2) + "\n")
+
+
+# --- training ------------------------------------------------------------------------------------------------------
+
+def lr_at(step: int, cfg: PretrainConfig) -> float:
+    """Linear warmup, then cosine down to ``min_lr_ratio * lr`` at the last step."""
+    if step < cfg.warmup_steps:
+        return cfg.lr * (step + 1) / cfg.warmup_steps
+    span = max(cfg.steps - cfg.warmup_steps, 1)
+    progress = min((step - cfg.warmup_steps) / span, 1.0)
+    return cfg.lr * (cfg.min_lr_ratio + (1 - cfg.min_lr_ratio) * 0.5 * (1 + math.cos(math.pi * progress)))
+
+
+def make_optimizer(model: nn.Module, cfg: PretrainConfig) -> torch.optim.Optimizer:
+    decay, no_decay = [], []
+    for name, p in model.named_parameters():
+        if p.requires_grad:
+            (decay if p.ndim >= 2 and "wte" not in name and "wpe" not in name else no_decay).append(p)
+    return torch.optim.AdamW([{"params": decay, "weight_decay": cfg.weight_decay},
+                              {"params": no_decay, "weight_decay": 0.0}], lr=cfg.lr, betas=(0.9, 0.98), eps=1e-6)
+
+
+class TaskSampler:
+    """Task-balanced batches: each clip is drawn by picking a task uniformly, then one of its training clips."""
+
+    def __init__(self, tasks: Sequence[Task], train_rows: set[int]):
+        self.tasks = [t for t in tasks if t.kind != "yes_no"] or list(tasks)
+        self.rows = [sorted(i for i in t.answers if i in train_rows) for t in self.tasks]
+        empty = [t.name for t, r in zip(self.tasks, self.rows) if not r]
+        if empty:
+            raise ValueError(f"pretrain: no training clips for task(s) {empty}")
+
+    def draw(self, n: int, generator: torch.Generator) -> list[tuple[int, str]]:
+        """``n`` (row, task it was drawn for) pairs."""
+        which = torch.randint(0, len(self.tasks), (n,), generator=generator).tolist()
+        picks = torch.rand(n, generator=generator).tolist()
+        return [(self.rows[t][int(u * len(self.rows[t]))], self.tasks[t].name) for t, u in zip(which, picks)]
+
+
+def make_examples(drawn: Sequence[tuple[int, str]], tasks: Sequence[Task], corpus_rows, classes,
+                  rng: random.Random, tasks_per_clip: int | None) -> list[tuple[int, str, str, str]]:
+    """(clip position in the batch, task, prompt, answer) for the drawn clips: the task each clip was drawn for,
+    plus up to ``tasks_per_clip - 1`` more of its tasks at random (None = all); one answer drawn per task."""
+    label_tasks = [t for t in tasks if t.kind == "label"]
+    out = []
+    for pos, (row, drawn_for) in enumerate(drawn):
+        own = [t for t in tasks if row in t.answers]
+        if tasks_per_clip is not None and len(own) > tasks_per_clip:
+            first = next(t for t in own if t.name == drawn_for)
+            others = [t for t in own if t is not first]
+            picked = {first.name, *(t.name for t in rng.sample(others, tasks_per_clip - 1))}
+            own = [t for t in own if t.name in picked]
+        for t in own:
+            if t.kind == "yes_no":
+                prompt, answer = yes_no_question(corpus_rows, row, label_tasks, classes, rng)
+            else:
+                accepted = t.answers[row]
+                prompt, answer = t.prompt, accepted[rng.randrange(len(accepted))]
+            out.append((pos, t.name, prompt, answer))
+    return out
+
+
+def train_step(model: PretrainModel, optimizer, waves: torch.Tensor, examples: Examples,
+               items: Sequence[tuple[int, str, str, str]], dtype, cfg: PretrainConfig) -> tuple[float, dict[str, list[float]]]:
+    embedding = model.embed(waves, dtype)
+    ids, mask = examples.batch([(p, a) for _, _, p, a in items])
+    index = torch.tensor([pos for pos, _, _, _ in items])
+    with _autocast(dtype):
+        per_example = model.prefix_lm.loss(embedding[index], ids, mask)
+    loss = per_example.mean()
+    optimizer.zero_grad(set_to_none=True)
+    loss.backward()
+    if cfg.grad_clip_norm:
+        torch.nn.utils.clip_grad_norm_(model.parameters(), cfg.grad_clip_norm)
+    optimizer.step()
+    by_task: dict[str, list[float]] = {}
+    for (_, name, _, _), value in zip(items, per_example.detach().tolist()):
+        by_task.setdefault(name, []).append(value)
+    return float(loss.detach()), by_task
+
+
+def run_training(model: PretrainModel, corpus, tasks: Sequence[Task], examples: Examples, cfg: PretrainConfig,
+                 seed: int, dtype, progress: bool = True, stop_after: int | None = None) -> list[dict[str, Any]]:
+    """Train for ``cfg.steps`` steps, resuming from ``cfg.checkpoint_dir``; returns the loss log rows.
+
+    ``stop_after`` (tests, and a cheap way to simulate a kill) stops after that many steps, having saved a
+    checkpoint there.
+    """
+    from tqdm import tqdm
+
+    from .checkpointing import find_latest, load_checkpoint, save_checkpoint
+
+    train_rows = {i for i, r in enumerate(corpus.rows) if r["split"] == "train"}
+    sampler = TaskSampler(tasks, train_rows)
+    classes = {name: spec["classes"] for name, spec in corpus.tasks.items()}
+    n_samples = model.frontend_cfg.clip_samples
+    optimizer = make_optimizer(model, cfg)
+    generator = torch.Generator().manual_seed(seed)
+    rng = random.Random(seed)
+    log: list[dict[str, Any]] = []
+    window: dict[str, list[float]] = {}  # per-task losses since the last log row (saved too: exact resume)
+    window_loss: list[float] = []
+    step = 0
+    # Checkpoints resume only a run of the same parameters *and* model code (a changed module would not load).
+    run_config = {"pretrain": cfg.training_config(), "seed": seed, "tasks": [t.name for t in tasks],
+                  "frontend": asdict(model.frontend_cfg), "code": _code_fingerprint(),
+                  "shapes": {k: list(v.shape) for k, v in model.state_dict().items()}}
+    latest = find_latest(cfg.checkpoint_dir, run_config)
+    if latest is not None:
+        state = load_checkpoint(latest, model, optimizer)
+        step = state["step"]
+        generator.set_state(state["extra"]["generator"])
+        rng.setstate(_tuple_state(state["extra"]["python_rng"]))
+        log = list(state["extra"]["log"])
+        window, window_loss = dict(state["extra"]["window"]), list(state["extra"]["window_loss"])
+        print(f"pretrain: resuming from {latest} (step {step} of {cfg.steps})")
+    bar = tqdm(total=cfg.steps, initial=step, disable=not progress, desc="pretrain", unit="step", dynamic_ncols=True)
+    model.train()
+    clips_done, t0 = 0, time.perf_counter()
+    while step < cfg.steps:
+        for group in optimizer.param_groups:
+            group["lr"] = lr_at(step, cfg)
+        drawn = sampler.draw(cfg.batch_size, generator)
+        waves = torch.stack([clip_wave(corpus, r, n_samples, generator) for r, _ in drawn])
+        items = make_examples(drawn, tasks, corpus.rows, classes, rng, cfg.tasks_per_clip)
+        loss, by_task = train_step(model, optimizer, waves, examples, items, dtype, cfg)
+        step += 1
+        window_loss.append(loss)
+        for name, values in by_task.items():
+            window.setdefault(name, []).extend(values)
+        clips_done += len(drawn)
+        bar.update(1)
+        bar.set_postfix(loss=f"{loss:.3f}", clips_s=f"{clips_done / (time.perf_counter() - t0):.1f}")
+        if step % cfg.log_every == 0 or step == cfg.steps:
+            log.append({"step": step, "loss": float(np.mean(window_loss)), "lr": lr_at(step - 1, cfg),
+                        "tasks": {k: float(np.mean(v)) for k, v in sorted(window.items())}})
+            window, window_loss = {}, []
+        if step % cfg.checkpoint_every == 0 or step == cfg.steps or step == stop_after:
+            save_checkpoint(cfg.checkpoint_dir, step, model, optimizer, config=run_config, keep=cfg.keep_checkpoints,
+                            extra={"generator": generator.get_state(), "python_rng": _list_state(rng.getstate()),
+                                   "log": log, "window": window, "window_loss": window_loss})
+        if stop_after is not None and step >= stop_after:
+            break
+    bar.close()
+    return log
+
+
+def _code_fingerprint() -> str:
+    import hashlib
+
+    from .models import htsat, mapper
+
+    digest = hashlib.sha256()
+    for module in (htsat, mapper):
+        digest.update(Path(module.__file__).read_bytes())
+    digest.update(Path(__file__).read_bytes())
+    return digest.hexdigest()[:16]
+
+
+def _list_state(state) -> list:
+    version, internal, gauss = state
+    return [version, list(internal), gauss]
+
+
+def _tuple_state(state) -> tuple:
+    version, internal, gauss = state
+    return (version, tuple(internal), gauss)
+
+
+# --- evaluation ----------------------------------------------------------------------------------------------------
+
+@torch.no_grad()
+def evaluate_generation(model: PretrainModel, corpus, tasks: Sequence[Task], examples: Examples,
+                        cfg: PretrainConfig, seed: int, dtype, split: str = "test") -> tuple[dict, list[dict]]:
+    """Exact-match accuracy of greedy answers on ``split`` clips, per task, and example generations.
+
+    ``accuracy``: greedy decoding constrained to the answers the task had in training (a trie; yes/no for the
+    yes/no task), so the score measures what the audio tells the model, not whether a small LM trained from
+    scratch for a few minutes has learnt which vocabulary belongs to which prompt; ``free_accuracy``: greedy
+    decoding over the whole output vocabulary.
+
+    Up to ``eval_clips_per_task`` clips per task, drawn with a fixed seed; the yes/no questions are drawn with it
+    too, so every run asks the same questions.  Chance = 1 / distinct answers (classes).  ``significant``: the
+    accuracy exceeds chance by more than 3 binomial standard errors of chance on that many clips.
+    """
+    model.eval()
+    rng = random.Random(f"{seed}-eval")
+    label_tasks = [t for t in tasks if t.kind == "label"]
+    classes = {name: spec["classes"] for name, spec in corpus.tasks.items()}
+    train_answers = {t.name: {normalize_answer(a) for i, acc in t.answers.items()
+                              if corpus.rows[i]["split"] == "train" for a in acc} for t in tasks}
+    chosen: dict[str, list[int]] = {}
+    for t in tasks:
+        rows = sorted(i for i in t.answers if corpus.rows[i]["split"] == split)
+        if len(rows) > cfg.eval_clips_per_task:
+            rows = sorted(rng.sample(rows, cfg.eval_clips_per_task))
+        chosen[t.name] = rows
+    needed = sorted({i for rows in chosen.values() for i in rows})
+    n_samples = model.frontend_cfg.clip_samples
+    embeddings: dict[int, torch.Tensor] = {}
+    for start in range(0, len(needed), cfg.eval_batch_size):
+        part = needed[start : start + cfg.eval_batch_size]
+        waves = torch.stack([clip_wave(corpus, r, n_samples, None) for r in part])
+        for r, e in zip(part, model.embed(waves, dtype)):
+            embeddings[r] = e
+    metrics, generations = {}, []
+    for t in tasks:
+        # Constrained decoding: the answers this task had in training (yes/no for yes_no) form a trie that
+        # greedy decoding must stay in, so a clip is not answered with another task's vocabulary.
+        admissible = ["yes", "no"] if t.kind == "yes_no" else sorted(
+            {a for i, acc in t.answers.items() if corpus.rows[i]["split"] == "train" for a in acc})
+        trie = answer_trie(examples.answer_ids(a) for a in admissible)
+        rows = chosen[t.name]
+        if not rows:
+            continue
+        queries = []
+        for r in rows:
+            if t.kind == "yes_no":
+                prompt, answer = yes_no_question(corpus.rows, r, label_tasks, classes, rng)
+                queries.append((r, prompt, [answer]))
+            else:
+                queries.append((r, t.prompt, t.answers[r]))
+        longest = max(len(examples.answer_ids(a)) for _, _, acc in queries for a in acc)
+        max_new = min(cfg.max_answer_tokens, longest + 2) + 1  # room for a longer wrong answer, and the end token
+        correct = free_correct = 0
+        for start in range(0, len(queries), cfg.eval_batch_size):
+            part = queries[start : start + cfg.eval_batch_size]
+            emb = torch.stack([embeddings[r] for r, _, _ in part])
+            prompts = [examples.prompt_ids(p) for _, p, _ in part]
+            with _autocast(dtype):
+                out = model.prefix_lm.generate(emb, prompts, max_new, GPT2_EOT_ID, tries=[trie] * len(part))
+                free = model.prefix_lm.generate(emb, prompts, max_new, GPT2_EOT_ID)
+            for (r, prompt, accepted), ids, free_ids in zip(part, out, free):
+                text = examples.tokenizer.decode(ids, skip_special_tokens=True).strip()
+                free_text = examples.tokenizer.decode(free_ids, skip_special_tokens=True).strip()
+                ok = exact_match(text, accepted)
+                correct += ok
+                free_correct += exact_match(free_text, accepted)
+                if sum(g["task"] == t.name for g in generations) < cfg.examples_per_task:
+                    generations.append({"task": t.name, "clip": corpus.rows[r]["id"], "prompt": prompt,
+                                        "answer": accepted[0] if len(accepted) == 1 else accepted,
+                                        "generated": text, "generated_free": free_text, "correct": bool(ok)})
+        n = len(queries)
+        accuracy = correct / n
+        chance = 1.0 / max(t.classes, 1)
+        seen = sum(any(normalize_answer(a) in train_answers[t.name] for a in acc) for _, _, acc in queries) / n
+        metrics[t.name] = {"accuracy": round(accuracy, 4), "chance": round(chance, 4),
+                           "free_accuracy": round(free_correct / n, 4), "classes": t.classes,
+                           "clips": n, "answer_seen_in_train": round(seen, 4),
+                           "significant": bool(accuracy > chance + 3 * math.sqrt(chance * (1 - chance) / n))}
+    return metrics, generations
+
+
+def answer_trie(sequences: Iterable[Sequence[int]]) -> dict:
+    """Nested dict ``{token: {token: ...}}`` of token sequences (each ends with the end token, whose node is ``{}``)."""
+    root: dict = {}
+    for seq in sequences:
+        node = root
+        for token in seq:
+            node = node.setdefault(int(token), {})
+    return root
+
+
+# --- the stage -----------------------------------------------------------------------------------------------------
+
+def resolve_model_config(params: Mapping[str, Any]) -> tuple[str, dict[str, Any]]:
+    from .models.clap import load_model_config
+
+    preset = params.get("preset", "embedded")
+    try:
+        name = params["model"][preset]
+    except (KeyError, TypeError) as err:
+        raise KeyError(f"params.yaml has no model.{preset} (the model config whose audio encoder is pretrained)") from err
+    return name, load_model_config(name)
+
+
+def write_loss_log(path: Path, log: Sequence[Mapping[str, Any]], task_names: Sequence[str]) -> None:
+    """Wide CSV for ``dvc plots``: step, loss, lr, then one column per task (mean loss over the log window)."""
+    buf = io.StringIO()
+    writer = csv.writer(buf, lineterminator="\n")
+    writer.writerow(["step", "loss", "lr", *task_names])
+    for row in log:
+        writer.writerow([row["step"], f"{row['loss']:.5f}", f"{row['lr']:.6g}",
+                         *(f"{row['tasks'][t]:.5f}" if t in row["tasks"] else "" for t in task_names)])
+    path.parent.mkdir(parents=True, exist_ok=True)
+    atomic_write_text(path, buf.getvalue())
+
+
+def pretrain(cfg: PretrainConfig, frontend: FrontendConfig, model_name: str, model_config: Mapping[str, Any],
+             seed: int = 0, progress: bool = True, stop_after: int | None = None) -> dict[str, Any]:
+    """Run the stage; returns the metrics written to ``cfg.metrics``."""
+    from .data.prepare import PreparedCorpus
+
+    started = time.perf_counter()
+    if cfg.threads:
+        torch.set_num_threads(cfg.threads)
+    dtype = resolve_precision(cfg.precision)
+    corpus = PreparedCorpus(cfg.prepared)
+    if corpus.sample_rate != frontend.sample_rate:
+        raise ValueError(f"{cfg.prepared}: prepared at {corpus.sample_rate} Hz, frontend.<preset> wants "
+                         f"{frontend.sample_rate} Hz (rerun the prepare stage)")
+    tokenizer = gpt2_bpe()
+    tasks = build_tasks(corpus.rows, corpus.tasks, cfg.tasks, cfg.max_answer_tokens, tokenizer)
+    examples = Examples(tokenizer, tasks)
+    vocab = answer_vocabulary(tasks, examples) if cfg.output_vocab == "answers" else None
+    torch.manual_seed(seed)  # the initial weights, SpecAugment and drop-path draw from torch's global generator
+    random.seed(seed)
+    np.random.seed(seed)
+    model = PretrainModel(frontend, model_config["audio_encoder"], cfg, vocab)
+    log: list[dict[str, Any]] = []
+    if tasks and cfg.steps:
+        log = run_training(model, corpus, tasks, examples, cfg, seed, dtype, progress, stop_after)
+    trained = time.perf_counter()
+    if stop_after is not None and stop_after < cfg.steps:
+        return {"stopped_after": stop_after}
+    task_metrics, generations = ({}, [])
+    if tasks and cfg.steps:
+        task_metrics, generations = evaluate_generation(model, corpus, tasks, examples, cfg, seed, dtype)
+    finished = time.perf_counter()
+    mode = cfg.tasks if isinstance(cfg.tasks, str) else "list"
+    info = {"model_config": model_name, "audio_encoder": model_config["audio_encoder"], "frontend": asdict(frontend),
+            "mode": mode, "tasks": [t.name for t in tasks], "prompts": {t.name: t.prompt for t in tasks if t.prompt},
+            "steps": cfg.steps if tasks else 0, "seed": seed, "pretrain": asdict(cfg),
+            "output_vocab_size": int(model.prefix_lm.output_vocab.numel())}
+    out = Path(cfg.out)
+    write_outputs(model, out, info)
+    atomic_write_text(out / "generations.json", json.dumps(generations, indent=1, ensure_ascii=False) + "\n")
+    accs = [m["accuracy"] for m in task_metrics.values()]
+    metrics = {"mode": mode, "num_tasks": len(tasks), "steps": info["steps"],
+               "mean_accuracy": round(float(np.mean(accs)), 4) if accs else None,
+               "mean_chance": round(float(np.mean([m["chance"] for m in task_metrics.values()])), 4) if accs else None,
+               "tasks_significant": sum(m["significant"] for m in task_metrics.values()),
+               "final_loss": round(log[-1]["loss"], 4) if log else None, "tasks": task_metrics}
+    Path(cfg.metrics).parent.mkdir(parents=True, exist_ok=True)
+    atomic_write_text(Path(cfg.metrics), json.dumps(metrics, indent=2) + "\n")
+    write_loss_log(Path(cfg.loss_log), log, [t.name for t in tasks])
+    if cfg.timings:  # wall time is not a DVC output: it differs on every run
+        Path(cfg.timings).parent.mkdir(parents=True, exist_ok=True)
+        atomic_write_text(Path(cfg.timings), json.dumps({
+            "train_s": round(trained - started, 1), "evaluate_s": round(finished - trained, 1),
+            "steps": info["steps"], "batch_size": cfg.batch_size, "threads": torch.get_num_threads(),
+            "precision": str(dtype or torch.float32)}, indent=2) + "\n")
+    return metrics
+
+
+def _cmd_pretrain(args) -> int:
+    params = load_params(args.params)
+    cfg = PretrainConfig.from_params(params)
+    name, model_config = resolve_model_config(params)
+    metrics = pretrain(cfg, frontend_config(params), name, model_config, seed=int(params.get("seed", 0)),
+                       progress=not args.no_progress)
+    for task, m in metrics["tasks"].items():
+        print(f"{task:18s} accuracy {m['accuracy']:.3f}  chance {m['chance']:.3f}  ({m['clips']} clips)")
+    print(f"pretrain: {metrics['num_tasks']} tasks, weights in {cfg.out}, metrics in {cfg.metrics}")
+    return 0
+
+
+def register(subparsers) -> None:
+    p = subparsers.add_parser("pretrain", help="stage pretrain: multi-task audio-encoder pretraining (prefix LM)")
+    p.add_argument("--params", default="params.yaml")
+    p.add_argument("--no-progress", action="store_true")
+    p.set_defaults(func=_cmd_pretrain)

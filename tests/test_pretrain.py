@@ -1,0 +1,227 @@
+"""Stage pretrain: tasks from a corpus, prefix-LM loss and greedy generation, exact match, loss falling on a tiny
+fixture, resume after an interruption ending with the same weights, the encoder weights the train stage loads."""
+
+import json
+
+import numpy as np
+import pytest
+import soundfile as sf
+import torch
+
+from clapkit.audio import FrontendConfig
+from clapkit.data.prepare import PrepareConfig, PreparedCorpus, prepare
+from clapkit.data.records import ClipRecord, write_jsonl
+from clapkit.models import build_audio_encoder
+from clapkit.models.mapper import PrefixLM
+from clapkit.pretrain import (PretrainConfig, build_tasks, exact_match, load_pretrained_audio_encoder,
+                              normalize_answer, pretrain)
+
+FRONTEND = FrontendConfig(sample_rate=16000, clip_seconds=1.0, n_fft=512, win_length=512, hop_length=320, n_mels=16)
+ENCODER = {"name": "htsat", "n_mels": 16, "spec_size": 32, "patch_size": 4, "patch_stride": 4, "embed_dim": 16,
+           "depths": [1, 1], "num_heads": [2, 4], "window_size": 4, "mlp_ratio": 2.0, "drop_path_rate": 0.0,
+           "time_mask_width": 4, "time_mask_stripes": 1, "freq_mask_width": 2, "freq_mask_stripes": 1,
+           "num_classes": 0}
+MODEL_CONFIG = {"audio_encoder": ENCODER}
+LM = {"n_layer": 1, "n_embd": 32, "n_head": 2, "n_positions": 48}
+# One thread, as the stage runs: on a busy 2-core machine two OpenMP threads can be many times slower.
+torch.set_num_threads(1)
+TONES = {"sine tone": "sine", "white noise": "noise", "square wave": "square"}
+
+
+def signal(kind, f, seconds=0.6, sr=16000, seed=0):
+    t = np.arange(int(sr * seconds)) / sr
+    if kind == "sine":
+        x = np.sin(2 * np.pi * f * t)
+    elif kind == "square":
+        x = np.sign(np.sin(2 * np.pi * f * t))
+    else:
+        x = np.random.default_rng(seed).standard_normal(t.size)
+    return (0.3 * x).astype(np.float32)
+
+
+@pytest.fixture(scope="module")
+def prepared(tmp_path_factory):
+    """A prepared corpus of 36 clips: three signal types (task ``tone``), two loudness-free pitch groups
+    (task ``register``), one caption text each; 6 groups per tone so that every split has every class."""
+    root = tmp_path_factory.mktemp("corpus")
+    (root / "fx").mkdir()
+    records = []
+    for i in range(36):
+        label, kind = list(TONES.items())[i % 3]
+        register = "low" if (i // 3) % 2 == 0 else "high"
+        f = (220.0 if register == "low" else 1760.0) * (1 + 0.05 * (i % 5))
+        rel = f"fx/{i:02d}.wav"
+        sf.write(root / rel, signal(kind, f, seed=i), 16000)
+        records.append(ClipRecord(id=f"fx/{i:02d}", path=rel, source="synth:fx", licence="CC0-1.0", real=i % 2 == 0,
+                                  group=f"g{i % 12:02d}", labels={"tone": label, "register": register}))
+    write_jsonl(root / "fx" / "clips.jsonl", records)
+    (root / "corpus.json").write_text(json.dumps({"sources": {"fx": {"clips": len(records)}}}))
+    out = tmp_path_factory.mktemp("prepared")
+    cfg = PrepareConfig(corpus=str(root), out=str(out / "prepared"), metrics=str(out / "data.json"), cache_seconds=1.0,
+                        workers=1, test_fraction=0.25, val_fraction=0.0, captions_per_clip=3)
+    prepare(cfg, FRONTEND, progress=False)
+    return out / "prepared"
+
+
+def config(tmp_path, prepared, **kw):
+    base = dict(prepared=str(prepared), out=str(tmp_path / "out"), metrics=str(tmp_path / "metrics.json"),
+                loss_log=str(tmp_path / "loss.csv"), checkpoint_dir=str(tmp_path / "ckpt"), timings="",
+                steps=30, batch_size=8, tasks_per_clip=3, lr=3e-3, warmup_steps=3, prefix_length=2, mapper_layers=1,
+                mapper_heads=2, lm=LM, max_answer_tokens=12, precision="fp32", threads=1, checkpoint_every=10,
+                log_every=5, eval_clips_per_task=20, eval_batch_size=16, examples_per_task=2)
+    base.update(kw)
+    return PretrainConfig(**base)
+
+
+# --- tasks and answers ---------------------------------------------------------------------------------------------
+
+def test_tasks_cover_every_label_task_and_the_text_tasks(prepared):
+    corpus = PreparedCorpus(prepared)
+    tasks = {t.name: t for t in build_tasks(corpus.rows, corpus.tasks, "all", 12)}
+    assert {"tone", "register", "caption", "recording", "yes_no"} <= set(tasks)
+    assert tasks["tone"].prompt == "question: what kind of tone or noise is this? answer:"
+    assert tasks["register"].prompt == "question: what is the register? answer:"  # a task without a stock question
+    assert tasks["tone"].classes == 3 and tasks["recording"].classes == 2 and tasks["yes_no"].classes == 2
+    row = next(i for i, r in enumerate(corpus.rows) if r["labels"]["tone"] == "white noise")
+    assert tasks["tone"].answers[row] == ["white noise"]
+    assert [t.name for t in build_tasks(corpus.rows, corpus.tasks, ["tone"], 12)] == ["tone"]
+    assert build_tasks(corpus.rows, corpus.tasks, "none", 12) == []
+    with pytest.raises(ValueError, match="sound_event"):
+        build_tasks(corpus.rows, corpus.tasks, "sound_events", 12)  # this corpus has no sound events
+
+
+def test_exact_match_normalises_case_space_and_final_punctuation():
+    assert normalize_answer("  A   Frog. ") == "a frog"
+    assert exact_match("a frog", ["A frog."]) and exact_match("Sine  tone", ["square wave", "sine tone"])
+    assert not exact_match("a frog croaking", ["a frog"]) and not exact_match("", ["a frog"])
+
+
+# --- the prefix LM -------------------------------------------------------------------------------------------------
+
+def test_prefix_lm_learns_known_answers_and_greedy_generation_returns_them():
+    """Four fixed 'clip embeddings', four answers of different lengths: after training, greedy decoding must give
+    back exactly the answer of each embedding (known answers), through the KV-cached decoder."""
+    from clapkit.text import GPT2_EOT_ID, gpt2_bpe
+
+    tok = gpt2_bpe()
+    answers = ["sine tone", "white noise", "a dog barking in the rain", "c4"]
+    prompt = tok.encode("question: what is it? answer:").ids
+    targets = [tok.encode(" " + a).ids + [GPT2_EOT_ID] for a in answers]
+    vocab = sorted({i for t in targets for i in t})
+    torch.manual_seed(0)
+    model = PrefixLM(8, LM, prefix_length=2, mapper_layers=1, mapper_heads=2, output_vocab=vocab)
+    model.lm.config.resid_pdrop = model.lm.config.embd_pdrop = model.lm.config.attn_pdrop = 0.0
+    emb = torch.randn(4, 8)
+    length = max(len(prompt) + len(t) for t in targets)
+    ids = torch.full((4, length), GPT2_EOT_ID)
+    mask = torch.zeros(4, length, dtype=torch.bool)
+    for i, t in enumerate(targets):
+        ids[i, : len(prompt) + len(t)] = torch.tensor(prompt + t)
+        mask[i, len(prompt) : len(prompt) + len(t)] = True
+    opt = torch.optim.Adam(model.parameters(), lr=1e-2)
+    model.eval()  # no dropout: the point is the arithmetic, not regularisation
+    first = None
+    for _ in range(150):
+        loss = model.loss(emb, ids, mask).mean()
+        first = first if first is not None else float(loss.detach())
+        opt.zero_grad()
+        loss.backward()
+        opt.step()
+    assert float(loss.detach()) < 0.05 * first
+    out = model.generate(emb, [prompt] * 4, max_new_tokens=12, eos_id=GPT2_EOT_ID)
+    assert [tok.decode(o).strip() for o in out] == answers
+    # rows with prompts of different lengths are decoded in their own groups, same answers
+    out2 = model.generate(emb[[3, 0]], [prompt, tok.encode("question: what is it? answer:").ids], 12, GPT2_EOT_ID)
+    assert [tok.decode(o).strip() for o in out2] == [answers[3], answers[0]]
+    # constrained decoding: a trie holding only "white noise" forces that answer whatever the clip says
+    from clapkit.pretrain import answer_trie
+    forced = model.generate(emb, [prompt] * 4, 12, GPT2_EOT_ID, tries=[answer_trie([targets[1]])] * 4)
+    assert [tok.decode(o).strip() for o in forced] == ["white noise"] * 4
+    # a trie of two answers: each row picks the one it was trained on among them
+    both = answer_trie([targets[0], targets[3]])
+    picked = model.generate(emb[[0, 3]], [prompt] * 2, 12, GPT2_EOT_ID, tries=[both, both])
+    assert [tok.decode(o).strip() for o in picked] == [answers[0], answers[3]]
+
+
+def test_cached_greedy_decoding_equals_full_recomputation():
+    """Each generated token must be the argmax of a full (uncached) forward over everything before it."""
+    torch.manual_seed(1)
+    model = PrefixLM(8, LM, prefix_length=3, mapper_layers=1, mapper_heads=2, output_vocab=range(0, 500)).eval()
+    emb, prompt = torch.randn(2, 8), [11, 12, 13]
+    out = model.generate(emb, [prompt, prompt], max_new_tokens=6, eos_id=499)
+    for row, answer in enumerate(out):
+        seq = list(prompt)
+        for token in answer:
+            with torch.no_grad():
+                prefix = model.mapper(emb[row : row + 1])
+                embeds = torch.cat([prefix, model.lm.transformer.wte(torch.tensor([seq]))], dim=1)
+                hidden = model.lm.transformer(inputs_embeds=embeds).last_hidden_state[:, -1]
+                assert int(model.output_vocab[model._logits(hidden).argmax()]) == token
+            seq.append(token)
+
+
+# --- the stage -----------------------------------------------------------------------------------------------------
+
+def test_loss_falls_and_held_out_tone_is_learned(prepared, tmp_path):
+    cfg = config(tmp_path, prepared, steps=40)
+    metrics = pretrain(cfg, FRONTEND, "test-htsat", MODEL_CONFIG, seed=0, progress=False)
+    rows = [line.split(",") for line in (tmp_path / "loss.csv").read_text().splitlines()]
+    header, values = rows[0], rows[1:]
+    loss = [float(r[header.index("loss")]) for r in values]
+    assert loss[-1] < 0.6 * loss[0], loss
+    assert metrics["num_tasks"] == 5 and set(metrics["tasks"]) >= {"tone", "caption", "yes_no"}
+    assert metrics["tasks"]["tone"]["chance"] == pytest.approx(1 / 3, abs=1e-3)
+    assert 0.0 <= metrics["tasks"]["tone"]["accuracy"] <= 1.0
+    # outputs: the encoder the train stage loads, the prefix LM, config, generations
+    out = tmp_path / "out"
+    info = json.loads((out / "config.json").read_text())
+    assert info["tasks"] == [t for t in header[3:]] and info["audio_encoder"] == ENCODER
+    gens = json.loads((out / "generations.json").read_text())
+    assert gens and all({"task", "prompt", "generated", "answer", "correct"} <= set(g) for g in gens)
+    encoder = build_audio_encoder(ENCODER)
+    report = load_pretrained_audio_encoder(out, encoder)
+    assert report["missing"] == [] and report["unexpected"] == []
+    from safetensors.torch import load_file
+    saved = load_file(str(out / "audio_encoder.safetensors"))
+    assert all(torch.equal(encoder.state_dict()[k], v) for k, v in saved.items())
+
+
+def test_resume_after_interruption_ends_with_the_same_weights(prepared, tmp_path):
+    from safetensors.torch import load_file
+
+    straight = config(tmp_path / "a", prepared, steps=12, checkpoint_every=4)
+    pretrain(straight, FRONTEND, "test-htsat", MODEL_CONFIG, seed=3, progress=False)
+    resumed = config(tmp_path / "b", prepared, steps=12, checkpoint_every=4)
+    assert pretrain(resumed, FRONTEND, "test-htsat", MODEL_CONFIG, seed=3, progress=False, stop_after=6) == \
+        {"stopped_after": 6}
+    assert not (tmp_path / "b" / "out").exists()
+    pretrain(resumed, FRONTEND, "test-htsat", MODEL_CONFIG, seed=3, progress=False)  # resumes from step 6
+    for name in ("audio_encoder.safetensors", "prefix_lm.safetensors"):
+        a, b = load_file(str(tmp_path / "a" / "out" / name)), load_file(str(tmp_path / "b" / "out" / name))
+        assert a.keys() == b.keys() and all(torch.equal(a[k], b[k]) for k in a), name
+    assert (tmp_path / "a" / "loss.csv").read_text() == (tmp_path / "b" / "loss.csv").read_text()
+    assert (tmp_path / "a" / "metrics.json").read_text() == (tmp_path / "b" / "metrics.json").read_text()
+
+
+def test_no_pretraining_writes_the_seeded_random_encoder(prepared, tmp_path):
+    cfg = config(tmp_path, prepared, tasks="none")
+    metrics = pretrain(cfg, FRONTEND, "test-htsat", MODEL_CONFIG, seed=5, progress=False)
+    assert metrics["num_tasks"] == 0 and metrics["steps"] == 0 and metrics["tasks"] == {}
+    torch.manual_seed(5)
+    fresh = build_audio_encoder(ENCODER)  # what the stage builds first after seeding
+    encoder = build_audio_encoder(ENCODER)
+    load_pretrained_audio_encoder(tmp_path / "out", encoder)
+    assert all(torch.equal(fresh.state_dict()[k], v) for k, v in encoder.state_dict().items())
+
+
+def test_loading_into_another_encoder_config_names_the_mismatches(prepared, tmp_path):
+    cfg = config(tmp_path, prepared, tasks="none")
+    pretrain(cfg, FRONTEND, "test-htsat", MODEL_CONFIG, seed=0, progress=False)
+    other = build_audio_encoder({**ENCODER, "embed_dim": 24, "depths": [1, 1, 1], "num_heads": [2, 2, 4],
+                                 "spec_size": 64})
+    with pytest.raises(ValueError, match="missing|unexpected|shape"):
+        load_pretrained_audio_encoder(tmp_path / "out", other)
+    report = load_pretrained_audio_encoder(tmp_path / "out", other, strict=False)
+    assert report["unexpected"] == [] and report["missing"] and report["shape_mismatch"]
+    with pytest.raises(FileNotFoundError, match="pretrain"):
+        load_pretrained_audio_encoder(tmp_path / "nowhere", other)
