@@ -48,7 +48,10 @@ class TransformerMapper(nn.Module):
         # the LM learns to ignore, answering every clip with the task's most frequent answer.
         self.input_norm = nn.BatchNorm1d(in_dim)
         self.linear = nn.Linear(in_dim, prefix_length * lm_dim)
-        self.prefix_const = nn.Parameter(torch.randn(prefix_length, lm_dim))
+        # Small, like GPT-2's token embeddings (std 0.02): the query positions' outputs are then the audio-dependent
+        # attention terms, not a large constant shared by every clip (std 1 made the prefix ~98 % constant and the
+        # LM answered every clip alike).
+        self.prefix_const = nn.Parameter(0.02 * torch.randn(prefix_length, lm_dim))
         layer = nn.TransformerEncoderLayer(lm_dim, num_heads, int(lm_dim * mlp_ratio), dropout, activation="relu",
                                            batch_first=True, norm_first=True)
         self.transformer = nn.TransformerEncoder(layer, num_layers, enable_nested_tensor=False)
