@@ -708,6 +708,11 @@ def pretrain(cfg: PretrainConfig, frontend: FrontendConfig, model_name: str, mod
                          f"{frontend.sample_rate} Hz (rerun the prepare stage)")
     tokenizer = gpt2_bpe()
     tasks = build_tasks(corpus.rows, corpus.tasks, cfg.tasks, cfg.max_answer_tokens, tokenizer)
+    # A small slice of the corpus can hold a task's clips only in val/test: nothing to learn it from, skip it.
+    untrainable = [t.name for t in tasks if not any(corpus.rows[i]["split"] == "train" for i in t.answers)]
+    if untrainable:
+        print(f"pretrain: no training clips for task(s) {untrainable}: left out")
+        tasks = [t for t in tasks if t.name not in untrainable]
     examples = Examples(tokenizer, tasks)
     vocab = answer_vocabulary(tasks, examples) if cfg.output_vocab == "answers" else None
     torch.manual_seed(seed)  # the initial weights, SpecAugment and drop-path draw from torch's global generator

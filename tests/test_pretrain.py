@@ -203,6 +203,22 @@ def test_resume_after_interruption_ends_with_the_same_weights(prepared, tmp_path
     assert (tmp_path / "a" / "metrics.json").read_text() == (tmp_path / "b" / "metrics.json").read_text()
 
 
+def test_a_task_without_training_clips_is_left_out(prepared, tmp_path):
+    """A tiny slice can leave a task with clips only outside the train split: the stage goes on without it."""
+    import shutil
+
+    sliced = tmp_path / "prepared"
+    shutil.copytree(prepared, sliced)
+    rows = [json.loads(line) for line in (sliced / "manifest.jsonl").read_text().splitlines()]
+    for r in rows:
+        if r["split"] == "train":
+            r["labels"].pop("register", None)
+    (sliced / "manifest.jsonl").write_text("".join(json.dumps(r) + "\n" for r in rows))
+    metrics = pretrain(config(tmp_path, sliced, steps=2, eval_clips_per_task=4), FRONTEND, "test-htsat", MODEL_CONFIG,
+                       progress=False)
+    assert "register" not in metrics["tasks"] and "tone" in metrics["tasks"]
+
+
 def test_no_pretraining_writes_the_seeded_random_encoder(prepared, tmp_path):
     cfg = config(tmp_path, prepared, tasks="none")
     metrics = pretrain(cfg, FRONTEND, "test-htsat", MODEL_CONFIG, seed=5, progress=False)
