@@ -18,6 +18,13 @@ TINY = {
     "data.synth": {"espeak": {"n_clips": 24}, "flite": {"n_clips": 12}, "fluidsynth": {"n_clips": 24},
                    "sox": {"n_clips": 16}},
     "prepare.limit_per_source": 25,
+    # a few optimiser steps per training stage: the point is that every stage runs and hands over its output
+    "pretrain.steps": 4, "pretrain.batch_size": 8, "pretrain.warmup_steps": 1, "pretrain.checkpoint_every": 2,
+    "pretrain.log_every": 1, "pretrain.eval_clips_per_task": 8, "pretrain.examples_per_task": 1,
+    "train.max_steps": 4, "train.batch_size": 8, "train.warmup_steps": 1, "train.checkpoint_every": 2,
+    "train.log_every": 1, "train.val_max_clips": 48,
+    "evaluate.test_clips_per_task": 20, "evaluate.probe_train_per_task": 10, "evaluate.retrieval_clips": 50,
+    "evaluate.map_clips_per_task": 10,
 }
 
 
@@ -57,7 +64,8 @@ def test_pipeline_end_to_end_on_a_tiny_slice(tmp_path):
     check = run(["clapkit", "data", "check"], ws, env)
     assert "differs" in check  # the tiny corpus is not the tracked one, and the check says so
     out = run(["dvc", "repro"], ws, env)
-    assert "Running stage 'prepare'" in out
+    for stage in ["prepare", "pretrain", "train", "evaluate"]:
+        assert f"Running stage '{stage}'" in out, stage
 
     metrics = json.loads((ws / "metrics/data.json").read_text())
     for key in ["clips_total", "clips_real", "clips_environmental", "environmental_labels", "tasks", "quarantined"]:
@@ -67,12 +75,50 @@ def test_pipeline_end_to_end_on_a_tiny_slice(tmp_path):
     html = (ws / "reports/01_data.html").read_text()
     assert "Quarantined" in html and "Clips per source" in html and "Traceback" not in html
 
+    # pretrain: per-task exact match with chance beside it, and the encoder weights train starts from
+    pm = json.loads((ws / "metrics/pretrain.json").read_text())
+    assert pm["steps"] == 4 and pm["num_tasks"] >= 5
+    for task, t in pm["tasks"].items():
+        assert 0 <= t["accuracy"] <= 1 and abs(t["chance"] - 1 / t["classes"]) < 1e-3, task
+    assert (ws / "models/pretrain/audio_encoder.safetensors").is_file()
+
+    # train: started from the pretrained encoder, validated per task, saved with save_pretrained
+    tm = json.loads((ws / "metrics/train.json").read_text())
+    assert tm["step"] == 4 and 0.01 <= tm["temperature"] <= 1
+    assert tm["val_zeroshot"] and tm["init"][0]["path"].endswith("audio_encoder.safetensors")
+    assert (ws / "checkpoints/train/step_00000004.pt").is_file()
+    wav = next((ws / "data/sox").rglob("*.wav"))
+    zs = run(["clapkit", "zeroshot", "--model", "models/clap", "--labels", "sine tone,white noise", str(wav)], ws, env)
+    assert "sine tone" in zs and "white noise" in zs
+
+    # evaluate: every embedded task scored, retrieval, confusion plots, notebook
+    em = json.loads((ws / "metrics/evaluate.json").read_text())
+    tasks = json.loads((ws / "prepared/tasks.json").read_text())
+    assert set(em["zero_shot"]) == set(tasks)
+    assert all(0 <= v <= 1 for v in em["zero_shot"].values())
+    assert "embedded_zero_shot_score" in em
+    assert 0 <= em["retrieval"]["corpus_retrieval"]["a2t"]["R@1"] <= 1
+    confusion = sorted((ws / "plots/evaluate").glob("confusion_*.csv"))
+    assert confusion and confusion[0].read_text().splitlines()[0] == "actual,predicted"
+    for report, words in [("02_pretrain", []), ("03_train", ["Similarity matrix"]),
+                          ("04_evaluate", ["Results table", "Confusion matrices"])]:
+        html = (ws / f"reports/{report}.html").read_text()
+        assert "Traceback" not in html and all(w in html for w in words), report
+
     # a second repro with nothing changed runs nothing, and rewrites nothing
     lock = (ws / "dvc.lock").read_bytes()
-    nb = (ws / "reports/01_data.ipynb").read_bytes()
+    notebooks = {p: p.read_bytes() for p in (ws / "reports").glob("*.ipynb")}
     again = run(["dvc", "repro"], ws, env)
     assert "Running stage" not in again
-    assert (ws / "dvc.lock").read_bytes() == lock and (ws / "reports/01_data.ipynb").read_bytes() == nb
+    assert (ws / "dvc.lock").read_bytes() == lock
+    assert all(p.read_bytes() == b for p, b in notebooks.items())
 
-    shown = json.loads(run(["dvc", "metrics", "show", "--json"], ws, env))
-    assert any("metrics/data.json" in json.dumps(v) for v in shown.values())
+    shown = json.dumps(json.loads(run(["dvc", "metrics", "show", "--json"], ws, env)))
+    for m in ["metrics/data.json", "metrics/pretrain.json", "metrics/train.json", "metrics/evaluate.json"]:
+        assert m in shown, m
+
+    # kill -9 equivalent for train: the finished checkpoint is resumed, not retrained
+    shutil.rmtree(ws / "models/clap")
+    resumed = run(["dvc", "repro", "-f", "--single-item", "train"], ws, env)
+    assert "resumed from" in resumed
+    assert json.loads((ws / "metrics/train.json").read_text()) == tm
