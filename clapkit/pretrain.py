@@ -424,7 +424,8 @@ def make_optimizer(model: nn.Module, cfg: PretrainConfig) -> torch.optim.Optimiz
         if p.requires_grad:
             (decay if p.ndim >= 2 and "wte" not in name and "wpe" not in name else no_decay).append(p)
     return torch.optim.AdamW([{"params": decay, "weight_decay": cfg.weight_decay},
-                              {"params": no_decay, "weight_decay": 0.0}], lr=cfg.lr, betas=(0.9, 0.98), eps=1e-6)
+                              {"params": no_decay, "weight_decay": 0.0}], lr=cfg.lr, betas=(0.9, 0.98), eps=1e-6,
+                             foreach=True)  # one fused pass over all tensors: ~3x faster than per-tensor on CPU
 
 
 class TaskSampler:
@@ -589,6 +590,9 @@ def evaluate_generation(model: PretrainModel, corpus, tasks: Sequence[Task], exa
     Up to ``eval_clips_per_task`` clips per task, drawn with a fixed seed; the yes/no questions are drawn with it
     too, so every run asks the same questions.  Chance = 1 / distinct answers (classes).  ``significant``: the
     accuracy exceeds chance by more than 3 binomial standard errors of chance on that many clips.
+    ``audio_blind``: the accuracy of always giving the task's most frequent training answer (what a model that
+    ignores the audio and knows only the answer prior scores on these clips); ``above_audio_blind`` when the
+    accuracy beats it by more than 3 standard errors of it, the stricter test on unbalanced tasks.
     """
     model.eval()
     rng = random.Random(f"{seed}-eval")
@@ -650,11 +654,22 @@ def evaluate_generation(model: PretrainModel, corpus, tasks: Sequence[Task], exa
         n = len(queries)
         accuracy = correct / n
         chance = 1.0 / max(t.classes, 1)
+        prior = {}
+        for i, acc in t.answers.items():
+            if corpus.rows[i]["split"] == "train" and t.kind != "yes_no":
+                prior[normalize_answer(acc[0])] = prior.get(normalize_answer(acc[0]), 0) + 1
+        if t.kind == "yes_no":  # trained on balanced questions: the test majority is the stricter baseline
+            prior = {"yes": sum(acc == ["yes"] for _, _, acc in queries), "no": sum(acc == ["no"] for _, _, acc in queries)}
+        commonest = min(prior, key=lambda a: (-prior[a], a))  # ties: alphabetical, so the baseline is fixed
+        blind = sum(any(normalize_answer(a) == commonest for a in acc) for _, _, acc in queries) / n
+        blind_margin = 3 * math.sqrt(max(blind * (1 - blind), 1.0 / n) / n)  # >= 1 clip's worth when blind is 0
         seen = sum(any(normalize_answer(a) in train_answers[t.name] for a in acc) for _, _, acc in queries) / n
         metrics[t.name] = {"accuracy": round(accuracy, 4), "chance": round(chance, 4),
                            "free_accuracy": round(free_correct / n, 4), "classes": t.classes,
                            "clips": n, "answer_seen_in_train": round(seen, 4),
-                           "significant": bool(accuracy > chance + 3 * math.sqrt(chance * (1 - chance) / n))}
+                           "significant": bool(accuracy > chance + 3 * math.sqrt(chance * (1 - chance) / n)),
+                           "audio_blind": round(blind, 4),
+                           "above_audio_blind": bool(accuracy > blind + blind_margin)}
     return metrics, generations
 
 
@@ -742,6 +757,7 @@ def pretrain(cfg: PretrainConfig, frontend: FrontendConfig, model_name: str, mod
                "mean_accuracy": round(float(np.mean(accs)), 4) if accs else None,
                "mean_chance": round(float(np.mean([m["chance"] for m in task_metrics.values()])), 4) if accs else None,
                "tasks_significant": sum(m["significant"] for m in task_metrics.values()),
+               "tasks_above_audio_blind": sum(m["above_audio_blind"] for m in task_metrics.values()),
                "final_loss": round(log[-1]["loss"], 4) if log else None, "tasks": task_metrics}
     Path(cfg.metrics).parent.mkdir(parents=True, exist_ok=True)
     atomic_write_text(Path(cfg.metrics), json.dumps(metrics, indent=2) + "\n")

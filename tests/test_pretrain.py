@@ -172,6 +172,18 @@ def test_loss_falls_and_held_out_tone_is_learned(prepared, tmp_path):
     assert metrics["num_tasks"] == 5 and set(metrics["tasks"]) >= {"tone", "caption", "yes_no"}
     assert metrics["tasks"]["tone"]["chance"] == pytest.approx(1 / 3, abs=1e-3)
     assert 0.0 <= metrics["tasks"]["tone"]["accuracy"] <= 1.0
+    # the audio-blind baseline: always the commonest training answer, scored on the same test clips
+    from collections import Counter
+
+    from clapkit.data.prepare import PreparedCorpus
+    rows = PreparedCorpus(prepared).rows
+    counts = Counter(r["labels"]["tone"] for r in rows if r["split"] == "train" and "tone" in r["labels"])
+    commonest = min(counts, key=lambda a: (-counts[a], a))
+    test = [r["labels"]["tone"] for r in rows if r["split"] == "test" and "tone" in r["labels"]]
+    assert len(test) <= 20  # eval_clips_per_task: every test clip is scored
+    assert metrics["tasks"]["tone"]["audio_blind"] == pytest.approx(test.count(commonest) / len(test), abs=1e-4)
+    assert metrics["tasks"]["yes_no"]["audio_blind"] >= 0.5  # the majority of the questions asked
+    assert metrics["tasks_above_audio_blind"] == sum(m["above_audio_blind"] for m in metrics["tasks"].values())
     # outputs: the encoder the train stage loads, the prefix LM, config, generations
     out = tmp_path / "out"
     info = json.loads((out / "config.json").read_text())
