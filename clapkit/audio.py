@@ -181,6 +181,11 @@ class LogMelFrontend(nn.Module):
     Power spectrogram of a centred, reflect-padded STFT with a periodic Hann window (what torchlibrosa's
     conv-STFT computes), projected on ``mel_fb``, then ``10*log10(max(., amin))``.  Deterministic; no
     normalisation or augmentation here (models own those).
+
+    Always computed in float32, also under autocast or in a model cast to bf16 (``model.to(torch.bfloat16)``):
+    the power spectrum spans ~10 decades before the log, which bf16's 8-bit mantissa and FFT kernels (there are
+    none for bf16 on most devices) do not serve; the frontend costs ~1% of the model, so nothing is lost.  The
+    log-mel is returned in the dtype of the module's buffers, i.e. the dtype the encoder after it expects.
     """
 
     def __init__(self, cfg: FrontendConfig):
@@ -196,7 +201,7 @@ class LogMelFrontend(nn.Module):
             n_fft=self.cfg.n_fft,
             hop_length=self.cfg.hop_length,
             win_length=self.cfg.win_length,
-            window=self.window,
+            window=self.window.float(),
             center=True,
             pad_mode="reflect",
             return_complex=True,
@@ -206,8 +211,10 @@ class LogMelFrontend(nn.Module):
     def forward(self, wave: torch.Tensor) -> torch.Tensor:
         if wave.ndim == 1:
             wave = wave.unsqueeze(0)
-        mel = self.power_spectrogram(wave) @ self.mel_fb
-        return 10.0 * torch.log10(torch.clamp(mel, min=self.cfg.amin))
+        with torch.autocast(wave.device.type, enabled=False):
+            mel = self.power_spectrogram(wave) @ self.mel_fb.float()
+            logmel = 10.0 * torch.log10(torch.clamp(mel, min=self.cfg.amin))
+        return logmel.to(self.mel_fb.dtype)
 
 
 def load_clip(
