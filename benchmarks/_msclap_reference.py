@@ -4,7 +4,8 @@ The reference package is unpacked by ``scripts/install_msclap_reference.sh`` (th
 use) into ``.cache/msclap_site`` or ``$MSCLAP_SITE``.  It is imported without ``msclap/__init__.py`` (its wrapper
 downloads from the hub); ``AutoModel.from_pretrained("gpt2")`` becomes a randomly initialised GPT-2 base, and
 ``librosa`` (only used to build the Hann window and the Slaney mel filterbank) becomes a numpy transcription of
-librosa's formulas.  ``tests/test_msclap_parity.py`` checks that clapkit reproduces this model to 1e-4.
+librosa's formulas (the window is checked against scipy's in tests/test_benchmarks.py).
+``tests/test_msclap_parity.py`` checks that clapkit reproduces this model to 1e-4.
 """
 
 from __future__ import annotations
@@ -17,7 +18,6 @@ import types
 from pathlib import Path
 
 import numpy as np
-import scipy.signal
 import torch
 
 REPO = Path(__file__).resolve().parent.parent
@@ -58,11 +58,20 @@ def _slaney_mel(sr, n_fft, n_mels, fmin, fmax, **_):
     return (weights * (2.0 / (edges[2:] - edges[:-2]))[:, None]).astype(np.float32)
 
 
+def _get_window(window, n, fftbins=True):
+    """scipy.signal.get_window for the only window torchlibrosa asks for here, 'hann' (periodic when
+    ``fftbins``); numpy, because importing scipy.signal costs more than a second of the smoke test."""
+    if window != "hann":
+        raise ValueError(f"librosa stand-in: only the 'hann' window is provided, not {window!r}")
+    period = n if fftbins else n - 1
+    return 0.5 - 0.5 * np.cos(2.0 * np.pi * np.arange(n) / period)
+
+
 def _librosa_stand_in() -> types.ModuleType:
     lib = types.ModuleType("librosa")
     lib.__spec__ = importlib.machinery.ModuleSpec("librosa", None)
     lib.filters = types.SimpleNamespace(
-        get_window=lambda window, n, fftbins=True: scipy.signal.get_window(window, n, fftbins=fftbins),
+        get_window=_get_window,
         mel=_slaney_mel,
     )
 
