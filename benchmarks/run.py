@@ -771,7 +771,7 @@ def parse_args(argv=None):
     args = p.parse_args(argv)
     cuda = args.device.startswith("cuda")
     defaults = {  # (quick, cpu, cuda); cuda batch sizes as in /work/shared/bench (headroom / train step)
-        "audio_batch": (1, 2, 256), "text_batch": (4, 16, 1024), "iters": (1, 3, 10), "bf16_iters": (1, 1, 10),
+        "audio_batch": (1, 2, 256), "text_batch": (4, 16, 1024), "iters": (1, 5, 10), "bf16_iters": (1, 1, 10),
         "warmup": (0, 1, 3), "files": (2, 24, 256), "files_batch": (2, 4, 64), "files_workers": (0, 1, 8),
         "train_batch": (2, 2, 128), "train_iters": (1, 2, 5), "train_warmup": (0, 1, 2),
         "loader_batch": (4, 8, 64), "loader_batches": (2, 20, 50), "loader_workers": ("0", "0,1,2", "0,4,8"),
@@ -838,6 +838,7 @@ def _run(args) -> int:
     if "pipeline" in args.sections:
         run_section("pipeline", pipeline_timings, args.timings_dir, REPO / "dvc.lock")
     results["wall_s"] = round(time.perf_counter() - started, 1)
+    results["machine"]["load_average_at_end"] = [round(x, 2) for x in os.getloadavg()]
     results["complete"] = True
     write_json(args.out, results)
     print(f"[bench] wrote {args.out} in {results['wall_s']} s", flush=True)
