@@ -169,6 +169,25 @@ def test_bf16_weights_restores_every_tensor_exactly():
         assert after[name].dtype == t.dtype and torch.equal(after[name], t), name
 
 
+def test_sorted_captions_pad_less_and_keep_every_caption():
+    bench = load_bench()
+    from clapkit.text import TextTokenizer
+
+    tokenizer = TextTokenizer.from_spec({"kind": "gpt2", "max_length": 77})
+    captions = ["a dog", "rain falls on a tin roof while thunder rumbles far away", "glass", "a bell rings twice",
+                "an engine idles and then accelerates away down a long wet street at night", "birds"]
+    ordered = bench.sort_by_tokens(tokenizer, captions)
+    assert sorted(ordered) == sorted(captions)
+    lengths = [len(ids) for ids in tokenizer.encode_batch(ordered)]
+    assert lengths == sorted(lengths)
+    padded = lambda caps: sum(b["clapkit"]["input_ids"].numel()  # noqa: E731
+                              for b in bench.text_batches(tokenizer, caps, 2, torch.device("cpu")))
+    assert padded(ordered) < padded(captions)
+    for b in bench.text_batches(tokenizer, ordered, 2, torch.device("cpu")):  # msclap's side: always 77, mask real
+        assert b["msclap"]["input_ids"].shape[1] == 77
+        assert b["msclap"]["attention_mask"].sum() == b["clapkit"]["attention_mask"].sum()
+
+
 def test_precisions_and_gpu_defaults():
     bench = load_bench()
     cpu, cuda = torch.device("cpu"), torch.device("cuda")
