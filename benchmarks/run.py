@@ -278,7 +278,6 @@ def tower_functions(reference, ours, precision: str, device: torch.device, args)
     ``bf16-weights``: both models cast to bf16 (msclap's takes bf16 waveforms, as /work/shared/bench's
     msclap_headroom.py feeds it; clapkit's frontend computes in float32 whatever the weights), each tower under
     ``torch.compile`` as ``--compile-backend`` says, for both systems alike."""
-
     ctx = lambda: precision_context(device, precision)  # noqa: E731
     if precision == "bf16-weights":  # the models are cast by the caller (bf16_weights), here only compiled
         ref_a, ref_t = compiled(reference.audio_encoder, args), compiled(reference.caption_encoder, args)
