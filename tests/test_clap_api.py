@@ -139,6 +139,10 @@ def test_batching_and_text_determinism(clap):
     t = clap.get_text_embeddings(texts, batch_size=3)
     assert torch.equal(t, clap.get_text_embeddings(texts, batch_size=3))
     torch.testing.assert_close(clap.get_text_embeddings(texts, batch_size=1), t, rtol=0, atol=1e-5)
+    # batched shortest first, returned in the order given: row i is text i, alone or among others
+    for i, text in enumerate(texts):
+        torch.testing.assert_close(clap.get_text_embeddings(text), t[i : i + 1], rtol=0, atol=1e-5)
+    torch.testing.assert_close(clap.get_text_embeddings(texts[::-1], batch_size=2), t.flip(0), rtol=0, atol=1e-5)
     assert not clap.model.training
 
 
