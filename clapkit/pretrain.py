@@ -686,14 +686,10 @@ def answer_trie(sequences: Iterable[Sequence[int]]) -> dict:
 # --- the stage -----------------------------------------------------------------------------------------------------
 
 def resolve_model_config(params: Mapping[str, Any]) -> tuple[str, dict[str, Any]]:
-    from .models.clap import load_model_config
+    """(name, config) of the model whose audio encoder is pretrained: ``clapkit.config.model_config_from_params``."""
+    from .config import model_config_from_params
 
-    preset = params.get("preset", "embedded")
-    try:
-        name = params["model"][preset]
-    except (KeyError, TypeError) as err:
-        raise KeyError(f"params.yaml has no model.{preset} (the model config whose audio encoder is pretrained)") from err
-    return name, load_model_config(name)
+    return model_config_from_params(dict(params))
 
 
 def write_loss_log(path: Path, log: Sequence[Mapping[str, Any]], task_names: Sequence[str]) -> None:

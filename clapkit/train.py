@@ -101,6 +101,8 @@ class TrainConfig:
     text_init: str = "none"  # none | <path>
     freeze_audio: bool = False
     freeze_text: bool = False
+    temperature: float | None = None  # initial softmax temperature; None = the model config's (msclap: 0.07)
+    learn_temperature: bool = True  # False: keep it fixed
     local_loss: bool = False
     gather_with_grad: bool = True
     sync_batchnorm: bool = False
@@ -114,6 +116,8 @@ class TrainConfig:
             problems.append(f"schedule must be cosine, constant or plateau, got {self.schedule!r}")
         if self.precision not in ("auto", "fp32", "bf16", "fp16"):
             problems.append(f"precision must be auto, fp32, bf16 or fp16, got {self.precision!r}")
+        if self.temperature is not None and not 0 < self.temperature <= 1:
+            problems.append(f"temperature must be in (0, 1] or null, got {self.temperature}")
         if self.max_steps < 1 or self.batch_size < 2 or self.accum_steps < 1:
             problems.append("max_steps >= 1, batch_size >= 2 and accum_steps >= 1 are required")
         if problems:
@@ -125,17 +129,11 @@ class TrainConfig:
 
 
 def model_config_from_params(params: Mapping[str, Any]) -> dict[str, Any]:
-    """The model config of ``model.<preset>`` with its frontend replaced by ``frontend.<preset>``."""
-    from .models.clap import load_model_config
+    """The model config of ``model.<preset>`` (towers swapped per ``model.audio_encoder/text_encoder``) with its
+    frontend replaced by ``frontend.<preset>``: ``clapkit.config.model_config_from_params``."""
+    from .config import model_config_from_params as resolve
 
-    preset = params.get("preset", "embedded")
-    try:
-        name = params["model"][preset]
-    except (KeyError, TypeError) as err:
-        raise KeyError(f"params.yaml has no model.{preset} entry") from err
-    cfg = load_model_config(name)
-    cfg["frontend"] = asdict(frontend_config(params))
-    return cfg
+    return resolve(dict(params))[1]
 
 
 # --- model -----------------------------------------------------------------------------------------------------------
@@ -209,11 +207,31 @@ def check_pretrain_config(directory: Path, model_config: Mapping[str, Any]) -> N
                              f"config ({info[key]} != {model_config[key]}); rerun the pretrain stage")
 
 
+def corpus_tokenizer(model_config: Mapping[str, Any], prepared: str | Path):
+    """The tokenizer of a BERT (WordPiece) or RoBERTa (byte-level BPE) text tower that names no vocabulary file,
+    trained on the captions of the corpus' training split with the tower's ``vocab_size`` (deterministic: the
+    same corpus gives the same ids); None for GPT-2 (the real BPE ships with clapkit) or a given vocabulary."""
+    from .data.prepare import PreparedCorpus
+    from .text import TextTokenizer, train_bytelevel_bpe, train_wordpiece
+
+    spec = model_config["tokenizer"]
+    kind = spec.get("kind", "gpt2")
+    if kind == "gpt2" or spec.get("file") or spec.get("vocab"):
+        return None
+    texts = [c for r in PreparedCorpus(prepared).rows if r["split"] == "train" for c in r.get("captions", [])]
+    if not texts:
+        raise ValueError(f"{prepared}: no training captions to train the {kind} tokenizer on")
+    size = int(model_config["text_encoder"]["vocab_size"])
+    trained = train_wordpiece(texts, size) if kind == "wordpiece" else train_bytelevel_bpe(texts, size)
+    return TextTokenizer(trained, kind=kind, max_length=int(spec.get("max_length", 77)))
+
+
 def build_model(cfg: TrainConfig, model_config: Mapping[str, Any], seed: int):
     """A seeded ``clapkit.CLAP`` with the encoders initialised and frozen as ``cfg`` says, and the init report."""
     from .api import CLAP
 
-    clap = CLAP.from_config(dict(model_config), seed=seed, device="cpu")
+    tokenizer = corpus_tokenizer(model_config, cfg.prepared)
+    clap = CLAP.from_config(dict(model_config), tokenizer=tokenizer, seed=seed, device="cpu")
     model = clap.model
     report = []
     audio_init = cfg.audio_init
@@ -228,6 +246,10 @@ def build_model(cfg: TrainConfig, model_config: Mapping[str, Any], seed: int):
     for frozen, encoder in ((cfg.freeze_audio, model.audio.encoder), (cfg.freeze_text, model.text.encoder)):
         if frozen:
             encoder.requires_grad_(False)
+    if cfg.temperature is not None:  # logits = exp(logit_scale) * cosine, logit_scale = ln(1 / temperature)
+        with torch.no_grad():
+            model.logit_scale.fill_(math.log(1.0 / cfg.temperature))
+    model.logit_scale.requires_grad_(cfg.learn_temperature)
     return clap, report
 
 

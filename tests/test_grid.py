@@ -1,0 +1,143 @@
+"""The Table 1 grid knobs: tower swaps (model.audio_encoder / model.text_encoder), corpus-trained BERT / RoBERTa
+tokenizers, pretrained CNN14 weights into the train model, the temperature keys; and clapkit.grid's plan."""
+
+from __future__ import annotations
+
+import copy
+import json
+import math
+
+import pytest
+import torch
+
+from clapkit.config import load_params, model_config_from_params
+from clapkit.models.clap import load_model_config
+
+from tests.test_train import make_prepared, train_config
+
+torch.set_num_threads(1)
+PARAMS = load_params("params.yaml")
+
+
+def params_with(**model):
+    p = copy.deepcopy(PARAMS)
+    p["model"].update(model)
+    return p
+
+
+def shrink(cfg: dict) -> dict:
+    """The embedded towers at test size (1 s clips, 16 mels): same kinds, tiny widths."""
+    cfg = copy.deepcopy(cfg)
+    cfg["frontend"] = dict(cfg["frontend"], clip_seconds=1.0, hop_length=320, n_mels=16)
+    enc = cfg["audio_encoder"]
+    if enc["name"] == "cnn14":
+        enc.update(n_mels=16, channels=[4, 8], embed_dim=16)
+    else:
+        enc.update(n_mels=16, spec_size=32, patch_size=4, patch_stride=4, embed_dim=8, depths=[1, 1],
+                   num_heads=[1, 2], window_size=4)
+    text = cfg["text_encoder"]
+    if text["name"] == "gpt2":
+        text.update(n_embd=16, n_layer=1, n_head=2)
+    else:
+        text.update(hidden_size=16, num_hidden_layers=1, num_attention_heads=2, intermediate_size=32,
+                    vocab_size=300)
+    cfg["embed_dim"] = 16
+    return cfg
+
+
+def test_tower_swaps_follow_towers_json():
+    base_name, base = model_config_from_params(PARAMS)
+    assert base_name == PARAMS["model"]["embedded"] and base["frontend"]["sample_rate"] == 16000
+    towers = json.loads(open("clapkit/model_configs/towers.json").read())
+    for audio in ("htsat", "cnn14"):
+        for text in ("gpt2", "bert", "roberta"):
+            name, cfg = model_config_from_params(params_with(audio_encoder=audio, text_encoder=text))
+            assert name == f"{base_name}+{audio}+{text}"
+            assert cfg["audio_encoder"]["name"] == audio and cfg["text_encoder"]["name"] == text
+            assert cfg["tokenizer"]["kind"] == {"gpt2": "gpt2", "bert": "wordpiece", "roberta": "bpe"}[text]
+            assert cfg["frontend"] == base["frontend"] and cfg["embed_dim"] == base["embed_dim"]
+            if audio == "cnn14":
+                assert cfg["audio_encoder"] == towers["embedded"]["audio"]["cnn14"]
+            else:  # "from": the preset's own config
+                assert cfg["audio_encoder"] == base["audio_encoder"]
+    # the paper preset swaps in the released towers of the 2022 model
+    paper = copy.deepcopy(PARAMS)
+    paper["preset"] = "paper"
+    paper["model"].update(audio_encoder="cnn14", text_encoder="bert")
+    _, cfg = model_config_from_params(paper)
+    ref = load_model_config("msclap-2022")
+    assert cfg["audio_encoder"] == ref["audio_encoder"] and cfg["text_encoder"] == ref["text_encoder"]
+    assert cfg["tokenizer"] == ref["tokenizer"] and cfg["frontend"]["sample_rate"] == 44100
+    with pytest.raises(ValueError, match="model.text_encoder: 'clip' is not one of"):
+        model_config_from_params(params_with(text_encoder="clip"))
+
+
+@pytest.fixture(scope="module")
+def prepared(tmp_path_factory):
+    return make_prepared(tmp_path_factory.mktemp("corpus"), n=32)
+
+
+@pytest.mark.parametrize("audio,text", [("cnn14", "bert"), ("htsat", "roberta")])
+def test_swapped_towers_train_with_a_corpus_tokenizer(prepared, tmp_path, audio, text):
+    from clapkit.api import CLAP
+    from clapkit.train import corpus_tokenizer, train
+
+    _, cfg = model_config_from_params(params_with(audio_encoder=audio, text_encoder=text))
+    cfg = shrink(cfg)
+    tok = corpus_tokenizer(cfg, prepared)
+    assert tok.kind == cfg["tokenizer"]["kind"] and tok.vocab_size <= 300
+    again = corpus_tokenizer(cfg, prepared)  # the same corpus gives the same ids
+    assert tok.encode("a recording of a sine tone") == again.encode("a recording of a sine tone")
+    metrics = train(train_config(tmp_path, prepared, max_steps=2, batch_size=4), cfg, seed=0, progress=False)
+    assert metrics["step"] == 2
+    clap = CLAP.from_pretrained(tmp_path / "clap")
+    assert clap.tokenizer.kind == tok.kind
+    assert clap.tokenizer.encode("white noise") == tok.encode("white noise")
+    emb = clap.get_text_embeddings(["white noise", "a chirp"])
+    assert emb.shape == (2, 16) and torch.allclose(emb.norm(dim=1), torch.ones(2))
+
+
+def test_gpt2_needs_no_corpus_tokenizer(prepared):
+    from clapkit.train import corpus_tokenizer
+
+    assert corpus_tokenizer(model_config_from_params(PARAMS)[1], prepared) is None
+
+
+def test_pretrained_cnn14_encoder_loads_into_the_train_model(prepared, tmp_path):
+    from safetensors.torch import load_file
+
+    from clapkit.api import CLAP
+    from clapkit.audio import FrontendConfig
+    from clapkit.pretrain import PretrainConfig, pretrain
+    from clapkit.train import train
+
+    _, cfg = model_config_from_params(params_with(audio_encoder="cnn14"))
+    cfg = shrink(cfg)
+    pcfg = PretrainConfig(prepared=str(prepared), out=str(tmp_path / "pre"), metrics=str(tmp_path / "pm.json"),
+                          loss_log=str(tmp_path / "loss.csv"), checkpoint_dir=str(tmp_path / "pck"), timings="",
+                          tasks=["tone"], steps=2, batch_size=4, prefix_length=2, mapper_layers=1, mapper_heads=2,
+                          lm={"n_layer": 1, "n_embd": 16, "n_head": 2, "n_positions": 48}, precision="fp32",
+                          threads=1, eval_clips_per_task=4, eval_batch_size=4)
+    pretrain(pcfg, FrontendConfig.from_dict(cfg["frontend"]), "grid-cnn14", cfg, seed=0, progress=False)
+    saved = load_file(str(tmp_path / "pre" / "audio_encoder.safetensors"))
+    metrics = train(train_config(tmp_path, prepared, max_steps=1, batch_size=4, audio_init=str(tmp_path / "pre"),
+                                 freeze_audio=True), cfg, seed=1, progress=False)
+    assert metrics["init"][0]["tensors"] == len(saved)
+    trained = CLAP.from_pretrained(tmp_path / "clap").model.audio.encoder.state_dict()
+    assert all(torch.equal(trained[k], v) for k, v in saved.items())
+
+
+def test_temperature_keys(prepared, tmp_path):
+    from clapkit.api import CLAP
+    from clapkit.train import TrainConfig, train
+
+    cfg = shrink(model_config_from_params(PARAMS)[1])
+    train(train_config(tmp_path, prepared, max_steps=2, batch_size=4, temperature=0.05, learn_temperature=False),
+          cfg, seed=0, progress=False)
+    scale = CLAP.from_pretrained(tmp_path / "clap").model.logit_scale.item()
+    assert scale == pytest.approx(math.log(20.0), abs=1e-6)  # fixed at ln(1 / 0.05)
+    train(train_config(tmp_path / "b", prepared, max_steps=2, batch_size=4, temperature=0.05), cfg, seed=0,
+          progress=False)
+    assert CLAP.from_pretrained(tmp_path / "b" / "clap").model.logit_scale.item() != pytest.approx(math.log(20.0), abs=1e-6)
+    with pytest.raises(ValueError, match="temperature"):
+        TrainConfig(temperature=0.0)
