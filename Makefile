@@ -6,7 +6,7 @@ SHELL := /bin/bash
 VENV := .venv
 ACT := source $(VENV)/bin/activate &&
 
-.PHONY: setup data repro test bench clean-prepared
+.PHONY: setup data repro test bench grid clean-prepared
 
 setup:
 	bash scripts/setup.sh
@@ -25,3 +25,13 @@ test: setup
 # clapkit against msclap 1.3.4 on this machine's CPU, one run, one JSON (benchmarks/README.md); GPU: benchmarks/gpu.sh
 bench: setup
 	$(ACT) bash scripts/install_msclap_reference.sh && HF_HUB_OFFLINE=1 python benchmarks/run.py --out benchmarks/results-cpu.json
+
+# The Table 1 ablation grid (clapkit/grid.py, README "The ablation grid"): the workspace run (dvc repro) is its
+# first experiment; the other 11 run as DVC experiments, 2 at a time (1 thread each), then
+# reports/ablations.json and reports/05_ablations.html are written from `dvc exp show`.  About 1 h here.
+grid: repro
+	$(ACT) clapkit grid queue
+	$(ACT) dvc queue start -j 2
+	$(ACT) clapkit grid wait
+	$(ACT) clapkit grid collect
+	$(ACT) clapkit notebook notebooks/05_ablations.ipynb reports/05_ablations.ipynb -p summary_path reports/ablations.json

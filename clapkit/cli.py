@@ -19,6 +19,7 @@ COMMAND_MODULES = [
     "clapkit.train",  # clapkit train ...
     "clapkit.data.shards",  # clapkit shards write ...
     "clapkit.evaluate",  # clapkit evaluate (the stage, or --model M --task T --data DIR)
+    "clapkit.grid",  # clapkit grid plan / queue / wait / collect (the Table 1 ablation grid)
 ]
 
 

@@ -141,3 +141,92 @@ def test_temperature_keys(prepared, tmp_path):
     assert CLAP.from_pretrained(tmp_path / "b" / "clap").model.logit_scale.item() != pytest.approx(math.log(20.0), abs=1e-6)
     with pytest.raises(ValueError, match="temperature"):
         TrainConfig(temperature=0.0)
+
+
+# --- clapkit.grid: the plan, reading `dvc exp show --json`, the summary, the notebook ------------------------------
+
+def _exp_params(seed=0, **knobs):
+    p = copy.deepcopy(PARAMS)
+    p["seed"] = seed
+    for dotted, value in knobs.items():
+        block, key = dotted.split(".")
+        p[block][key] = value
+    return p
+
+
+def _record(rev, name, params, score, probe=0.3):
+    tasks = {"gender": score, "tone": score / 2}
+    return {"rev": rev, "name": name, "error": None, "data": {
+        "rev": rev, "timestamp": None, "params": {"params.yaml": {"data": params}},
+        "metrics": {"metrics/evaluate.json": {"data": {"zero_shot": tasks, "embedded_zero_shot_score": score,
+                                                       "embedded_linear_probe_score": probe}},
+                    "metrics/pretrain.json": {"data": {"tasks_significant": 5, "tasks_above_audio_blind": 2}}},
+        "deps": {}, "outs": {}, "meta": {}}}
+
+
+def exp_show_fixture():
+    """The layout of DVC 3.x `dvc exp show --json`: the workspace, the baseline commit and, under it, experiments
+    (each a list of revs); the baseline commit holds the workspace's own run (row 1, seed 0)."""
+    base = _record("abc123", "main", _exp_params(), 0.30)
+    base["experiments"] = [
+        {"revs": [_record("e1", "htsat22-gpt2-s1", _exp_params(seed=1), 0.32)], "executor": None, "name": "htsat22-gpt2-s1"},
+        {"revs": [_record("e2", "htsat22-gpt2-s2", _exp_params(seed=2), 0.34)], "executor": None, "name": "htsat22-gpt2-s2"},
+        {"revs": [_record("e3", "htsat-gpt2-s0", _exp_params(**{"pretrain.tasks": "sound_events"}), 0.20)]},
+        {"revs": [_record("e4", "htsat-gpt2-s1", _exp_params(1, **{"pretrain.tasks": "sound_events"}), 0.22)]},
+        {"revs": [_record("e5", "mine", _exp_params(**{"train.temperature": 0.05}), 0.25)]},
+        {"revs": [{"rev": "e6", "name": "broken", "error": {"msg": "failed"}, "data": {"params": {}}}]},
+    ]
+    workspace = _record("workspace", None, _exp_params(), 0.30)
+    return [dict(workspace, experiments=None), base]
+
+
+def test_grid_plan():
+    from clapkit.grid import ROWS, experiments
+
+    exps = experiments()
+    assert len({e.name for e in exps}) == len(exps) == sum(len(r.seeds) for r in ROWS)
+    assert exps[0].set_params == {} and exps[0].name == "htsat22-gpt2-s0"  # the workspace's own run
+    assert len({tuple(sorted(r.knobs().items())) for r in ROWS}) == len(ROWS)  # every row differs
+    headline = [r for r in ROWS if r.table1 in ("HTSAT-22+GPT2", "HTSAT+GPT2")]
+    assert all(len(r.seeds) >= 3 for r in headline)
+    cnn = next(e for e in exps if e.name == "cnn14-bert-s0").command()
+    assert cnn[:5] == ["dvc", "exp", "run", "--queue", "-n"] and '-S' in cnn
+    assert 'model.audio_encoder="cnn14"' in cnn and 'pretrain.tasks="sound_events"' in cnn
+    # every override names a real params.yaml key, whose value model_config_from_params / the stages accept
+    for r in ROWS:
+        for dotted in r.overrides:
+            block, key = dotted.split(".")
+            assert key in PARAMS[block], dotted
+
+
+def test_grid_summary_matches_rows_by_params():
+    from clapkit.grid import parse_exp_show, summarise
+
+    records = parse_exp_show(exp_show_fixture())
+    assert {r["name"] for r in records} == {"workspace", "main", "htsat22-gpt2-s1", "htsat22-gpt2-s2",
+                                            "htsat-gpt2-s0", "htsat-gpt2-s1", "mine"}  # "broken" has no metrics
+    s = summarise(records)
+    rows = {r["slug"]: r for r in s["rows"]}
+    head = rows["htsat22-gpt2"]
+    assert [x["seed"] for x in head["runs"]] == [0, 1, 2] and head["runs"][0]["experiment"] == "main"
+    assert head["zero_shot_score_mean"] == pytest.approx(0.32)
+    assert head["zero_shot_score_std"] == pytest.approx(0.02)  # sample std of 0.30, 0.32, 0.34
+    assert head["zero_shot_mean"]["tone"] == pytest.approx(0.16)
+    assert rows["htsat-gpt2"]["zero_shot_score_mean"] == pytest.approx(0.21) and len(rows["htsat-gpt2"]["runs"]) == 2
+    assert rows["cnn14-bert"]["runs"] == []
+    assert [o["name"] for o in s["other"]] == ["mine"]
+    assert s["paper_table1"]["HTSAT-22+GPT2"]["average"] == pytest.approx(0.480, abs=5e-4)
+    assert s["paper_table1"]["CNN14+BERT"]["average"] == pytest.approx(0.4275, abs=1e-4)  # printed 0.428
+
+
+def test_ablation_notebook_renders_from_a_summary(tmp_path):
+    from clapkit.grid import parse_exp_show, summarise
+    from clapkit.notebooks import run_notebook
+
+    path = tmp_path / "ablations.json"
+    path.write_text(json.dumps(summarise(parse_exp_show(exp_show_fixture()))))
+    out = run_notebook("notebooks/05_ablations.ipynb", tmp_path / "05.ipynb", {"summary_path": str(path)})
+    text = (tmp_path / "05.ipynb").read_text()
+    assert "seed 1: HTSAT-22 0.320  HTSAT 0.220  difference +0.100" in text
+    assert "mean difference +0.100" in text and "not run yet: ['HTSAT-22 + RoBERTa'" in text
+    assert out.with_suffix(".html").is_file()

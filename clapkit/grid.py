@@ -1,0 +1,308 @@
+"""The Table 1 ablation grid in miniature: DVC experiments over the encoder pair, the pretraining tasks, the
+temperature and the batch size, and the summary the ablation notebook reads.
+
+The paper's claims are comparative (MS-CLAP 2023 Table 1: HTSAT-22 pretraining beats plain HTSAT and CNN14,
+GPT-2 beats BERT / RoBERTa as text encoder).  ``ROWS`` lists the grid as params.yaml overrides, so a row is
+exactly what ``dvc exp run -S key=value ...`` changes; the workspace's own params are the first row at seed 0
+(``model.audio_encoder`` / ``text_encoder`` null = the preset's HTSAT + GPT-2, ``pretrain.tasks: all``).
+
+* ``clapkit grid plan``: the experiments and their ``dvc exp run`` commands (nothing runs).
+* ``clapkit grid queue``: ``dvc exp run --queue`` for every experiment not already in ``dvc exp show``;
+  then ``dvc queue start -j 2`` runs them (``make grid`` does all of it, see the Makefile).
+* ``clapkit grid wait``: until the queue is empty.
+* ``clapkit grid collect``: ``dvc exp show --json`` -> ``reports/ablations.json`` (committed; the notebook reads
+  only this file, so it renders on a fresh clone, where DVC experiments, which live in local git refs, are absent).
+
+Experiments are matched to rows by their *params*, not their names, so an experiment run by hand with the same
+overrides counts too.  Experiments with other params (your own ablations) are listed under ``other``.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import subprocess
+import sys
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Iterable, Mapping, Sequence
+
+from .text import atomic_write_text
+
+__all__ = ["ROWS", "Experiment", "GridRow", "experiments", "summarise", "parse_exp_show"]
+
+FORMAT = "clapkit-ablations/1"
+SUMMARY = "reports/ablations.json"
+# params.yaml keys that define a row (the grid's knobs) and their workspace defaults
+KNOBS = {
+    "model.audio_encoder": None,
+    "model.text_encoder": None,
+    "pretrain.tasks": "all",
+    "train.temperature": None,
+    "train.learn_temperature": True,
+    "train.batch_size": 64,
+}
+# None = the preset's own tower, which for the embedded preset is HTSAT / GPT-2
+TOWER_DEFAULTS = {"model.audio_encoder": "htsat", "model.text_encoder": "gpt2"}
+
+
+@dataclass(frozen=True)
+class GridRow:
+    name: str  # as in the paper's Table 1 where the row is one of its encoder pairs
+    overrides: Mapping[str, Any]
+    seeds: tuple[int, ...] = (0,)
+    table1: str | None = None  # clapkit.tasks.TABLE1_MODELS entry this row corresponds to
+    slug: str = ""
+
+    def knobs(self) -> dict[str, Any]:
+        k = dict(KNOBS)
+        k.update(self.overrides)
+        return normalise_knobs(k)
+
+
+ROWS: tuple[GridRow, ...] = (
+    GridRow("HTSAT-22 + GPT-2", {}, (0, 1, 2), "HTSAT-22+GPT2", "htsat22-gpt2"),
+    GridRow("HTSAT + GPT-2", {"pretrain.tasks": "sound_events"}, (0, 1, 2), "HTSAT+GPT2", "htsat-gpt2"),
+    GridRow("HTSAT-22 + RoBERTa", {"model.text_encoder": "roberta"}, (0,), "HTSAT-22+RoBERTa", "htsat22-roberta"),
+    GridRow("HTSAT + RoBERTa", {"model.text_encoder": "roberta", "pretrain.tasks": "sound_events"}, (0,),
+            "HTSAT+RoBERTa", "htsat-roberta"),
+    GridRow("no pretraining + GPT-2", {"pretrain.tasks": "none"}, (0,), None, "none-gpt2"),
+    GridRow("HTSAT-22 + GPT-2, fixed temperature 0.07", {"train.learn_temperature": False}, (0,), None,
+            "htsat22-gpt2-fixedtau"),
+    GridRow("HTSAT-22 + GPT-2, batch 32", {"train.batch_size": 32}, (0,), None, "htsat22-gpt2-b32"),
+    GridRow("CNN14 + BERT", {"model.audio_encoder": "cnn14", "model.text_encoder": "bert",
+                             "pretrain.tasks": "sound_events"}, (0,), "CNN14+BERT", "cnn14-bert"),
+)
+
+
+def normalise_knobs(knobs: Mapping[str, Any]) -> dict[str, Any]:
+    """Same meaning, same value: a null tower is the preset's own (HTSAT / GPT-2 when embedded)."""
+    out = dict(knobs)
+    for key, default in TOWER_DEFAULTS.items():
+        if out.get(key) is None:
+            out[key] = default
+    return out
+
+
+@dataclass(frozen=True)
+class Experiment:
+    row: GridRow
+    seed: int
+
+    @property
+    def name(self) -> str:
+        return f"{self.row.slug}-s{self.seed}"
+
+    @property
+    def set_params(self) -> dict[str, Any]:
+        """What ``-S`` changes relative to params.yaml (the seed included when it is not 0)."""
+        out = dict(self.row.overrides)
+        if self.seed != 0:
+            out["seed"] = self.seed
+        return out
+
+    def command(self, queue: bool = True) -> list[str]:
+        cmd = ["dvc", "exp", "run"] + (["--queue"] if queue else []) + ["-n", self.name]
+        for key, value in self.set_params.items():
+            cmd += ["-S", f"{key}={json.dumps(value)}"]
+        return cmd
+
+
+def experiments(rows: Sequence[GridRow] = ROWS) -> list[Experiment]:
+    """Every (row, seed); the workspace's own row at seed 0 first (it is the main pipeline's run)."""
+    return [Experiment(r, s) for r in rows for s in r.seeds]
+
+
+# --- reading `dvc exp show --json` --------------------------------------------------------------------------------
+
+def _get(tree: Mapping[str, Any], dotted: str, default: Any = None) -> Any:
+    node: Any = tree
+    for part in dotted.split("."):
+        if not isinstance(node, Mapping) or part not in node:
+            return default
+        node = node[part]
+    return node
+
+
+def _entries(node: Any) -> Iterable[dict[str, Any]]:
+    """Every {rev, name, data: {params, metrics}} record anywhere in ``dvc exp show --json`` output (the
+    baseline commits and the experiments under them, whatever the nesting of this DVC version)."""
+    if isinstance(node, list):
+        for item in node:
+            yield from _entries(item)
+    elif isinstance(node, dict):
+        data = node.get("data")
+        if isinstance(data, dict) and ("params" in data or "metrics" in data):
+            yield {"rev": node.get("rev") or data.get("rev"), "name": node.get("name"), "data": data,
+                   "error": node.get("error")}
+        for key in ("experiments", "revs"):
+            if key in node:
+                yield from _entries(node[key])
+
+
+def parse_exp_show(records: Any, params_file: str = "params.yaml",
+                   metrics_file: str = "metrics/evaluate.json") -> list[dict[str, Any]]:
+    """Flat list of {name, rev, params, metrics} for entries with evaluate metrics (finished runs)."""
+    out = []
+    for entry in _entries(records):
+        params = ((entry["data"].get("params") or {}).get(params_file) or {}).get("data") or {}
+        metrics = (entry["data"].get("metrics") or {}).get(metrics_file, {}).get("data")
+        if not metrics or not params:
+            continue
+        extra = {f: (m or {}).get("data") for f, m in (entry["data"].get("metrics") or {}).items()}
+        out.append({"name": entry["name"] or entry["rev"], "rev": entry["rev"], "params": params,
+                    "metrics": metrics, "all_metrics": extra})
+    return out
+
+
+def knobs_of(params: Mapping[str, Any]) -> dict[str, Any]:
+    return normalise_knobs({k: _get(params, k, default) for k, default in KNOBS.items()})
+
+
+def _mean_std(values: Sequence[float]) -> tuple[float, float | None]:
+    m = sum(values) / len(values)
+    if len(values) < 2:
+        return m, None
+    return m, math.sqrt(sum((v - m) ** 2 for v in values) / (len(values) - 1))
+
+
+def summarise(records: Sequence[Mapping[str, Any]], rows: Sequence[GridRow] = ROWS) -> dict[str, Any]:
+    """Rows of the grid with every seed found, per-task zero-shot means, mean +- sample std over seeds."""
+    from .tasks import PAPER_TASKS, TABLE1_MODELS
+
+    by_key: dict[tuple[int, int], dict[str, Any]] = {}  # (row index, seed) -> record (first found wins)
+    other = []
+    for rec in records:
+        knobs, seed = knobs_of(rec["params"]), int(rec["params"].get("seed", 0))
+        idx = next((i for i, r in enumerate(rows) if r.knobs() == knobs), None)
+        if idx is None:
+            other.append({"name": rec["name"], "knobs": knobs, "seed": seed,
+                          "zero_shot_score": rec["metrics"].get("embedded_zero_shot_score")})
+            continue
+        if rec["name"] == "workspace" and (idx, seed) in by_key:
+            continue
+        if (idx, seed) not in by_key or by_key[(idx, seed)]["name"] == "workspace":
+            by_key[(idx, seed)] = rec
+    tasks = sorted({t for rec in by_key.values() for t in rec["metrics"].get("zero_shot", {})})
+    table = []
+    for i, row in enumerate(rows):
+        found = sorted((seed, rec) for (j, seed), rec in by_key.items() if j == i)
+        runs = []
+        for seed, rec in found:
+            m = rec["metrics"]
+            pre = (rec.get("all_metrics") or {}).get("metrics/pretrain.json") or {}
+            runs.append({"experiment": rec["name"], "rev": rec["rev"], "seed": seed,
+                         "zero_shot_score": m.get("embedded_zero_shot_score"),
+                         "linear_probe_score": m.get("embedded_linear_probe_score"),
+                         "zero_shot": {t: m.get("zero_shot", {}).get(t) for t in tasks},
+                         "pretrain_tasks_above_chance": pre.get("tasks_significant"),
+                         "pretrain_tasks_above_audio_blind": pre.get("tasks_above_audio_blind")})
+        entry: dict[str, Any] = {"row": row.name, "slug": row.slug, "table1": row.table1, "knobs": row.knobs(),
+                                 "seeds_planned": list(row.seeds), "runs": runs}
+        if runs:
+            scores = [r["zero_shot_score"] for r in runs]
+            entry["zero_shot_score_mean"], entry["zero_shot_score_std"] = _mean_std(scores)
+            probes = [r["linear_probe_score"] for r in runs if r["linear_probe_score"] is not None]
+            entry["linear_probe_score_mean"] = _mean_std(probes)[0] if probes else None
+            entry["zero_shot_mean"] = {t: _mean_std([r["zero_shot"][t] for r in runs
+                                                     if r["zero_shot"][t] is not None])[0] for t in tasks}
+        table.append(entry)
+    paper = {}
+    for model in TABLE1_MODELS:
+        per_task = {t.title: t.table1[model] for t in PAPER_TASKS.values() if model in t.table1}
+        paper[model] = {"average": sum(per_task.values()) / len(per_task), "tasks": per_task}
+    return {"format": FORMAT, "source": "dvc exp show --json", "tasks": tasks, "rows": table, "other": other,
+            "paper_table1": paper,
+            "note": "paper_table1.average is the mean of the 16 per-task numbers of Table 1 (the paper prints the "
+                    "same values, except 0.469 for HTSAT-22+CLIP where the cells give 0.465)"}
+
+
+# --- commands -------------------------------------------------------------------------------------------------------
+
+def _dvc(*args: str, capture: bool = True) -> str:
+    proc = subprocess.run(["dvc", *args], capture_output=capture, text=True)
+    if proc.returncode != 0:
+        raise RuntimeError(f"dvc {' '.join(args)} failed ({proc.returncode}): {(proc.stderr or '')[-2000:]}")
+    return proc.stdout if capture else ""
+
+
+def exp_show_json(revs: Sequence[str] = ()) -> Any:
+    """``dvc exp show --json`` of HEAD (default) or of the given baseline commits, with their experiments."""
+    args = ["exp", "show", "--json"]
+    for rev in revs:
+        args += ["--rev", rev]
+    return json.loads(_dvc(*args))
+
+
+def _cmd_plan(args) -> int:
+    for e in experiments():
+        print(f"{e.name:28s} {e.row.name:42s} {' '.join(e.command())}")
+    print(f"{len(experiments())} experiments; the workspace (params.yaml as committed) is {experiments()[0].name}")
+    return 0
+
+
+def _cmd_queue(args) -> int:
+    done = {r["name"] for r in parse_exp_show(exp_show_json())}
+    queued = 0
+    for e in experiments():
+        if e.name in done or (not e.set_params and not args.include_workspace):
+            print(f"skip  {e.name} ({'done' if e.name in done else 'the workspace run: dvc repro'})")
+            continue
+        print("queue", " ".join(e.command()))
+        subprocess.run(e.command(), check=True)
+        queued += 1
+    print(f"{queued} experiments queued; run them with: dvc queue start -j {args.jobs}")
+    return 0
+
+
+def _cmd_wait(args) -> int:
+    """Poll ``dvc queue status`` until nothing is queued or running; fail if a task failed."""
+    while True:
+        status = _dvc("queue", "status")
+        lines = [l for l in status.splitlines()[1:] if l.strip()]
+        active = [l for l in lines if " Running " in f" {l} " or " Queued " in f" {l} "]
+        if not active:
+            failed = [l for l in lines if "Failed" in l]
+            print(status)
+            if failed:
+                print(f"{len(failed)} experiment(s) failed: dvc queue logs <name>", file=sys.stderr)
+                return 1
+            return 0
+        time.sleep(args.poll)
+
+
+def _cmd_collect(args) -> int:
+    records = json.loads(Path(args.exp_show).read_text()) if args.exp_show else exp_show_json(args.rev or ())
+    summary = summarise(parse_exp_show(records))
+    Path(args.out).parent.mkdir(parents=True, exist_ok=True)
+    atomic_write_text(Path(args.out), json.dumps(summary, indent=1) + "\n")
+    for row in summary["rows"]:
+        if row["runs"]:
+            std = row["zero_shot_score_std"]
+            print(f"{row['row']:44s} {row['zero_shot_score_mean']:.3f}" + (f" +- {std:.3f}" if std is not None else "")
+                  + f"  ({len(row['runs'])} seed(s))")
+        else:
+            print(f"{row['row']:44s} not run")
+    print(f"summary in {args.out}")
+    return 0
+
+
+def register(subparsers) -> None:
+    p = subparsers.add_parser("grid", help="the Table 1 ablation grid as DVC experiments (plan/queue/wait/collect)")
+    sub = p.add_subparsers(dest="grid_command", required=True)
+    sub.add_parser("plan", help="list the experiments and their dvc exp run commands").set_defaults(func=_cmd_plan)
+    q = sub.add_parser("queue", help="dvc exp run --queue every experiment not run yet")
+    q.add_argument("--jobs", type=int, default=2)
+    q.add_argument("--include-workspace", action="store_true",
+                   help="also queue the workspace's own params (normally `dvc repro` runs them)")
+    q.set_defaults(func=_cmd_queue)
+    w = sub.add_parser("wait", help="wait until the DVC queue is empty")
+    w.add_argument("--poll", type=float, default=30.0)
+    w.set_defaults(func=_cmd_wait)
+    c = sub.add_parser("collect", help="dvc exp show --json -> reports/ablations.json")
+    c.add_argument("--out", default=SUMMARY)
+    c.add_argument("--exp-show", help="read this saved `dvc exp show --json` output instead of running it")
+    c.add_argument("--rev", action="append", help="baseline commit the experiments were queued from (default "
+                   "HEAD; give it when you committed since queueing: experiments hang off their baseline)")
+    c.set_defaults(func=_cmd_collect)
