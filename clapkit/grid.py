@@ -12,6 +12,15 @@ exactly what ``dvc exp run -S key=value ...`` changes; the workspace's own param
 * ``clapkit grid wait``: until the queue is empty.
 * ``clapkit grid collect``: ``dvc exp show --json`` -> ``reports/ablations.json`` (committed; the notebook reads
   only this file, so it renders on a fresh clone, where DVC experiments, which live in local git refs, are absent).
+* ``--tiny`` (plan / queue / collect): the same grid at a few optimiser steps per stage (``TINY``, as
+  tests/test_pipeline_e2e.py), experiments named ``tiny-*``, summary ``reports/ablations-tiny.json``: a check
+  that every row runs end to end (minutes), not a result.  ``--set key=value`` adds overrides of your own.
+
+Budget.  A queued experiment runs in a fresh temporary copy of the repository, where the pretrain stage's
+``checkpoints/pretrain`` (persist, not cached, git-ignored) is absent, so DVC reruns pretrain in *every*
+experiment (and ``persist`` outputs also turn DVC's run-cache off); prepare is skipped (its outputs are cached or
+committed).  One experiment is then pretrain + train + evaluate, ~10 min on one thread here; 11 experiments two at
+a time on the 2 cores are ~1 h, plus the workspace run of ``make repro`` when it is not up to date.
 
 Experiments are matched to rows by their *params*, not their names, so an experiment run by hand with the same
 overrides counts too.  Experiments with other params (your own ablations) are listed under ``other``.
@@ -34,14 +43,17 @@ __all__ = ["ROWS", "Experiment", "GridRow", "experiments", "summarise", "parse_e
 
 FORMAT = "clapkit-ablations/1"
 SUMMARY = "reports/ablations.json"
-# params.yaml keys that define a row (the grid's knobs) and their workspace defaults
-KNOBS = {
-    "model.audio_encoder": None,
-    "model.text_encoder": None,
-    "pretrain.tasks": "all",
-    "train.temperature": None,
-    "train.learn_temperature": True,
-    "train.batch_size": 64,
+# params.yaml keys that define a row (the grid's knobs); a row's values are params.yaml's with its overrides
+KNOBS = ("model.audio_encoder", "model.text_encoder", "pretrain.tasks", "train.temperature",
+         "train.learn_temperature", "train.batch_size")
+# --tiny: a few steps per stage on the committed corpus (prepare is left alone, so it is not rerun)
+TINY = {
+    "pretrain.steps": 4, "pretrain.batch_size": 8, "pretrain.warmup_steps": 1, "pretrain.checkpoint_every": 2,
+    "pretrain.log_every": 1, "pretrain.eval_clips_per_task": 8, "pretrain.examples_per_task": 1,
+    "train.max_steps": 4, "train.batch_size": 8, "train.warmup_steps": 1, "train.checkpoint_every": 2,
+    "train.log_every": 1, "train.val_max_clips": 48,
+    "evaluate.test_clips_per_task": 20, "evaluate.probe_train_per_task": 10, "evaluate.retrieval_clips": 50,
+    "evaluate.map_clips_per_task": 10,
 }
 # None = the preset's own tower, which for the embedded preset is HTSAT / GPT-2
 TOWER_DEFAULTS = {"model.audio_encoder": "htsat", "model.text_encoder": "gpt2"}
@@ -55,8 +67,9 @@ class GridRow:
     table1: str | None = None  # clapkit.tasks.TABLE1_MODELS entry this row corresponds to
     slug: str = ""
 
-    def knobs(self) -> dict[str, Any]:
-        k = dict(KNOBS)
+    def knobs(self, base: Mapping[str, Any]) -> dict[str, Any]:
+        """The row's knob values: ``base`` (params.yaml's, see ``base_knobs``) with the row's overrides."""
+        k = dict(base)
         k.update(self.overrides)
         return normalise_knobs(k)
 
@@ -76,6 +89,26 @@ ROWS: tuple[GridRow, ...] = (
 )
 
 
+def base_knobs(params: Mapping[str, Any], extra: Mapping[str, Any] | None = None) -> dict[str, Any]:
+    """The knob values every row starts from: params.yaml's, then ``extra`` (``--tiny`` / ``--set``), so that a
+    change of params.yaml (say train.batch_size) moves the whole grid with it instead of breaking the matching."""
+    base = {k: _get(params, k) for k in KNOBS}
+    base.update({k: v for k, v in (extra or {}).items() if k in KNOBS})
+    return base
+
+
+def check_rows(rows: Sequence[GridRow], base: Mapping[str, Any]) -> None:
+    """Two rows with the same knobs would be one experiment twice (e.g. params.yaml's batch size set to the batch
+    row's): refuse, naming them."""
+    seen: dict[tuple, str] = {}
+    for row in rows:
+        key = tuple(sorted(row.knobs(base).items(), key=lambda kv: kv[0]))
+        if key in seen:
+            raise ValueError(f"grid rows {seen[key]!r} and {row.name!r} have the same params with this params.yaml "
+                             f"({dict(key)}); change one of them in clapkit/grid.py ROWS")
+        seen[key] = row.name
+
+
 def normalise_knobs(knobs: Mapping[str, Any]) -> dict[str, Any]:
     """Same meaning, same value: a null tower is the preset's own (HTSAT / GPT-2 when embedded)."""
     out = dict(knobs)
@@ -89,15 +122,18 @@ def normalise_knobs(knobs: Mapping[str, Any]) -> dict[str, Any]:
 class Experiment:
     row: GridRow
     seed: int
+    extra: Mapping[str, Any] = field(default_factory=dict)  # --tiny / --set overrides, under the row's
+    prefix: str = ""
 
     @property
     def name(self) -> str:
-        return f"{self.row.slug}-s{self.seed}"
+        return f"{self.prefix}{self.row.slug}-s{self.seed}"
 
     @property
     def set_params(self) -> dict[str, Any]:
         """What ``-S`` changes relative to params.yaml (the seed included when it is not 0)."""
-        out = dict(self.row.overrides)
+        out = dict(self.extra)
+        out.update(self.row.overrides)
         if self.seed != 0:
             out["seed"] = self.seed
         return out
@@ -109,9 +145,10 @@ class Experiment:
         return cmd
 
 
-def experiments(rows: Sequence[GridRow] = ROWS) -> list[Experiment]:
+def experiments(rows: Sequence[GridRow] = ROWS, extra: Mapping[str, Any] | None = None,
+                prefix: str = "") -> list[Experiment]:
     """Every (row, seed); the workspace's own row at seed 0 first (it is the main pipeline's run)."""
-    return [Experiment(r, s) for r in rows for s in r.seeds]
+    return [Experiment(r, s, dict(extra or {}), prefix) for r in rows for s in r.seeds]
 
 
 # --- reading `dvc exp show --json` --------------------------------------------------------------------------------
@@ -157,7 +194,7 @@ def parse_exp_show(records: Any, params_file: str = "params.yaml",
 
 
 def knobs_of(params: Mapping[str, Any]) -> dict[str, Any]:
-    return normalise_knobs({k: _get(params, k, default) for k, default in KNOBS.items()})
+    return normalise_knobs({k: _get(params, k) for k in KNOBS})
 
 
 def _mean_std(values: Sequence[float]) -> tuple[float, float | None]:
@@ -167,15 +204,19 @@ def _mean_std(values: Sequence[float]) -> tuple[float, float | None]:
     return m, math.sqrt(sum((v - m) ** 2 for v in values) / (len(values) - 1))
 
 
-def summarise(records: Sequence[Mapping[str, Any]], rows: Sequence[GridRow] = ROWS) -> dict[str, Any]:
-    """Rows of the grid with every seed found, per-task zero-shot means, mean +- sample std over seeds."""
+def summarise(records: Sequence[Mapping[str, Any]], base: Mapping[str, Any],
+              rows: Sequence[GridRow] = ROWS) -> dict[str, Any]:
+    """Rows of the grid with every seed found, per-task zero-shot means, mean +- sample std over seeds.
+    ``base``: the knob values the rows start from (``base_knobs``)."""
     from .tasks import PAPER_TASKS, TABLE1_MODELS
+
+    check_rows(rows, base)
 
     by_key: dict[tuple[int, int], dict[str, Any]] = {}  # (row index, seed) -> record (first found wins)
     other = []
     for rec in records:
         knobs, seed = knobs_of(rec["params"]), int(rec["params"].get("seed", 0))
-        idx = next((i for i, r in enumerate(rows) if r.knobs() == knobs), None)
+        idx = next((i for i, r in enumerate(rows) if r.knobs(base) == knobs), None)
         if idx is None:
             other.append({"name": rec["name"], "knobs": knobs, "seed": seed,
                           "zero_shot_score": rec["metrics"].get("embedded_zero_shot_score")})
@@ -198,7 +239,7 @@ def summarise(records: Sequence[Mapping[str, Any]], rows: Sequence[GridRow] = RO
                          "zero_shot": {t: m.get("zero_shot", {}).get(t) for t in tasks},
                          "pretrain_tasks_above_chance": pre.get("tasks_significant"),
                          "pretrain_tasks_above_audio_blind": pre.get("tasks_above_audio_blind")})
-        entry: dict[str, Any] = {"row": row.name, "slug": row.slug, "table1": row.table1, "knobs": row.knobs(),
+        entry: dict[str, Any] = {"row": row.name, "slug": row.slug, "table1": row.table1, "knobs": row.knobs(base),
                                  "seeds_planned": list(row.seeds), "runs": runs}
         if runs:
             scores = [r["zero_shot_score"] for r in runs]
@@ -235,17 +276,49 @@ def exp_show_json(revs: Sequence[str] = ()) -> Any:
     return json.loads(_dvc(*args))
 
 
+def parse_set(items: Sequence[str] | None) -> dict[str, Any]:
+    """``--set key=value`` (value as YAML, as ``dvc exp run -S`` reads it) -> {key: value}."""
+    import yaml
+
+    out = {}
+    for item in items or ():
+        key, sep, value = item.partition("=")
+        if not sep or "." not in key:
+            raise ValueError(f"--set {item!r}: expected block.key=value (a params.yaml key)")
+        out[key.strip()] = yaml.safe_load(value)
+    return out
+
+
+def _overrides(args) -> tuple[dict[str, Any], str]:
+    """(extra overrides, experiment-name prefix) of ``--tiny`` / ``--set``."""
+    extra = dict(TINY) if args.tiny else {}
+    extra.update(parse_set(args.set))
+    return extra, ("tiny-" if args.tiny else "")
+
+
+def _grid(args) -> tuple[list[Experiment], dict[str, Any]]:
+    from .config import load_params
+
+    extra, prefix = _overrides(args)
+    base = base_knobs(load_params(args.params), extra)
+    check_rows(ROWS, base)
+    return experiments(ROWS, extra, prefix), base
+
+
 def _cmd_plan(args) -> int:
-    for e in experiments():
-        print(f"{e.name:28s} {e.row.name:42s} {' '.join(e.command())}")
-    print(f"{len(experiments())} experiments; the workspace (params.yaml as committed) is {experiments()[0].name}")
+    exps, _ = _grid(args)
+    for e in exps:
+        print(f"{e.name:30s} {e.row.name:42s} {' '.join(e.command())}")
+    note = "" if args.tiny or exps[0].set_params else f"; {exps[0].name} is the workspace run (dvc repro)"
+    print(f"{len(exps)} experiments{note}")
     return 0
 
 
 def _cmd_queue(args) -> int:
+    exps, _ = _grid(args)
     done = {r["name"] for r in parse_exp_show(exp_show_json())}
     queued = 0
-    for e in experiments():
+    for e in exps:
         if e.name in done or (not e.set_params and not args.include_workspace):
             print(f"skip  {e.name} ({'done' if e.name in done else 'the workspace run: dvc repro'})")
             continue
@@ -257,26 +330,33 @@ def _cmd_queue(args) -> int:
 
 
 def _cmd_wait(args) -> int:
-    """Poll ``dvc queue status`` until nothing is queued or running; fail if a task failed."""
+    """Poll ``dvc queue status`` until nothing is queued or running; fail if an experiment of the grid failed."""
+    names = {e.name for e in experiments()} | {e.name for e in experiments(prefix="tiny-")}
     while True:
         status = _dvc("queue", "status")
-        lines = [l for l in status.splitlines()[1:] if l.strip()]
-        active = [l for l in lines if " Running " in f" {l} " or " Queued " in f" {l} "]
+        lines = [l.split() for l in status.splitlines()[1:] if l.strip()]
+        # rows: task id, name, created (time, AM/PM), status
+        active = [l for l in lines if "Running" in l or "Queued" in l]
         if not active:
-            failed = [l for l in lines if "Failed" in l]
+            failed = [l[1] for l in lines if "Failed" in l and len(l) > 1 and l[1] in names]
             print(status)
             if failed:
-                print(f"{len(failed)} experiment(s) failed: dvc queue logs <name>", file=sys.stderr)
+                print(f"failed: {failed} (dvc queue logs <name>)", file=sys.stderr)
                 return 1
             return 0
         time.sleep(args.poll)
 
 
 def _cmd_collect(args) -> int:
+    from .config import load_params
+
+    extra, _ = _overrides(args)
+    base = base_knobs(load_params(args.params), extra)
     records = json.loads(Path(args.exp_show).read_text()) if args.exp_show else exp_show_json(args.rev or ())
-    summary = summarise(parse_exp_show(records))
-    Path(args.out).parent.mkdir(parents=True, exist_ok=True)
-    atomic_write_text(Path(args.out), json.dumps(summary, indent=1) + "\n")
+    summary = summarise(parse_exp_show(records), base)
+    out = Path(args.out or (SUMMARY.replace(".json", "-tiny.json") if args.tiny else SUMMARY))
+    out.parent.mkdir(parents=True, exist_ok=True)
+    atomic_write_text(out, json.dumps(summary, indent=1) + "\n")
     for row in summary["rows"]:
         if row["runs"]:
             std = row["zero_shot_score_std"]
@@ -284,15 +364,26 @@ def _cmd_collect(args) -> int:
                   + f"  ({len(row['runs'])} seed(s))")
         else:
             print(f"{row['row']:44s} not run")
-    print(f"summary in {args.out}")
+    print(f"summary in {out}")
     return 0
+
+
+def _grid_options(p) -> None:
+    p.add_argument("--params", default="params.yaml", help="the params the grid's rows are overrides of")
+    p.add_argument("--tiny", action="store_true", help="a few steps per stage (clapkit.grid.TINY), experiments "
+                   "tiny-*: checks that every row runs, in minutes; not a result")
+    p.add_argument("--set", action="append", metavar="KEY=VALUE", help="an extra params.yaml override for every "
+                   "experiment (under the row's own); give the same to queue and collect")
 
 
 def register(subparsers) -> None:
     p = subparsers.add_parser("grid", help="the Table 1 ablation grid as DVC experiments (plan/queue/wait/collect)")
     sub = p.add_subparsers(dest="grid_command", required=True)
-    sub.add_parser("plan", help="list the experiments and their dvc exp run commands").set_defaults(func=_cmd_plan)
+    pl = sub.add_parser("plan", help="list the experiments and their dvc exp run commands (runs nothing)")
+    _grid_options(pl)
+    pl.set_defaults(func=_cmd_plan)
     q = sub.add_parser("queue", help="dvc exp run --queue every experiment not run yet")
+    _grid_options(q)
     q.add_argument("--jobs", type=int, default=2)
     q.add_argument("--include-workspace", action="store_true",
                    help="also queue the workspace's own params (normally `dvc repro` runs them)")
@@ -301,7 +392,8 @@ def register(subparsers) -> None:
     w.add_argument("--poll", type=float, default=30.0)
     w.set_defaults(func=_cmd_wait)
     c = sub.add_parser("collect", help="dvc exp show --json -> reports/ablations.json")
-    c.add_argument("--out", default=SUMMARY)
+    _grid_options(c)
+    c.add_argument("--out", help=f"default {SUMMARY} ({SUMMARY.replace('.json', '-tiny.json')} with --tiny)")
     c.add_argument("--exp-show", help="read this saved `dvc exp show --json` output instead of running it")
     c.add_argument("--rev", action="append", help="baseline commit the experiments were queued from (default "
                    "HEAD; give it when you committed since queueing: experiments hang off their baseline)")

@@ -77,22 +77,27 @@ def prepared(tmp_path_factory):
     return make_prepared(tmp_path_factory.mktemp("corpus"), n=32)
 
 
-@pytest.mark.parametrize("audio,text", [("cnn14", "bert"), ("htsat", "roberta")])
-def test_swapped_towers_train_with_a_corpus_tokenizer(prepared, tmp_path, audio, text):
+@pytest.mark.parametrize("audio,text", [(a, t) for a in ("cnn14", "htsat") for t in ("bert", "roberta", "gpt2")])
+def test_every_tower_pair_builds_and_trains(prepared, tmp_path, audio, text):
     from clapkit.api import CLAP
     from clapkit.train import corpus_tokenizer, train
 
     _, cfg = model_config_from_params(params_with(audio_encoder=audio, text_encoder=text))
     cfg = shrink(cfg)
     tok = corpus_tokenizer(cfg, prepared)
-    assert tok.kind == cfg["tokenizer"]["kind"] and tok.vocab_size <= 300
-    again = corpus_tokenizer(cfg, prepared)  # the same corpus gives the same ids
-    assert tok.encode("a recording of a sine tone") == again.encode("a recording of a sine tone")
-    metrics = train(train_config(tmp_path, prepared, max_steps=2, batch_size=4), cfg, seed=0, progress=False)
-    assert metrics["step"] == 2
+    if text == "gpt2":
+        assert tok is None  # the real GPT-2 BPE ships with clapkit
+    else:
+        assert tok.kind == cfg["tokenizer"]["kind"] and tok.vocab_size <= 300
+        again = corpus_tokenizer(cfg, prepared)  # the same corpus gives the same ids
+        assert tok.encode("a recording of a sine tone") == again.encode("a recording of a sine tone")
+    metrics = train(train_config(tmp_path, prepared, max_steps=1, batch_size=4), cfg, seed=0, progress=False)
+    assert metrics["step"] == 1 and 0.01 <= metrics["temperature"] <= 1
     clap = CLAP.from_pretrained(tmp_path / "clap")
-    assert clap.tokenizer.kind == tok.kind
-    assert clap.tokenizer.encode("white noise") == tok.encode("white noise")
+    assert type(clap.model.audio.encoder).__name__.lower().startswith(audio)
+    if tok is not None:
+        assert clap.tokenizer.kind == tok.kind
+        assert clap.tokenizer.encode("white noise") == tok.encode("white noise")
     emb = clap.get_text_embeddings(["white noise", "a chirp"])
     assert emb.shape == (2, 16) and torch.allclose(emb.norm(dim=1), torch.ones(2))
 
@@ -164,29 +169,51 @@ def _record(rev, name, params, score, probe=0.3):
         "deps": {}, "outs": {}, "meta": {}}}
 
 
+def _exp(rec, state="success"):
+    rec["experiments"] = None
+    return {"revs": [rec], "executor": {"state": state, "name": "dvc-task", "local": {"returncode": 0}},
+            "name": rec["name"]}
+
+
 def exp_show_fixture():
-    """The layout of DVC 3.x `dvc exp show --json`: the workspace, the baseline commit and, under it, experiments
-    (each a list of revs); the baseline commit holds the workspace's own run (row 1, seed 0)."""
+    """The layout DVC 3.67 `dvc exp show --json` printed for a toy pipeline with queued experiments (learnt by
+    running it): a list of [workspace, baseline commit]; the commit's `experiments` is a list of
+    {revs: [record], executor, name}; a record is {rev, name, data: {rev, timestamp, params: {file: {data}},
+    metrics: {file: {data}}, deps, outs, meta}, error, experiments: null}.  The baseline commit holds the
+    workspace's own run (row 1, seed 0)."""
     base = _record("abc123", "main", _exp_params(), 0.30)
     base["experiments"] = [
-        {"revs": [_record("e1", "htsat22-gpt2-s1", _exp_params(seed=1), 0.32)], "executor": None, "name": "htsat22-gpt2-s1"},
-        {"revs": [_record("e2", "htsat22-gpt2-s2", _exp_params(seed=2), 0.34)], "executor": None, "name": "htsat22-gpt2-s2"},
-        {"revs": [_record("e3", "htsat-gpt2-s0", _exp_params(**{"pretrain.tasks": "sound_events"}), 0.20)]},
-        {"revs": [_record("e4", "htsat-gpt2-s1", _exp_params(1, **{"pretrain.tasks": "sound_events"}), 0.22)]},
-        {"revs": [_record("e5", "mine", _exp_params(**{"train.temperature": 0.05}), 0.25)]},
-        {"revs": [{"rev": "e6", "name": "broken", "error": {"msg": "failed"}, "data": {"params": {}}}]},
+        _exp(_record("e1", "htsat22-gpt2-s1", _exp_params(seed=1), 0.32)),
+        _exp(_record("e2", "htsat22-gpt2-s2", _exp_params(seed=2), 0.34)),
+        _exp(_record("e3", "htsat-gpt2-s0", _exp_params(**{"pretrain.tasks": "sound_events"}), 0.20)),
+        _exp(_record("e4", "htsat-gpt2-s1", _exp_params(1, **{"pretrain.tasks": "sound_events"}), 0.22)),
+        _exp(_record("e5", "mine", _exp_params(**{"train.temperature": 0.05}), 0.25)),
+        _exp({"rev": "e6", "name": "broken", "error": {"type": "ReproductionError", "msg": "failed"},
+              "data": {"rev": "e6", "params": {}, "metrics": {}}}, state="failed"),
     ]
     workspace = _record("workspace", None, _exp_params(), 0.30)
     return [dict(workspace, experiments=None), base]
 
 
+def base():
+    from clapkit.grid import base_knobs
+
+    return base_knobs(PARAMS)
+
+
 def test_grid_plan():
-    from clapkit.grid import ROWS, experiments
+    from clapkit.grid import ROWS, base_knobs, check_rows, experiments
 
     exps = experiments()
     assert len({e.name for e in exps}) == len(exps) == sum(len(r.seeds) for r in ROWS)
     assert exps[0].set_params == {} and exps[0].name == "htsat22-gpt2-s0"  # the workspace's own run
-    assert len({tuple(sorted(r.knobs().items())) for r in ROWS}) == len(ROWS)  # every row differs
+    assert len({tuple(sorted(r.knobs(base()).items())) for r in ROWS}) == len(ROWS)  # every row differs
+    check_rows(ROWS, base())
+    batch_row = next(r for r in ROWS if "train.batch_size" in r.overrides)
+    clash = copy.deepcopy(PARAMS)  # params.yaml's batch size set to the batch row's: two rows would be one
+    clash["train"]["batch_size"] = batch_row.overrides["train.batch_size"]
+    with pytest.raises(ValueError, match="same params"):
+        check_rows(ROWS, base_knobs(clash))
     headline = [r for r in ROWS if r.table1 in ("HTSAT-22+GPT2", "HTSAT+GPT2")]
     assert all(len(r.seeds) >= 3 for r in headline)
     cnn = next(e for e in exps if e.name == "cnn14-bert-s0").command()
@@ -205,7 +232,7 @@ def test_grid_summary_matches_rows_by_params():
     records = parse_exp_show(exp_show_fixture())
     assert {r["name"] for r in records} == {"workspace", "main", "htsat22-gpt2-s1", "htsat22-gpt2-s2",
                                             "htsat-gpt2-s0", "htsat-gpt2-s1", "mine"}  # "broken" has no metrics
-    s = summarise(records)
+    s = summarise(records, base())
     rows = {r["slug"]: r for r in s["rows"]}
     head = rows["htsat22-gpt2"]
     assert [x["seed"] for x in head["runs"]] == [0, 1, 2] and head["runs"][0]["experiment"] == "main"
@@ -219,12 +246,43 @@ def test_grid_summary_matches_rows_by_params():
     assert s["paper_table1"]["CNN14+BERT"]["average"] == pytest.approx(0.4275, abs=1e-4)  # printed 0.428
 
 
+def test_tiny_grid_and_set_overrides(tmp_path, capsys):
+    from clapkit.cli import main
+    from clapkit.grid import ROWS, TINY, base_knobs, experiments, parse_exp_show, parse_set, summarise
+
+    assert parse_set(["train.max_steps=3", 'model.text_encoder="bert"', "train.temperature=null"]) == {
+        "train.max_steps": 3, "model.text_encoder": "bert", "train.temperature": None}
+    with pytest.raises(ValueError, match="block.key=value"):
+        parse_set(["max_steps"])
+    exps = experiments(ROWS, TINY, "tiny-")
+    assert exps[0].name == "tiny-htsat22-gpt2-s0" and exps[0].set_params == TINY  # queued too: not the workspace
+    b32 = next(e for e in exps if e.row.overrides.get("train.batch_size") == 32)
+    assert b32.set_params["train.batch_size"] == 32 and b32.set_params["train.max_steps"] == TINY["train.max_steps"]
+    cmd = " ".join(exps[0].command())
+    assert "-n tiny-htsat22-gpt2-s0" in cmd and "-S pretrain.steps=4" in cmd
+    assert main(["grid", "plan", "--tiny"]) == 0
+    assert "tiny-cnn14-bert-s0" in capsys.readouterr().out
+    # a tiny run is matched to its rows with the tiny batch size as the base; the full-size runs are "other"
+    tiny = _exp_params(**{"train.batch_size": 8, "pretrain.tasks": "sound_events"})
+    records = exp_show_fixture()
+    records[1]["experiments"].append(_exp(_record("e7", "tiny-htsat-gpt2-s0", tiny, 0.1)))
+    (tmp_path / "show.json").write_text(json.dumps(records))
+    assert main(["grid", "collect", "--tiny", "--exp-show", str(tmp_path / "show.json"),
+                 "--out", str(tmp_path / "tiny.json")]) == 0
+    s = json.loads((tmp_path / "tiny.json").read_text())
+    rows = {r["slug"]: r for r in s["rows"]}
+    assert [x["experiment"] for x in rows["htsat-gpt2"]["runs"]] == ["tiny-htsat-gpt2-s0"]
+    assert rows["htsat22-gpt2"]["runs"] == [] and "htsat22-gpt2-s1" in {o["name"] for o in s["other"]}
+    full = summarise(parse_exp_show(records), base_knobs(PARAMS))
+    assert "tiny-htsat-gpt2-s0" in {o["name"] for o in full["other"]}
+
+
 def test_ablation_notebook_renders_from_a_summary(tmp_path):
     from clapkit.grid import parse_exp_show, summarise
     from clapkit.notebooks import run_notebook
 
     path = tmp_path / "ablations.json"
-    path.write_text(json.dumps(summarise(parse_exp_show(exp_show_fixture()))))
+    path.write_text(json.dumps(summarise(parse_exp_show(exp_show_fixture()), base())))
     out = run_notebook("notebooks/05_ablations.ipynb", tmp_path / "05.ipynb", {"summary_path": str(path)})
     text = (tmp_path / "05.ipynb").read_text()
     assert "seed 1: HTSAT-22 0.320  HTSAT 0.220  difference +0.100" in text
