@@ -188,7 +188,8 @@ def parse_exp_show(records: Any, params_file: str = "params.yaml",
         if not metrics or not params:
             continue
         extra = {f: (m or {}).get("data") for f, m in (entry["data"].get("metrics") or {}).items()}
-        out.append({"name": entry["name"] or entry["rev"], "rev": entry["rev"], "params": params,
+        out.append({"name": entry["name"] or entry["rev"], "rev": entry["rev"],
+                    "timestamp": entry["data"].get("timestamp"), "params": params,
                     "metrics": metrics, "all_metrics": extra})
     return out
 
@@ -212,7 +213,9 @@ def summarise(records: Sequence[Mapping[str, Any]], base: Mapping[str, Any],
 
     check_rows(rows, base)
 
-    by_key: dict[tuple[int, int], dict[str, Any]] = {}  # (row index, seed) -> record (first found wins)
+    # (row index, seed) -> record: the newest run (commit timestamp) wins, e.g. a rerun after a retune; the
+    # uncommitted workspace (no timestamp) only counts where no commit or experiment has the same params
+    by_key: dict[tuple[int, int], dict[str, Any]] = {}
     other = []
     for rec in records:
         knobs, seed = knobs_of(rec["params"]), int(rec["params"].get("seed", 0))
@@ -221,9 +224,8 @@ def summarise(records: Sequence[Mapping[str, Any]], base: Mapping[str, Any],
             other.append({"name": rec["name"], "knobs": knobs, "seed": seed,
                           "zero_shot_score": rec["metrics"].get("embedded_zero_shot_score")})
             continue
-        if rec["name"] == "workspace" and (idx, seed) in by_key:
-            continue
-        if (idx, seed) not in by_key or by_key[(idx, seed)]["name"] == "workspace":
+        old = by_key.get((idx, seed))
+        if old is None or (rec.get("timestamp") or "") > (old.get("timestamp") or ""):
             by_key[(idx, seed)] = rec
     tasks = sorted({t for rec in by_key.values() for t in rec["metrics"].get("zero_shot", {})})
     table = []
@@ -305,6 +307,28 @@ def _grid(args) -> tuple[list[Experiment], dict[str, Any]]:
     return experiments(ROWS, extra, prefix), base
 
 
+def parse_exp_list(text: str, names: set[str]) -> list[str]:
+    """Baselines (branch or short sha, newest first as DVC lists them) of ``dvc exp list -A`` output that hold an
+    experiment named in ``names``.  Lines: ``<baseline>:`` then ``<tab><sha> [<name>]`` per experiment."""
+    baselines: list[str] = []
+    current = None
+    for line in text.splitlines():
+        if line.strip() and not line[0].isspace() and line.rstrip().endswith(":"):
+            current = line.rstrip()[:-1]
+        elif current and "[" in line and line.rstrip().endswith("]"):
+            name = line[line.index("[") + 1:line.rstrip().rindex("]")]
+            if name in names and current not in baselines:
+                baselines.append(current)
+    return baselines
+
+
+def grid_baselines() -> list[str]:
+    """HEAD and every commit the grid's experiments were queued from (experiments hang off the commit that was
+    HEAD when they were queued, so a commit made while the grid ran would hide them from plain ``exp show``)."""
+    names = {e.name for e in experiments()} | {e.name for e in experiments(prefix="tiny-")}
+    return ["HEAD"] + parse_exp_list(_dvc("exp", "list", "-A"), names)
+
+
 def _cmd_plan(args) -> int:
     exps, _ = _grid(args)
     for e in exps:
@@ -352,7 +376,10 @@ def _cmd_collect(args) -> int:
 
     extra, _ = _overrides(args)
     base = base_knobs(load_params(args.params), extra)
-    records = json.loads(Path(args.exp_show).read_text()) if args.exp_show else exp_show_json(args.rev or ())
+    if args.exp_show:
+        records = json.loads(Path(args.exp_show).read_text())
+    else:
+        records = exp_show_json(args.rev or grid_baselines())
     summary = summarise(parse_exp_show(records), base)
     out = Path(args.out or (SUMMARY.replace(".json", "-tiny.json") if args.tiny else SUMMARY))
     out.parent.mkdir(parents=True, exist_ok=True)
@@ -395,6 +422,7 @@ def register(subparsers) -> None:
     _grid_options(c)
     c.add_argument("--out", help=f"default {SUMMARY} ({SUMMARY.replace('.json', '-tiny.json')} with --tiny)")
     c.add_argument("--exp-show", help="read this saved `dvc exp show --json` output instead of running it")
-    c.add_argument("--rev", action="append", help="baseline commit the experiments were queued from (default "
-                   "HEAD; give it when you committed since queueing: experiments hang off their baseline)")
+    c.add_argument("--rev", action="append", help="baseline commit(s) to read experiments from (default: HEAD "
+                   "and every commit that holds an experiment of the grid, from `dvc exp list -A`; where the same "
+                   "row and seed ran on several, the newest baseline's counts)")
     c.set_defaults(func=_cmd_collect)

@@ -159,10 +159,10 @@ def _exp_params(seed=0, **knobs):
     return p
 
 
-def _record(rev, name, params, score, probe=0.3):
+def _record(rev, name, params, score, probe=0.3, ts="2026-11-26T22:10:00"):
     tasks = {"gender": score, "tone": score / 2}
     return {"rev": rev, "name": name, "error": None, "data": {
-        "rev": rev, "timestamp": None, "params": {"params.yaml": {"data": params}},
+        "rev": rev, "timestamp": ts, "params": {"params.yaml": {"data": params}},
         "metrics": {"metrics/evaluate.json": {"data": {"zero_shot": tasks, "embedded_zero_shot_score": score,
                                                        "embedded_linear_probe_score": probe}},
                     "metrics/pretrain.json": {"data": {"tasks_significant": 5, "tasks_above_audio_blind": 2}}},
@@ -181,7 +181,7 @@ def exp_show_fixture():
     {revs: [record], executor, name}; a record is {rev, name, data: {rev, timestamp, params: {file: {data}},
     metrics: {file: {data}}, deps, outs, meta}, error, experiments: null}.  The baseline commit holds the
     workspace's own run (row 1, seed 0)."""
-    base = _record("abc123", "main", _exp_params(), 0.30)
+    base = _record("abc123", "main", _exp_params(), 0.30, ts="2026-11-26T22:00:00")
     base["experiments"] = [
         _exp(_record("e1", "htsat22-gpt2-s1", _exp_params(seed=1), 0.32)),
         _exp(_record("e2", "htsat22-gpt2-s2", _exp_params(seed=2), 0.34)),
@@ -191,8 +191,12 @@ def exp_show_fixture():
         _exp({"rev": "e6", "name": "broken", "error": {"type": "ReproductionError", "msg": "failed"},
               "data": {"rev": "e6", "params": {}, "metrics": {}}}, state="failed"),
     ]
-    workspace = _record("workspace", None, _exp_params(), 0.30)
-    return [dict(workspace, experiments=None), base]
+    # an older baseline (`--rev`) with an earlier run of one experiment: the newer run counts
+    older = _record("0ld", None, _exp_params(), 0.10, ts="2026-11-25T10:00:00")
+    older["experiments"] = [_exp(_record("e0", "htsat-gpt2-s0", _exp_params(**{"pretrain.tasks": "sound_events"}),
+                                         0.90, ts="2026-11-25T11:00:00"))]
+    workspace = _record("workspace", None, _exp_params(), 0.30, ts=None)
+    return [dict(workspace, experiments=None), base, older]
 
 
 def base():
@@ -230,7 +234,7 @@ def test_grid_summary_matches_rows_by_params():
     from clapkit.grid import parse_exp_show, summarise
 
     records = parse_exp_show(exp_show_fixture())
-    assert {r["name"] for r in records} == {"workspace", "main", "htsat22-gpt2-s1", "htsat22-gpt2-s2",
+    assert {r["name"] for r in records} == {"workspace", "main", "0ld", "htsat22-gpt2-s1", "htsat22-gpt2-s2",
                                             "htsat-gpt2-s0", "htsat-gpt2-s1", "mine"}  # "broken" has no metrics
     s = summarise(records, base())
     rows = {r["slug"]: r for r in s["rows"]}
@@ -239,11 +243,20 @@ def test_grid_summary_matches_rows_by_params():
     assert head["zero_shot_score_mean"] == pytest.approx(0.32)
     assert head["zero_shot_score_std"] == pytest.approx(0.02)  # sample std of 0.30, 0.32, 0.34
     assert head["zero_shot_mean"]["tone"] == pytest.approx(0.16)
+    assert rows["htsat-gpt2"]["runs"][0]["rev"] == "e3"  # not the older e0 (0.90) of the same row and seed
     assert rows["htsat-gpt2"]["zero_shot_score_mean"] == pytest.approx(0.21) and len(rows["htsat-gpt2"]["runs"]) == 2
     assert rows["cnn14-bert"]["runs"] == []
     assert [o["name"] for o in s["other"]] == ["mine"]
     assert s["paper_table1"]["HTSAT-22+GPT2"]["average"] == pytest.approx(0.480, abs=5e-4)
     assert s["paper_table1"]["CNN14+BERT"]["average"] == pytest.approx(0.4275, abs=1e-4)  # printed 0.428
+
+
+def test_baselines_from_dvc_exp_list():
+    from clapkit.grid import parse_exp_list
+
+    text = "main:\n\td9e576b [cnn14-bert-s0]\n215066a:\n\tf86bc5a [mine]\n8ca739e:\n\t56fce4a [htsat-gpt2-s1]\n" \
+           "\ta69c310 [tiny-htsat-gpt2-s0]\n"
+    assert parse_exp_list(text, {"cnn14-bert-s0", "htsat-gpt2-s1", "tiny-htsat-gpt2-s0"}) == ["main", "8ca739e"]
 
 
 def test_tiny_grid_and_set_overrides(tmp_path, capsys):
