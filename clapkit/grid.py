@@ -362,7 +362,8 @@ def _cmd_wait(args) -> int:
         # rows: task id, name, created (time, AM/PM), status
         active = [l for l in lines if "Running" in l or "Queued" in l]
         if not active:
-            failed = [l[1] for l in lines if "Failed" in l and len(l) > 1 and l[1] in names]
+            succeeded = {l[1] for l in lines if "Success" in l and len(l) > 1}  # a failed try rerun since is fine
+            failed = sorted({l[1] for l in lines if "Failed" in l and len(l) > 1 and l[1] in names} - succeeded)
             print(status)
             if failed:
                 print(f"failed: {failed} (dvc queue logs <name>)", file=sys.stderr)

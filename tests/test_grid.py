@@ -301,3 +301,23 @@ def test_ablation_notebook_renders_from_a_summary(tmp_path):
     assert "seed 1: HTSAT-22 0.320  HTSAT 0.220  difference +0.100" in text
     assert "mean difference +0.100" in text and "not run yet: ['HTSAT-22 + RoBERTa'" in text
     assert out.with_suffix(".html").is_file()
+
+
+def test_wait_reports_failed_grid_experiments(monkeypatch):
+    import types
+
+    import clapkit.grid as grid
+
+    status = ("Task     Name             Created    Status\n"
+              "82e3606  cnn14-bert-s0    10:46 PM   Failed\n"
+              "e21defc  cnn14-bert-s0    10:50 PM   Success\n"  # failed once, rerun: fine
+              "1f0a2b3  someone-else     10:50 PM   Failed\n"  # not the grid's
+              "{last}\n\nWorker status: 0 active, 0 idle\n")
+    args = types.SimpleNamespace(poll=0)
+    monkeypatch.setattr(grid, "_dvc", lambda *a: status.format(last="e21def0  htsat-gpt2-s0    10:50 PM   Success"))
+    assert grid._cmd_wait(args) == 0
+    monkeypatch.setattr(grid, "_dvc", lambda *a: status.format(last="e21def0  htsat-gpt2-s0    10:50 PM   Failed"))
+    assert grid._cmd_wait(args) == 1
+    calls = iter(["Task Name Created Status\nab  x  10:50 PM   Running\n", status.format(last="")])
+    monkeypatch.setattr(grid, "_dvc", lambda *a: next(calls))
+    assert grid._cmd_wait(args) == 0  # polled until nothing ran
