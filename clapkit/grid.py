@@ -19,8 +19,9 @@ exactly what ``dvc exp run -S key=value ...`` changes; the workspace's own param
 Budget.  A queued experiment runs in a fresh temporary copy of the repository, where the pretrain stage's
 ``checkpoints/pretrain`` (persist, not cached, git-ignored) is absent, so DVC reruns pretrain in *every*
 experiment (and ``persist`` outputs also turn DVC's run-cache off); prepare is skipped (its outputs are cached or
-committed).  One experiment is then pretrain + train + evaluate, ~10 min on one thread here; 11 experiments two at
-a time on the 2 cores are ~1 h, plus the workspace run of ``make repro`` when it is not up to date.
+committed).  One experiment is then pretrain + train + evaluate, ~10-13 min on one thread here (pretrain ran at
+1.3 steps/s with two experiments side by side); 11 experiments two at a time on the 2 cores are ~1-1.5 h, plus the
+workspace run of ``make repro`` when it is not up to date.
 
 Experiments are matched to rows by their *params*, not their names, so an experiment run by hand with the same
 overrides counts too.  Experiments with other params (your own ablations) are listed under ``other``.
