@@ -10,7 +10,10 @@ from pathlib import Path
 
 import yaml
 
+from clapkit.grid import TINY as TINY_STAGES
+
 REPO = Path(__file__).resolve().parents[1]
+
 
 TINY = {
     # three small Debian packages (one of each kind of labels) and a few clips per generator
@@ -18,13 +21,8 @@ TINY = {
     "data.synth": {"espeak": {"n_clips": 24}, "flite": {"n_clips": 12}, "fluidsynth": {"n_clips": 24},
                    "sox": {"n_clips": 16}},
     "prepare.limit_per_source": 25,
-    # a few optimiser steps per training stage: the point is that every stage runs and hands over its output
-    "pretrain.steps": 4, "pretrain.batch_size": 8, "pretrain.warmup_steps": 1, "pretrain.checkpoint_every": 2,
-    "pretrain.log_every": 1, "pretrain.eval_clips_per_task": 8, "pretrain.examples_per_task": 1,
-    "train.max_steps": 4, "train.batch_size": 8, "train.warmup_steps": 1, "train.checkpoint_every": 2,
-    "train.log_every": 1, "train.val_max_clips": 48,
-    "evaluate.test_clips_per_task": 20, "evaluate.probe_train_per_task": 10, "evaluate.retrieval_clips": 50,
-    "evaluate.map_clips_per_task": 10,
+    # a few optimiser steps per training stage (the tiny grid's): every stage runs and hands over its output
+    **TINY_STAGES,
 }
 
 
