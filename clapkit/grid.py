@@ -170,6 +170,11 @@ def _entries(node: Any) -> Iterable[dict[str, Any]]:
         for item in node:
             yield from _entries(item)
     elif isinstance(node, dict):
+        state = (node.get("executor") or {}).get("state")
+        if state in ("queued", "running", "failed"):
+            # an unfinished experiment shows the files of its temporary copy: until its stages rewrite them,
+            # those are the baseline's metrics under the experiment's params (a failed one never finished)
+            return
         data = node.get("data")
         if isinstance(data, dict) and ("params" in data or "metrics" in data):
             yield {"rev": node.get("rev") or data.get("rev"), "name": node.get("name"), "data": data,

@@ -190,6 +190,9 @@ def exp_show_fixture():
         _exp(_record("e5", "mine", _exp_params(**{"train.temperature": 0.05}), 0.25)),
         _exp({"rev": "e6", "name": "broken", "error": {"type": "ReproductionError", "msg": "failed"},
               "data": {"rev": "e6", "params": {}, "metrics": {}}}, state="failed"),
+        # still running: its temporary copy still holds the baseline's metrics (as DVC 3.67 shows it)
+        _exp(_record("e7", "htsat-gpt2-s2", _exp_params(2, **{"pretrain.tasks": "sound_events"}), 0.30),
+             state="running"),
     ]
     # an older baseline (`--rev`) with an earlier run of one experiment: the newer run counts
     older = _record("0ld", None, _exp_params(), 0.10, ts="2026-11-25T10:00:00")
