@@ -235,6 +235,7 @@ def test_no_pretraining_writes_the_seeded_random_encoder(prepared, tmp_path):
     cfg = config(tmp_path, prepared, tasks="none")
     metrics = pretrain(cfg, FRONTEND, "test-htsat", MODEL_CONFIG, seed=5, progress=False)
     assert metrics["num_tasks"] == 0 and metrics["steps"] == 0 and metrics["tasks"] == {}
+    assert (tmp_path / "ckpt").is_dir()  # the stage's declared output exists though nothing was trained
     torch.manual_seed(5)
     fresh = build_audio_encoder(ENCODER)  # what the stage builds first after seeding
     encoder = build_audio_encoder(ENCODER)
