@@ -67,7 +67,7 @@ def _get_window(window, n, fftbins=True):
     return 0.5 - 0.5 * np.cos(2.0 * np.pi * np.arange(n) / period)
 
 
-def _librosa_stand_in() -> types.ModuleType:
+def librosa_stand_in() -> types.ModuleType:
     lib = types.ModuleType("librosa")
     lib.__spec__ = importlib.machinery.ModuleSpec("librosa", None)
     lib.filters = types.SimpleNamespace(
@@ -94,7 +94,7 @@ def import_msclap_clap():
     if str(site) not in sys.path:
         sys.path.insert(0, str(site))
     if "librosa" not in sys.modules:
-        sys.modules["librosa"] = _librosa_stand_in()
+        sys.modules["librosa"] = librosa_stand_in()
     package = types.ModuleType("msclap")  # skip msclap/__init__.py
     package.__path__ = [str(site / "msclap")]
     sys.modules.setdefault("msclap", package)

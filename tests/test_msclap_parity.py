@@ -13,10 +13,8 @@ transformers versions wrote.  Both towers then see the same (B, samples) wavefor
 The malformed-checkpoint tests at the end use a tiny clapkit model written out under msclap's key names.
 """
 
-import importlib.machinery
+import importlib.util
 import math
-import os
-import subprocess
 import sys
 import types
 from pathlib import Path
@@ -33,58 +31,31 @@ from clapkit.models.clap import CLAPModel, load_model_config
 pytestmark = pytest.mark.filterwarnings("ignore:torch.meshgrid:UserWarning")  # raised inside msclap's HTSAT
 
 REPO = Path(__file__).resolve().parent.parent
-SITE = Path(os.environ.get("MSCLAP_SITE", REPO / ".cache" / "msclap_site"))
-MARKER = ".complete-msclap-1.3.4-torchlibrosa-0.1.0"
+# the reference installer, librosa stand-in and site folder shared with the benchmark (benchmarks/_msclap_reference.py)
+_spec = importlib.util.spec_from_file_location("_msclap_reference", REPO / "benchmarks" / "_msclap_reference.py")
+_reference = importlib.util.module_from_spec(_spec)
+_spec.loader.exec_module(_reference)
+SITE = _reference.site_dir()
 TOL = 1e-4
 
 
 # ------------------------------------------------------------------------------------- the reference package
 
 
-def _slaney_mel(sr, n_fft, n_mels, fmin, fmax, **_):
-    """librosa.filters.mel(htk=False, norm='slaney'): (n_mels, 1 + n_fft // 2)."""
-    def hz_to_mel(f):
-        f = np.asarray(f, dtype=np.float64)
-        return np.where(f >= 1000.0, 15.0 + np.log(np.maximum(f, 1e-9) / 1000.0) / (np.log(6.4) / 27.0), f / (200.0 / 3))
-
-    def mel_to_hz(m):
-        m = np.asarray(m, dtype=np.float64)
-        return np.where(m >= 15.0, 1000.0 * np.exp((np.log(6.4) / 27.0) * (m - 15.0)), m * (200.0 / 3))
-
-    fft_freqs = np.linspace(0, sr / 2, 1 + n_fft // 2)
-    edges = mel_to_hz(np.linspace(hz_to_mel(fmin), hz_to_mel(fmax), n_mels + 2))
-    ramps = edges[:, None] - fft_freqs[None, :]
-    lower = -ramps[:-2] / np.diff(edges)[:-1, None]
-    upper = ramps[2:] / np.diff(edges)[1:, None]
-    weights = np.maximum(0, np.minimum(lower, upper))
-    return (weights * (2.0 / (edges[2:] - edges[:-2]))[:, None]).astype(np.float32)
-
-
 def _librosa_stand_in():
-    lib = types.ModuleType("librosa")
-    lib.__spec__ = importlib.machinery.ModuleSpec("librosa", None)
-    lib.filters = types.SimpleNamespace(
-        get_window=lambda window, n, fftbins=True: scipy.signal.get_window(window, n, fftbins=fftbins),
-        mel=_slaney_mel,
-    )
-
-    def pad_center(x, size):
-        left = (size - len(x)) // 2
-        return np.pad(x, (left, size - len(x) - left))
-
-    lib.util = types.SimpleNamespace(pad_center=pad_center)
+    """The benchmark's librosa stand-in (Slaney mel, pad_center), with scipy's own Hann window here."""
+    lib = _reference.librosa_stand_in()
+    lib.filters.get_window = lambda window, n, fftbins=True: scipy.signal.get_window(window, n, fftbins=fftbins)
     return lib
 
 
 @pytest.fixture(scope="module")
 def msclap():
     """msclap's model modules, importable for the duration of this test module."""
-    if not (SITE / MARKER).is_file():
-        script = REPO / "scripts" / "install_msclap_reference.sh"
-        env = {**os.environ, "PYTHON": sys.executable}
-        done = subprocess.run(["bash", str(script), str(SITE)], capture_output=True, text=True, env=env)
-        if done.returncode != 0 or not (SITE / MARKER).is_file():
-            pytest.fail(f"could not install the msclap reference into {SITE}:\n{done.stdout}\n{done.stderr}")
+    try:
+        _reference.ensure_installed(SITE)
+    except RuntimeError as err:
+        pytest.fail(str(err))
     saved = {name: mod for name, mod in sys.modules.items() if name.split(".")[0] in ("librosa", "msclap", "torchlibrosa")}
     sys.path.insert(0, str(SITE))
     sys.modules["librosa"] = _librosa_stand_in()
