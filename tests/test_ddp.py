@@ -3,8 +3,8 @@
 
 from __future__ import annotations
 
+import datetime
 import os
-import socket
 
 import pytest
 import torch
@@ -14,10 +14,10 @@ import torch.multiprocessing as mp
 from tests.test_train import _batch, deterministic_tiny_config
 
 
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
+# A rendezvous that never completes must fail the test, not hang CI: the workers give up after RENDEZVOUS_S, and
+# the parent kills them after SPAWN_DEADLINE_S (a full run takes ~20 s here).
+RENDEZVOUS_S = 60
+SPAWN_DEADLINE_S = 240
 
 
 def _model_and_batch():
@@ -31,13 +31,15 @@ def _model_and_batch():
     return model, _batch(clap, n=8, seed=0)
 
 
-def _worker(rank: int, world: int, port: int, out: str) -> None:
+def _worker(rank: int, world: int, store_file: str, out: str) -> None:
     from clapkit.losses import ClipLoss
     from clapkit.train import train_step
 
-    os.environ.update(MASTER_ADDR="127.0.0.1", MASTER_PORT=str(port))
+    # A file store (no TCP port to race for with other processes) and gloo on the loopback interface.
+    os.environ["GLOO_SOCKET_IFNAME"] = "lo"
     torch.set_num_threads(1)
-    dist.init_process_group("gloo", rank=rank, world_size=world)
+    dist.init_process_group("gloo", init_method=f"file://{store_file}", rank=rank, world_size=world,
+                            timeout=datetime.timedelta(seconds=RENDEZVOUS_S))
     try:
         results = {}
         for local_loss in (False, True):
@@ -64,10 +66,24 @@ def test_two_gloo_processes_equal_one_process(tmp_path):
     single = {name: p.grad for name, p in model.named_parameters() if p.grad is not None}
 
     out = tmp_path / "rank0.pt"
-    mp.spawn(_worker, args=(2, _free_port(), str(out)), nprocs=2, join=True)
+    _spawn_with_deadline(tmp_path, out)
     results = torch.load(out, weights_only=True)
     for variant, ddp in results.items():
         assert ddp["loss"] == pytest.approx(single_loss, rel=1e-5), variant
         assert ddp["grads"].keys() == single.keys() and "logit_scale" in single
         for name, grad in single.items():
             torch.testing.assert_close(ddp["grads"][name], grad, rtol=1e-4, atol=1e-6, msg=f"{variant}: {name}")
+
+
+def _spawn_with_deadline(tmp_path, out) -> None:
+    """Run the two workers; if they neither finish nor fail within the deadline, kill them and fail clearly."""
+    import time
+
+    ctx = mp.spawn(_worker, args=(2, str(tmp_path / "store"), str(out)), nprocs=2, join=False)
+    deadline = time.monotonic() + SPAWN_DEADLINE_S
+    while not ctx.join(timeout=5):
+        if time.monotonic() > deadline:
+            for proc in ctx.processes:
+                if proc.is_alive():
+                    proc.kill()
+            pytest.fail(f"the two gloo workers did not finish within {SPAWN_DEADLINE_S} s (rendezvous hang)")
