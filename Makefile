@@ -27,9 +27,9 @@ bench: setup
 	$(ACT) bash scripts/install_msclap_reference.sh && HF_HUB_OFFLINE=1 python benchmarks/run.py --out benchmarks/results-cpu.json
 
 # The Table 1 ablation grid (clapkit/grid.py, README "The ablation grid"): the workspace run (dvc repro) is its
-# first experiment; the other 11 run as DVC experiments, 2 at a time (1 thread each; each reruns pretrain, ~10 min
-# of CPU), then reports/ablations.json and reports/05_ablations.html are written from `dvc exp show`.  ~1-1.5 h
-# here.  List without running: `clapkit grid plan`.  A few steps per stage, to check every row runs:
+# first experiment; the other 11 run as DVC experiments, 2 at a time (1 thread each; rows that change the audio
+# encoder's pretraining rerun pretrain, the others reuse it), then reports/ablations.json and
+# reports/05_ablations.html are written from `dvc exp show`.  About an hour here (README).  List without running: `clapkit grid plan`.  A few steps per stage, to check every row runs:
 # `clapkit grid queue --tiny && dvc queue start -j 2 && clapkit grid wait && clapkit grid collect --tiny`.
 grid: repro
 	$(ACT) clapkit grid queue

@@ -16,12 +16,14 @@ exactly what ``dvc exp run -S key=value ...`` changes; the workspace's own param
   tests/test_pipeline_e2e.py), experiments named ``tiny-*``, summary ``reports/ablations-tiny.json``: a check
   that every row runs end to end (minutes), not a result.  ``--set key=value`` adds overrides of your own.
 
-Budget.  A queued experiment runs in a fresh temporary copy of the repository, where the pretrain stage's
-``checkpoints/pretrain`` (persist, not cached, git-ignored) is absent, so DVC reruns pretrain in *every*
-experiment (and ``persist`` outputs also turn DVC's run-cache off); prepare is skipped (its outputs are cached or
-committed).  One experiment is then pretrain + train + evaluate, ~10-13 min on one thread here (pretrain ran at
-1.3 steps/s with two experiments side by side); 11 experiments two at a time on the 2 cores are ~1-1.5 h, plus the
-workspace run of ``make repro`` when it is not up to date.
+Budget.  A queued experiment runs in a fresh temporary copy of the repository.  The pretrain stage depends only
+on what changes the audio encoder (``preset``, ``seed``, ``frontend``, ``model.<preset>``, ``model.audio_encoder``,
+``pretrain``) and its checkpoint directory is not a DVC output, so rows that change only the text tower,
+the temperature or the batch size reuse the workspace's pretrain, and a second row with the same pretraining
+(HTSAT + RoBERTa after HTSAT + GPT-2, seed 0) can take it from DVC's run-cache; prepare is skipped (its outputs
+are cached or committed).  An experiment is then train + evaluate (~6 min on one thread here) or pretrain + train
++ evaluate (~11-14 min); CNN14 costs ~2.6x the small HTSAT per clip.  README "The ablation grid" has the
+measured wall time of the whole grid.
 
 Experiments are matched to rows by their *params*, not their names, so an experiment run by hand with the same
 overrides counts too.  Experiments with other params (your own ablations) are listed under ``other``.

@@ -51,6 +51,7 @@ from torch import nn
 from .audio import FrontendConfig, LogMelFrontend, fit_length
 from .config import dataclass_from_dict, frontend_config, load_params
 from .text import GPT2_EOT_ID, atomic_write_bytes, atomic_write_text, gpt2_bpe
+from .models.mapper import PREFIX_POSITIONS
 
 __all__ = ["PretrainConfig", "PretrainModel", "Task", "build_tasks", "evaluate_generation", "exact_match",
            "load_pretrained_audio_encoder", "normalize_answer", "pretrain"]
@@ -115,7 +116,8 @@ class PretrainConfig:
     min_lr_ratio: float = 0.1
     grad_clip_norm: float | None = 1.0
     prefix_length: int = 8
-    mapper_layers: int = 2
+    prefix_position: str = "after_prompt"  # | start (Pengi: [prefix] [prompt] [answer])
+    mapper_layers: int = 0  # 0 = linear mapping
     mapper_heads: int = 4
     lm: dict = field(default_factory=lambda: {"n_layer": 2, "n_embd": 128, "n_head": 4, "n_positions": 64})
     freeze_lm: bool = False
@@ -136,9 +138,11 @@ class PretrainConfig:
             problems.append(f"tasks must be one of {MODES} or a list of task names, got {self.tasks!r}")
         if self.output_vocab not in ("answers", "full"):
             problems.append(f"output_vocab must be 'answers' or 'full', got {self.output_vocab!r}")
+        if self.prefix_position not in PREFIX_POSITIONS:
+            problems.append(f"prefix_position must be one of {PREFIX_POSITIONS}, got {self.prefix_position!r}")
         if self.precision not in ("auto", "fp32", "bf16"):
             problems.append(f"precision must be auto, fp32 or bf16, got {self.precision!r}")
-        for name in ("steps", "max_answer_tokens", "eval_clips_per_task"):
+        for name in ("steps", "max_answer_tokens", "eval_clips_per_task", "mapper_layers"):
             if getattr(self, name) < 0:
                 problems.append(f"{name} must be >= 0")
         if self.tasks_per_clip is not None and self.tasks_per_clip < 1:
@@ -277,7 +281,8 @@ class PretrainModel(nn.Module):
             raise ValueError(f"{frontend.clip_seconds} s clips give {frontend.num_frames()} frames, more than the "
                              f"audio encoder's {max_frames}")
         self.prefix_lm = PrefixLM(self.encoder.out_dim, cfg.lm, cfg.prefix_length, cfg.mapper_layers,
-                                  cfg.mapper_heads, freeze_lm=cfg.freeze_lm, output_vocab=output_vocab)
+                                  cfg.mapper_heads, freeze_lm=cfg.freeze_lm, output_vocab=output_vocab,
+                                  prefix_position=cfg.prefix_position)
 
     def embed(self, wave: torch.Tensor, dtype: torch.dtype | None) -> torch.Tensor:
         logmel = self.frontend(wave)  # fp32: the log of tiny mel energies is where bf16 would hurt
