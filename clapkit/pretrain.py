@@ -49,7 +49,7 @@ import torch
 from torch import nn
 
 from .audio import FrontendConfig, LogMelFrontend, fit_length
-from .config import dataclass_from_dict, frontend_config, load_params
+from .config import dataclass_from_dict, frontend_config, load_params, model_config_from_params
 from .text import GPT2_EOT_ID, atomic_write_bytes, atomic_write_text, gpt2_bpe
 from .models.mapper import PREFIX_POSITIONS
 
@@ -690,13 +690,6 @@ def answer_trie(sequences: Iterable[Sequence[int]]) -> dict:
 
 # --- the stage -----------------------------------------------------------------------------------------------------
 
-def resolve_model_config(params: Mapping[str, Any]) -> tuple[str, dict[str, Any]]:
-    """(name, config) of the model whose audio encoder is pretrained: ``clapkit.config.model_config_from_params``."""
-    from .config import model_config_from_params
-
-    return model_config_from_params(dict(params))
-
-
 def write_loss_log(path: Path, log: Sequence[Mapping[str, Any]], task_names: Sequence[str]) -> None:
     """Wide CSV for ``dvc plots``: step, loss, lr, then one column per task (mean loss over the log window)."""
     buf = io.StringIO()
@@ -777,7 +770,7 @@ def pretrain(cfg: PretrainConfig, frontend: FrontendConfig, model_name: str, mod
 def _cmd_pretrain(args) -> int:
     params = load_params(args.params)
     cfg = PretrainConfig.from_params(params)
-    name, model_config = resolve_model_config(params)
+    name, model_config = model_config_from_params(params)
     metrics = pretrain(cfg, frontend_config(params), name, model_config, seed=int(params.get("seed", 0)),
                        progress=not args.no_progress)
     for task, m in metrics["tasks"].items():

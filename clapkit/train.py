@@ -55,7 +55,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from .checkpointing import find_latest, load_checkpoint, save_checkpoint, unwrap
-from .config import dataclass_from_dict, frontend_config, load_params
+from .config import dataclass_from_dict, load_params, model_config_from_params
 from .losses import ClipLoss, clamp_logit_scale
 from .text import atomic_write_text
 
@@ -126,14 +126,6 @@ class TrainConfig:
     @classmethod
     def from_params(cls, params: Mapping[str, Any]) -> "TrainConfig":
         return dataclass_from_dict(cls, params.get("train"), "train")
-
-
-def model_config_from_params(params: Mapping[str, Any]) -> dict[str, Any]:
-    """The model config of ``model.<preset>`` (towers swapped per ``model.audio_encoder/text_encoder``) with its
-    frontend replaced by ``frontend.<preset>``: ``clapkit.config.model_config_from_params``."""
-    from .config import model_config_from_params as resolve
-
-    return resolve(dict(params))[1]
 
 
 # --- model -----------------------------------------------------------------------------------------------------------
@@ -728,7 +720,7 @@ def _log_validation(live, step: int, epoch: int, result: Mapping[str, Any], verb
 def _cmd_train(args) -> int:
     params = load_params(args.params)
     cfg = TrainConfig.from_params(params)
-    train(cfg, model_config_from_params(params), seed=int(params.get("seed", 0)), resume=args.resume,
+    train(cfg, model_config_from_params(params)[1], seed=int(params.get("seed", 0)), resume=args.resume,
           progress=not args.no_progress)
     if dist.is_initialized():
         dist.destroy_process_group()
