@@ -213,6 +213,13 @@ def _mean_std(values: Sequence[float]) -> tuple[float, float | None]:
     return m, math.sqrt(sum((v - m) ** 2 for v in values) / (len(values) - 1))
 
 
+def _newness(rec: Mapping[str, Any]) -> str:
+    """Sort key of a run's age: its commit timestamp (ISO text); the uncommitted workspace is newest."""
+    if rec.get("rev") == "workspace":
+        return "~"  # after every digit: later than any timestamp
+    return rec.get("timestamp") or ""
+
+
 def summarise(records: Sequence[Mapping[str, Any]], base: Mapping[str, Any],
               rows: Sequence[GridRow] = ROWS) -> dict[str, Any]:
     """Rows of the grid with every seed found, per-task zero-shot means, mean +- sample std over seeds.
@@ -221,8 +228,9 @@ def summarise(records: Sequence[Mapping[str, Any]], base: Mapping[str, Any],
 
     check_rows(rows, base)
 
-    # (row index, seed) -> record: the newest run (commit timestamp) wins, e.g. a rerun after a retune; the
-    # uncommitted workspace (no timestamp) only counts where no commit or experiment has the same params
+    # (row index, seed) -> record: the newest run (commit timestamp) wins, e.g. a rerun after a retune.  The
+    # workspace (no timestamp) is the newest of all: `make grid` reproduces it before queueing, so where the code
+    # changed since HEAD, HEAD's committed metrics are stale and the workspace holds the current run.
     by_key: dict[tuple[int, int], dict[str, Any]] = {}
     other = []
     for rec in records:
@@ -233,7 +241,7 @@ def summarise(records: Sequence[Mapping[str, Any]], base: Mapping[str, Any],
                           "zero_shot_score": rec["metrics"].get("embedded_zero_shot_score")})
             continue
         old = by_key.get((idx, seed))
-        if old is None or (rec.get("timestamp") or "") > (old.get("timestamp") or ""):
+        if old is None or _newness(rec) > _newness(old):
             by_key[(idx, seed)] = rec
     tasks = sorted({t for rec in by_key.values() for t in rec["metrics"].get("zero_shot", {})})
     table = []
