@@ -319,6 +319,44 @@ def test_interrupted_and_resumed_run_equals_uninterrupted(prepared, tmp_path):
     assert other["step"] == 2
 
 
+def test_new_initial_weights_start_afresh_instead_of_resuming(prepared, tmp_path):
+    """``audio_init`` names a path: when the file behind it changes (the pretrain stage reran), the finished run
+    of the old weights must not be resumed (and kept as the result)."""
+    import json as _json
+
+    from safetensors.torch import save_file
+
+    from clapkit.api import CLAP
+    from clapkit.train import train
+
+    model_cfg = load_model_config("clap-tiny-htsat-gpt2")
+    init = tmp_path / "init"
+    init.mkdir()
+    (init / "config.json").write_text(_json.dumps({"audio_encoder": model_cfg["audio_encoder"],
+                                                   "frontend": model_cfg["frontend"]}))
+
+    def write_init(seed):
+        donor = CLAP.from_config(model_cfg, seed=seed).model.audio.encoder
+        save_file({f"audio.encoder.{k}": v for k, v in donor.state_dict().items()},
+                  str(init / "audio_encoder.safetensors"))
+
+    def run():
+        out = train(train_config(tmp_path / "run", prepared, max_steps=3, audio_init=str(init),
+                                 timings=str(tmp_path / "run" / "timings.json")), model_cfg,
+                    seed=0, progress=False)
+        timings = _json.loads((tmp_path / "run" / "timings.json").read_text())
+        return out, timings["resumed_from_step"], CLAP.from_pretrained(tmp_path / "run" / "clap").model.state_dict()
+
+    write_init(1)
+    _, _, first = run()
+    _, resumed_from, again = run()  # same weights: the finished run is resumed at its last step
+    assert resumed_from == 3 and all(torch.equal(first[k], again[k]) for k in first)
+    write_init(2)
+    _, resumed_from, fresh = run()
+    assert resumed_from == 0 and not torch.equal(first["audio.encoder.patch_embed.proj.weight"],
+                                                 fresh["audio.encoder.patch_embed.proj.weight"])
+
+
 def test_encoder_init_from_file_and_freezing(prepared, tmp_path):
     from safetensors.torch import save_file
 
