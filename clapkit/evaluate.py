@@ -442,7 +442,7 @@ class EvaluateConfig:
     datasets: dict[str, str] = field(default_factory=dict)  # paper datasets on disk: adapter name -> folder
     batch_size: int = 64
     threads: int = 1  # torch CPU threads (0 = torch's default); on this shared 2-core CPU 1 thread is ~3x faster
-    bf16: bool = False  # bf16 autocast for the audio encoder (CPU ~1.5x faster; embeddings differ slightly)
+    bf16: bool = False  # bf16 autocast for the audio encoder (faster only with native bf16; embeddings differ slightly)
     f1_top_k: int = 1  # DCASE 2017 Task 4 F1: each clip's k best classes are its predictions
     test_clips_per_task: int | None = None  # evaluation clips per embedded task (hash-ordered subset); null = all
     linear_probe: bool = True
@@ -886,7 +886,7 @@ def register(subparsers) -> None:
     p.add_argument("--linear-probe", action="store_true", help="also fit a linear probe on the train split")
     p.add_argument("--f1-top-k", type=int, default=1)
     p.add_argument("--batch-size", type=int, default=32)
-    p.add_argument("--bf16", action="store_true", help="bf16 autocast (faster on CPU, slightly different numbers)")
+    p.add_argument("--bf16", action="store_true", help="bf16 autocast (faster on GPUs and CPUs with native bf16, slightly different numbers)")
     p.add_argument("--device", default="cpu")
     p.add_argument("--threads", type=int, default=0, help="torch CPU threads (default: torch's choice)")
     p.add_argument("--cache-dir", default=None, help="cache audio embeddings here (per model and dataset)")

@@ -19,9 +19,9 @@ exactly what ``dvc exp run -S key=value ...`` changes; the workspace's own param
 Budget.  A queued experiment runs in a fresh temporary copy of the repository.  The pretrain stage depends only
 on what changes the audio encoder (``preset``, ``seed``, ``frontend``, ``model.<preset>``, ``model.audio_encoder``,
 ``pretrain``) and its checkpoint directory is not a DVC output, so rows that change only the text tower,
-the temperature or the batch size reuse the workspace's pretrain, and a second row with the same pretraining
-(HTSAT + RoBERTa after HTSAT + GPT-2, seed 0) can take it from DVC's run-cache; prepare is skipped (its outputs
-are cached or committed).  An experiment is then train + evaluate (~6 min on one thread here) or pretrain + train
+the temperature or the batch size reuse the workspace's pretrain (a row with the same pretraining as another
+experiment, HTSAT + RoBERTa after HTSAT + GPT-2 at seed 0, still reruns it: DVC 3.67 did not take it from its
+run-cache across queued experiments); prepare is skipped (its outputs are cached or committed).  An experiment is then train + evaluate (~6 min on one thread here) or pretrain + train
 + evaluate (~11-14 min); CNN14 costs ~2.6x the small HTSAT per clip.  README "The ablation grid" has the
 measured wall time of the whole grid.
 
