@@ -94,6 +94,16 @@ def checkpoint_path(directory: str | Path, step: int) -> Path:
     return Path(directory) / f"step_{step:08d}.pt"
 
 
+def model_fingerprint(config: dict[str, Any], state: dict[str, torch.Tensor]) -> str:
+    """sha256 of a model's config and every tensor of its state dict (names, dtypes, shapes, bytes)."""
+    h = hashlib.sha256(json.dumps(config, sort_keys=True, default=str).encode())
+    for name in sorted(state):
+        t = state[name].detach().cpu().contiguous()
+        h.update(f"{name}:{t.dtype}:{tuple(t.shape)}".encode())
+        h.update(t.reshape(-1).view(torch.uint8).numpy().tobytes() if t.numel() else b"")
+    return h.hexdigest()
+
+
 def list_checkpoints(directory: str | Path) -> list[tuple[int, Path]]:
     """(step, path) of every complete checkpoint file in ``directory``, oldest first (temp files are ignored)."""
     directory = Path(directory)

@@ -38,6 +38,7 @@ import torch
 import torch.nn.functional as F
 
 from .tasks import CLASSIFICATION, EMBEDDED_RETRIEVAL, PAPER_TASKS, RETRIEVAL, Task, embedded_tasks, task_classes
+from .checkpointing import model_fingerprint
 
 __all__ = [
     "EvaluateConfig", "RetrievalMetrics", "ClassificationResult", "Embedder", "ClapEmbedder", "EmbeddingCache",
@@ -176,16 +177,6 @@ class Embedder(Protocol):
     def text(self, texts: Sequence[str]) -> torch.Tensor: ...  # -> (N, D), L2-normalised
 
     def logits(self, audio: torch.Tensor, text: torch.Tensor) -> torch.Tensor: ...  # (Na, Nt)
-
-
-def model_fingerprint(config: dict[str, Any], state: dict[str, torch.Tensor]) -> str:
-    """sha256 of a model's config and every tensor of its state dict (names, dtypes, shapes, bytes)."""
-    h = hashlib.sha256(json.dumps(config, sort_keys=True, default=str).encode())
-    for name in sorted(state):
-        t = state[name].detach().cpu().contiguous()
-        h.update(f"{name}:{t.dtype}:{tuple(t.shape)}".encode())
-        h.update(t.reshape(-1).view(torch.uint8).numpy().tobytes() if t.numel() else b"")
-    return h.hexdigest()
 
 
 class ClapEmbedder:

@@ -708,7 +708,7 @@ def pretrain(cfg: PretrainConfig, frontend: FrontendConfig, model_name: str, mod
     from .data.prepare import PreparedCorpus
 
     started = time.perf_counter()
-    # a DVC output of the stage: it must exist even when nothing is trained (tasks: none)
+    # the resumable state's folder exists after every run, also when nothing is trained (tasks: none)
     Path(cfg.checkpoint_dir).mkdir(parents=True, exist_ok=True)
     if cfg.threads:
         torch.set_num_threads(cfg.threads)

@@ -54,7 +54,7 @@ import torch.distributed as dist
 import torch.nn.functional as F
 from torch import nn
 
-from .checkpointing import find_latest, load_checkpoint, save_checkpoint, unwrap
+from .checkpointing import find_latest, load_checkpoint, model_fingerprint, save_checkpoint, unwrap
 from .config import dataclass_from_dict, load_params, model_config_from_params
 from .losses import ClipLoss, clamp_logit_scale
 from .text import atomic_write_text
@@ -533,7 +533,7 @@ def run_config(cfg: TrainConfig, model_config: Mapping[str, Any], seed: int, wor
                initial_weights: str | None = None) -> dict[str, Any]:
     """What a checkpoint must match to be resumed: everything that changes the computation.
 
-    ``initial_weights``: ``weights_fingerprint`` of the model before the first step.  ``audio_init: pretrain``
+    ``initial_weights``: ``model_fingerprint`` of the model's state before the first step.  ``audio_init: pretrain``
     names a *path*, so without it a rerun after the pretrain stage changed would resume (and at the end, simply
     keep) the run that started from the old encoder."""
     c = asdict(cfg)
@@ -541,17 +541,6 @@ def run_config(cfg: TrainConfig, model_config: Mapping[str, Any], seed: int, wor
                 "live_dir", "checkpoint_dir", "prepared", "shards", "timings"):
         c.pop(key)
     return {"train": c, "model": model_config, "seed": seed, "world": world, "initial_weights": initial_weights}
-
-
-def weights_fingerprint(module: nn.Module) -> str:
-    """SHA-256 of a module's state (names and bytes of every tensor, in name order)."""
-    import hashlib
-
-    h = hashlib.sha256()
-    for name, tensor in sorted(module.state_dict().items()):
-        h.update(name.encode())
-        h.update(tensor.detach().cpu().contiguous().reshape(-1).view(torch.uint8).numpy().tobytes())
-    return h.hexdigest()
 
 
 def train(cfg: TrainConfig, model_config: Mapping[str, Any], seed: int = 0, resume: str = "latest",
@@ -589,7 +578,7 @@ def train(cfg: TrainConfig, model_config: Mapping[str, Any], seed: int = 0, resu
     wrapped = nn.parallel.DistributedDataParallel(model, device_ids=[device.index] if device.type == "cuda" else None) \
         if world > 1 else model
 
-    ident = run_config(cfg, clap.model.config, seed, world, weights_fingerprint(model))
+    ident = run_config(cfg, clap.model.config, seed, world, model_fingerprint({}, model.state_dict()))
     step, epoch, batch_in_epoch, history = 0, 0, 0, []
     ckpt = None
     if resume in ("latest", "auto"):
