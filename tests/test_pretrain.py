@@ -295,6 +295,26 @@ def test_no_pretraining_writes_the_seeded_random_encoder(prepared, tmp_path):
     assert all(torch.equal(fresh.state_dict()[k], v) for k, v in encoder.state_dict().items())
 
 
+@pytest.mark.parametrize("scale", [0.0, 0.25])
+def test_encoder_lr_scale_sizes_the_encoders_first_adam_step(prepared, tmp_path, scale):
+    """AdamW's first step moves every weight by at most lr (exactly lr where the gradient is far above eps): the
+    audio encoder's weights move by at most lr * encoder_lr_scale, and not at all with 0 (a frozen encoder)."""
+    from safetensors.torch import load_file
+
+    lr = 1e-3
+    cfg = config(tmp_path, prepared, steps=1, lr=lr, warmup_steps=1, weight_decay=0.0, encoder_lr_scale=scale,
+                 eval_clips_per_task=2)
+    pretrain(cfg, FRONTEND, "test-htsat", MODEL_CONFIG, seed=5, progress=False)
+    torch.manual_seed(5)
+    fresh = dict(build_audio_encoder(ENCODER).named_parameters())
+    trained = load_file(str(tmp_path / "out" / "audio_encoder.safetensors"))
+    moved = max(float((trained[k] - p.detach()).abs().max()) for k, p in fresh.items())
+    if scale == 0:
+        assert moved == 0.0
+    else:
+        assert 0.9 * lr * scale < moved <= lr * scale * (1 + 1e-4)
+
+
 def test_loading_into_another_encoder_config_names_the_mismatches(prepared, tmp_path):
     cfg = config(tmp_path, prepared, tasks="none")
     pretrain(cfg, FRONTEND, "test-htsat", MODEL_CONFIG, seed=0, progress=False)
@@ -306,3 +326,4 @@ def test_loading_into_another_encoder_config_names_the_mismatches(prepared, tmp_
     assert report["unexpected"] == [] and report["missing"] and report["shape_mismatch"]
     with pytest.raises(FileNotFoundError, match="pretrain"):
         load_pretrained_audio_encoder(tmp_path / "nowhere", other)
+
