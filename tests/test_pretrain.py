@@ -327,3 +327,21 @@ def test_loading_into_another_encoder_config_names_the_mismatches(prepared, tmp_
     with pytest.raises(FileNotFoundError, match="pretrain"):
         load_pretrained_audio_encoder(tmp_path / "nowhere", other)
 
+
+def test_encoder_probe_compares_pretrained_initial_and_mean_logmel(prepared, tmp_path):
+    from clapkit.encoder_probe import probe_encoder
+
+    # tasks: none writes the seeded initial encoder, so "pretrained" and "initial" are the same weights
+    pretrain(config(tmp_path, prepared, tasks="none"), FRONTEND, "test-htsat", MODEL_CONFIG, seed=4, progress=False)
+    results = probe_encoder(prepared, FRONTEND, ENCODER, tmp_path / "out", seed=4)
+    assert set(results) == {"tone", "register"}
+    for task, r in results.items():
+        assert r["pretrained"] == r["initial"], task
+        assert r["test_clips"] > 0 and r["chance"] == pytest.approx(1 / r["classes"], abs=1e-4)
+    # a sine, white noise and a square wave have unmistakable spectra: the time-averaged log-mel separates them
+    assert results["tone"]["mean_logmel"] == 1.0
+    # "pretrained" is the saved file whatever the seed; "initial" follows the seed (same seed, same numbers)
+    again = probe_encoder(prepared, FRONTEND, ENCODER, tmp_path / "out", seed=4, tasks=["tone"])
+    assert again["tone"] == results["tone"]
+    with pytest.raises(ValueError, match="no label task"):
+        probe_encoder(prepared, FRONTEND, ENCODER, tmp_path / "out", tasks=["gender"])
