@@ -29,7 +29,8 @@ bench: setup
 # The Table 1 ablation grid (clapkit/grid.py, README "The ablation grid"): the workspace run (dvc repro) is its
 # first experiment; the other 11 run as DVC experiments, 2 at a time (1 thread each; rows that change the audio
 # encoder's pretraining rerun pretrain, the others reuse it), then reports/ablations.json and
-# reports/05_ablations.html are written from `dvc exp show`.  About an hour here (README).  List without
+# reports/05_ablations.html are written from `dvc exp show`.  96 min here with 400-step pretraining, several
+# hours at the 2400-step default (README).  List without
 # running: `clapkit grid plan`.  A few steps per stage, to check every row runs:
 # `clapkit grid queue --tiny && dvc queue start -j 2 && clapkit grid wait && clapkit grid collect --tiny`.
 grid: repro

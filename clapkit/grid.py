@@ -21,9 +21,10 @@ on what changes the audio encoder (``preset``, ``seed``, ``frontend``, ``model.<
 ``pretrain``) and its checkpoint directory is not a DVC output, so rows that change only the text tower,
 the temperature or the batch size reuse the workspace's pretrain (a row with the same pretraining as another
 experiment, HTSAT + RoBERTa after HTSAT + GPT-2 at seed 0, still reruns it: DVC 3.67 did not take it from its
-run-cache across queued experiments); prepare is skipped (its outputs are cached or committed).  An experiment is then train + evaluate (~6 min on one thread here) or pretrain + train
-+ evaluate (~11-14 min); CNN14 costs ~2.6x the small HTSAT per clip.  README "The ablation grid" has the
-measured wall time of the whole grid.
+run-cache across queued experiments); prepare is skipped (its outputs are cached or committed).  An experiment
+is then train + evaluate (~6 min on one thread here) or pretrain + train + evaluate (~11-14 min with the 400-step
+pretraining the committed grid ran; the 2400-step default adds ~21 min of pretrain to each such row); CNN14
+costs ~2.6x the small HTSAT per clip.  README "The ablation grid" has the measured wall time of the whole grid.
 
 Experiments are matched to rows by their *params*, not their names, so an experiment run by hand with the same
 overrides counts too.  Experiments with other params (your own ablations) are listed under ``other``.
