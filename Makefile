@@ -27,11 +27,11 @@ bench: setup
 	$(ACT) bash scripts/install_msclap_reference.sh && HF_HUB_OFFLINE=1 python benchmarks/run.py --out benchmarks/results-cpu.json
 
 # The Table 1 ablation grid (clapkit/grid.py, README "The ablation grid"): the workspace run (dvc repro) is its
-# first experiment; the other 11 run as DVC experiments, 2 at a time (1 thread each; rows that change the audio
-# encoder's pretraining rerun pretrain, the others reuse it), then reports/ablations.json and
-# reports/05_ablations.html are written from `dvc exp show`.  96 min here with 400-step pretraining, several
-# hours at the 2400-step default (README).  List without
-# running: `clapkit grid plan`.  A few steps per stage, to check every row runs:
+# first experiment; the other 11 run as DVC experiments, 2 at a time (1 thread each).  The seeds vary contrastive
+# training only, so each pretraining runs once (the workspace's, then CNN14 and HTSAT on sound events, none; DVC's
+# run-cache hands them on); then reports/ablations.json and reports/05_ablations.html are written from
+# `dvc exp show`.  Wall time measured here: README.  List without running: `clapkit grid plan`.  A few steps per
+# stage, to check every row runs:
 # `clapkit grid queue --tiny && dvc queue start -j 2 && clapkit grid wait && clapkit grid collect --tiny`.
 grid: repro
 	$(ACT) clapkit grid queue

@@ -100,7 +100,7 @@ def _cmd_probe(args) -> int:
     torch.set_num_threads(cfg.threads or torch.get_num_threads())
     tasks = args.tasks.split(",") if args.tasks else None
     results = probe_encoder(cfg.prepared, frontend_config(params), model_config["audio_encoder"],
-                            args.encoder or cfg.out, tasks, seed=int(params.get("seed", 0)),
+                            args.encoder or cfg.out, tasks, seed=cfg.seed,
                             train_per_task=args.train_per_task, test_per_task=args.test_per_task)
     print(f"{'task':18s} {'chance':>7s} " + " ".join(f"{n:>11s}" for n in FEATURE_SETS))
     for task, r in results.items():

@@ -16,15 +16,16 @@ exactly what ``dvc exp run -S key=value ...`` changes; the workspace's own param
   tests/test_pipeline_e2e.py), experiments named ``tiny-*``, summary ``reports/ablations-tiny.json``: a check
   that every row runs end to end (minutes), not a result.  ``--set key=value`` adds overrides of your own.
 
-Budget.  A queued experiment runs in a fresh temporary copy of the repository.  The pretrain stage depends only
-on what changes the audio encoder (``preset``, ``seed``, ``frontend``, ``model.<preset>``, ``model.audio_encoder``,
-``pretrain``) and its checkpoint directory is not a DVC output, so rows that change only the text tower,
-the temperature or the batch size reuse the workspace's pretrain (a row with the same pretraining as another
-experiment, HTSAT + RoBERTa after HTSAT + GPT-2 at seed 0, still reruns it: DVC 3.67 did not take it from its
-run-cache across queued experiments); prepare is skipped (its outputs are cached or committed).  An experiment
-is then train + evaluate (~6 min on one thread here) or pretrain + train + evaluate (~11-14 min with the 400-step
-pretraining the committed grid ran; the 2400-step default adds ~21 min of pretrain to each such row); CNN14
-costs ~2.6x the small HTSAT per clip.  README "The ablation grid" has the measured wall time of the whole grid.
+Budget.  A queued experiment runs in a fresh temporary copy of the repository; prepare is skipped (its outputs are
+cached or committed).  The pretrain stage depends only on what changes the audio encoder (``preset``, ``frontend``,
+``model.<preset>``, ``model.audio_encoder``, the ``pretrain`` block with its own ``pretrain.seed``), not on the
+top-level ``seed`` the grid varies, so the seeds of a row differ in their contrastive training and share one
+pretrained encoder.  Rows with the workspace's pretraining (other seeds, the text tower, the temperature, the batch
+size) find it in dvc.lock; the others take it from DVC's run-cache once one experiment has run it, which is why
+``queue_order`` queues the first experiment of each new pretraining before everything else.  So the grid runs
+three pretrainings beside the workspace's: CNN14 on sound events, HTSAT on sound events, none.  An experiment that
+reuses a pretraining costs train + evaluate (~7 min on one thread here, two side by side); CNN14 costs ~2.6x the
+small HTSAT per clip.  README "The ablation grid" has the measured wall time of the whole grid.
 
 Experiments are matched to rows by their *params*, not their names, so an experiment run by hand with the same
 overrides counts too.  Experiments with other params (your own ablations) are listed under ``other``.
@@ -153,6 +154,38 @@ def experiments(rows: Sequence[GridRow] = ROWS, extra: Mapping[str, Any] | None 
                 prefix: str = "") -> list[Experiment]:
     """Every (row, seed); the workspace's own row at seed 0 first (it is the main pipeline's run)."""
     return [Experiment(r, s, dict(extra or {}), prefix) for r in rows for s in r.seeds]
+
+
+# the params that change the pretrain stage's output (dvc.yaml pretrain: params), by their -S prefix
+PRETRAIN_PARAMS = ("preset", "frontend", "model.embedded", "model.paper", "model.audio_encoder", "pretrain.")
+
+
+def pretraining_of(e: Experiment) -> tuple:
+    """What identifies an experiment's pretraining: its overrides of the pretrain stage's params (the seed is train's)."""
+    return tuple(sorted((k, json.dumps(v)) for k, v in e.set_params.items() if k.startswith(PRETRAIN_PARAMS)))
+
+
+def queue_order(exps: Sequence[Experiment]) -> list[Experiment]:
+    """The order to queue in so that each pretraining runs once.  DVC's run-cache hands a finished pretraining to
+    every later experiment with the same pretrain params, but two experiments that need it while neither has
+    finished both run it.  So the first experiment of each pretraining not already done by the workspace goes
+    first, the costliest first (CNN14 ~2.6x the small HTSAT per clip; ``tasks: none`` costs nothing), and the
+    experiments that reuse a pretraining after them, in the grid's order."""
+    done = {()}  # the workspace's (dvc repro) pretraining: no overrides
+    first: list[Experiment] = []
+    for e in exps:
+        if pretraining_of(e) not in done:
+            done.add(pretraining_of(e))
+            first.append(e)
+
+    def cost(e: Experiment) -> float:
+        knobs = dict(e.set_params)
+        if knobs.get("pretrain.tasks") == "none":
+            return 0.0
+        return 2.6 if knobs.get("model.audio_encoder") == "cnn14" else 1.0
+
+    first.sort(key=cost, reverse=True)  # stable: ties keep the grid's order
+    return first + [e for e in exps if e not in first]
 
 
 # --- reading `dvc exp show --json` --------------------------------------------------------------------------------
@@ -359,7 +392,7 @@ def _cmd_queue(args) -> int:
     exps, _ = _grid(args)
     done = {r["name"] for r in parse_exp_show(exp_show_json())}
     queued = 0
-    for e in exps:
+    for e in queue_order(exps):
         if e.name in done or (not e.set_params and not args.include_workspace):
             print(f"skip  {e.name} ({'done' if e.name in done else 'the workspace run: dvc repro'})")
             continue

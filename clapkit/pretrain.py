@@ -106,6 +106,7 @@ class PretrainConfig:
     loss_log: str = "metrics/pretrain_loss.csv"
     checkpoint_dir: str = "checkpoints/pretrain"
     timings: str = "reports/timings/pretrain.json"
+    seed: int = 0  # the pretraining's own seed (params.yaml pretrain.seed), independent of the top-level one
     tasks: Any = "all"  # all | sound_events | none | a list of task names
     steps: int = 300
     batch_size: int = 32
@@ -162,7 +163,7 @@ class PretrainConfig:
 
     def training_config(self) -> dict[str, Any]:
         """The fields that change what a run computes (the checkpoint config hash); paths and logging excluded."""
-        skip = {"prepared", "out", "metrics", "loss_log", "checkpoint_dir", "timings", "checkpoint_every",
+        skip = {"prepared", "out", "metrics", "loss_log", "checkpoint_dir", "timings", "seed", "checkpoint_every",
                 "keep_checkpoints", "log_every", "eval_clips_per_task", "eval_batch_size", "examples_per_task"}
         return {k: v for k, v in asdict(self).items() if k not in skip}
 
@@ -749,7 +750,8 @@ def pretrain(cfg: PretrainConfig, frontend: FrontendConfig, model_name: str, mod
     mode = cfg.tasks if isinstance(cfg.tasks, str) else "list"
     info = {"model_config": model_name, "audio_encoder": model_config["audio_encoder"], "frontend": asdict(frontend),
             "mode": mode, "tasks": [t.name for t in tasks], "prompts": {t.name: t.prompt for t in tasks if t.prompt},
-            "steps": cfg.steps if tasks else 0, "seed": seed, "pretrain": asdict(cfg),
+            "steps": cfg.steps if tasks else 0, "seed": seed,
+            "pretrain": {k: v for k, v in asdict(cfg).items() if k != "seed"},  # the seed once, the one used
             "output_vocab_size": int(model.prefix_lm.output_vocab.numel())}
     out = Path(cfg.out)
     write_outputs(model, out, info)
@@ -777,7 +779,7 @@ def _cmd_pretrain(args) -> int:
     params = load_params(args.params)
     cfg = PretrainConfig.from_params(params)
     name, model_config = model_config_from_params(params)
-    metrics = pretrain(cfg, frontend_config(params), name, model_config, seed=int(params.get("seed", 0)),
+    metrics = pretrain(cfg, frontend_config(params), name, model_config, seed=cfg.seed,
                        progress=not args.no_progress)
     for task, m in metrics["tasks"].items():
         print(f"{task:18s} accuracy {m['accuracy']:.3f}  chance {m['chance']:.3f}  ({m['clips']} clips)")

@@ -6,8 +6,10 @@ from __future__ import annotations
 import copy
 import json
 import math
+from pathlib import Path
 
 import pytest
+import yaml
 import torch
 
 from clapkit.config import load_params, model_config_from_params
@@ -232,6 +234,25 @@ def test_grid_plan():
         for dotted in r.overrides:
             block, key = dotted.split(".")
             assert key in PARAMS[block], dotted
+
+
+def test_queue_order_runs_each_pretraining_once():
+    from clapkit.grid import PRETRAIN_PARAMS, experiments, pretraining_of, queue_order
+
+    # the grid's notion of "what changes the pretraining" is dvc.yaml's pretrain params, and the seed is not one
+    stage = yaml.safe_load(Path("dvc.yaml").read_text())["stages"]["pretrain"]
+    assert {p if p in ("preset", "frontend") or "." in p else p + "." for p in stage["params"]} == set(PRETRAIN_PARAMS)
+    assert "seed" not in stage["params"] and "seed" in PARAMS["pretrain"]
+    exps = experiments()
+    order = queue_order(exps)
+    assert sorted(e.name for e in order) == sorted(e.name for e in exps)
+    groups = [pretraining_of(e) for e in order]
+    assert pretraining_of(next(e for e in exps if e.name == "htsat22-gpt2-s1")) == ()  # seeds share the encoder
+    new = [g for g in dict.fromkeys(groups) if g != ()]
+    assert len(new) == 3  # CNN14 / HTSAT on sound events, no pretraining
+    # the first experiment of every new pretraining is queued before any experiment that needs one already run
+    assert groups[:len(new)] == new and order[0].name == "cnn14-bert-s0"
+    assert all(g == () or g in new for g in groups[len(new):])
 
 
 def test_grid_summary_matches_rows_by_params():

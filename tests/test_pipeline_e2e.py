@@ -120,3 +120,17 @@ def test_pipeline_end_to_end_on_a_tiny_slice(tmp_path):
     resumed = run(["dvc", "repro", "-f", "--single-item", "train"], ws, env)
     assert "resumed from" in resumed
     assert json.loads((ws / "metrics/train.json").read_text()) == tm
+
+    # DVC's run-cache keeps every pretraining: another pretrain.seed runs, going back restores the first one without
+    # running (what lets the grid's experiments share an encoder); the top-level seed (train's) leaves pretrain alone
+    encoder = (ws / "models/pretrain/audio_encoder.safetensors").read_bytes()
+    for pretrain_seed, expect in [(1, "Running stage 'pretrain'"), (0, "Stage 'pretrain' is cached")]:
+        params["pretrain"]["seed"] = pretrain_seed
+        (ws / "params.yaml").write_text(yaml.safe_dump(params, sort_keys=False))
+        out = run(["dvc", "repro", "--single-item", "pretrain"], ws, env)
+        assert expect in out, out[-2000:]
+        assert ((ws / "models/pretrain/audio_encoder.safetensors").read_bytes() == encoder) == (pretrain_seed == 0)
+    params["seed"] = 1
+    (ws / "params.yaml").write_text(yaml.safe_dump(params, sort_keys=False))
+    status = run(["dvc", "status", "--json"], ws, env)
+    assert "pretrain" not in json.loads(status) and "train" in json.loads(status)
