@@ -286,6 +286,7 @@ def summarise(records: Sequence[Mapping[str, Any]], base: Mapping[str, Any],
             m = rec["metrics"]
             pre = (rec.get("all_metrics") or {}).get("metrics/pretrain.json") or {}
             runs.append({"experiment": rec["name"], "rev": rec["rev"], "seed": seed,
+                         "pretrain_steps": _get(rec["params"], "pretrain.steps"),
                          "zero_shot_score": m.get("embedded_zero_shot_score"),
                          "linear_probe_score": m.get("embedded_linear_probe_score"),
                          "zero_shot": {t: m.get("zero_shot", {}).get(t) for t in tasks},
@@ -305,7 +306,11 @@ def summarise(records: Sequence[Mapping[str, Any]], base: Mapping[str, Any],
     for model in TABLE1_MODELS:
         per_task = {t.title: t.table1[model] for t in PAPER_TASKS.values() if model in t.table1}
         paper[model] = {"average": sum(per_task.values()) / len(per_task), "tasks": per_task}
+    # the budget the rows were pretrained with: one value, unless runs from different params.yaml were collected
+    # (e.g. a row that failed in a rerun of the grid, so an older run at another budget filled in)
+    steps = sorted({r["pretrain_steps"] for row in table for r in row["runs"] if r["pretrain_steps"] is not None})
     return {"format": FORMAT, "source": "dvc exp show --json", "tasks": tasks, "rows": table, "other": other,
+            "pretrain_steps": steps,
             "paper_table1": paper,
             "note": "paper_table1.average is the mean of the 16 per-task numbers of Table 1 (the paper prints the "
                     "same values, except 0.469 for HTSAT-22+CLIP where the cells give 0.465)"}
@@ -435,6 +440,10 @@ def _cmd_collect(args) -> int:
     out = Path(args.out or (SUMMARY.replace(".json", "-tiny.json") if args.tiny else SUMMARY))
     out.parent.mkdir(parents=True, exist_ok=True)
     atomic_write_text(out, json.dumps(summary, indent=1) + "\n")
+    if len(summary["pretrain_steps"]) > 1:
+        print(f"warning: the rows were pretrained for different numbers of steps {summary['pretrain_steps']} (runs "
+              f"from an older params.yaml were collected; see pretrain_steps per run in {args.out or SUMMARY})",
+              file=sys.stderr)
     for row in summary["rows"]:
         if row["runs"]:
             std = row["zero_shot_score_std"]

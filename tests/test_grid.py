@@ -271,6 +271,10 @@ def test_grid_summary_matches_rows_by_params():
     assert rows["htsat-gpt2"]["runs"][0]["rev"] == "e3"  # not the older e0 (0.90) of the same row and seed
     assert rows["htsat-gpt2"]["zero_shot_score_mean"] == pytest.approx(0.21) and len(rows["htsat-gpt2"]["runs"]) == 2
     assert rows["cnn14-bert"]["runs"] == []
+    assert s["pretrain_steps"] == [PARAMS["pretrain"]["steps"]] and head["runs"][1]["pretrain_steps"] == s["pretrain_steps"][0]
+    older = copy.deepcopy(records)  # one run from a params.yaml with another pretraining budget: the summary says so
+    next(r for r in older if r["name"] == "htsat-gpt2-s1")["params"]["pretrain"]["steps"] = 7
+    assert summarise(older, base())["pretrain_steps"] == sorted([7, PARAMS["pretrain"]["steps"]])
     assert [o["name"] for o in s["other"]] == ["mine"]
     assert s["paper_table1"]["HTSAT-22+GPT2"]["average"] == pytest.approx(0.480, abs=5e-4)
     assert s["paper_table1"]["CNN14+BERT"]["average"] == pytest.approx(0.4275, abs=1e-4)  # printed 0.428
