@@ -9,10 +9,13 @@ from __future__ import annotations
 
 import json
 import os
+import re
 from pathlib import Path
 from typing import Any
 
 VOLATILE_CELL_KEYS = ("execution", "papermill")
+# a warning raised in a cell names the kernel's per-run temporary file, e.g. /tmp/ipykernel_5061/3077112976.py
+KERNEL_FILE = re.compile(r"[^\s'\"]*ipykernel_\d+[/\\]\d+\.py")
 
 
 def scrub(nb: dict[str, Any]) -> dict[str, Any]:
@@ -23,6 +26,10 @@ def scrub(nb: dict[str, Any]) -> dict[str, Any]:
             cell.get("metadata", {}).pop(k, None)
         if "injected-parameters" in cell.get("metadata", {}).get("tags", []):
             cell["id"] = "injected-parameters"  # papermill gives this cell a random id on every run
+        for out in cell.get("outputs", []):
+            if out.get("output_type") == "stream":
+                text = "".join(out["text"]) if isinstance(out.get("text"), list) else out.get("text", "")
+                out["text"] = KERNEL_FILE.sub("<cell>", text)
     return nb
 
 

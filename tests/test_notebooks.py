@@ -11,7 +11,9 @@ def test_executed_notebook_is_reproducible_and_parameterised(tmp_path):
     nb = nbformat.v4.new_notebook()
     params = nbformat.v4.new_code_cell("x = 1\nlabel = 'a'")
     params.metadata["tags"] = ["parameters"]
-    nb.cells = [params, nbformat.v4.new_code_cell("print(x * 2, label)")]
+    # a warning names the kernel's temporary file (/tmp/ipykernel_<pid>/<hash>.py), which differs per run
+    nb.cells = [params, nbformat.v4.new_code_cell("print(x * 2, label)"),
+                nbformat.v4.new_code_cell("import warnings\nwarnings.warn('glyph missing')")]
     nb.metadata["kernelspec"] = {"name": "python3", "display_name": "Python 3", "language": "python"}
     src = tmp_path / "nb.ipynb"
     nbformat.write(nb, str(src))
@@ -23,4 +25,6 @@ def test_executed_notebook_is_reproducible_and_parameterised(tmp_path):
     texts = [o["text"] for c in out["cells"] for o in c.get("outputs", []) if o.get("name") == "stdout"]
     printed = "".join("".join(t) if isinstance(t, list) else t for t in texts)
     assert printed.strip() == "42 007"
+    warned = "".join("".join(o["text"]) for c in out["cells"] for o in c.get("outputs", []) if o.get("name") == "stderr")
+    assert "<cell>:2: UserWarning: glyph missing" in warned and "ipykernel_" not in warned
     assert "papermill" not in out["metadata"]
