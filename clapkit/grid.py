@@ -174,12 +174,13 @@ def queue_order(exps: Sequence[Experiment]) -> list[Experiment]:
     done = {()}  # the workspace's (dvc repro) pretraining: no overrides
     first: list[Experiment] = []
     for e in exps:
-        if pretraining_of(e) not in done:
-            done.add(pretraining_of(e))
+        key = pretraining_of(e)
+        if key not in done:
+            done.add(key)
             first.append(e)
 
     def cost(e: Experiment) -> float:
-        knobs = dict(e.set_params)
+        knobs = e.set_params  # a fresh dict per call
         if knobs.get("pretrain.tasks") == "none":
             return 0.0
         return 2.6 if knobs.get("model.audio_encoder") == "cnn14" else 1.0
