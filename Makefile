@@ -22,7 +22,7 @@ repro: data
 test: setup
 	$(ACT) HF_HUB_OFFLINE=1 python -m pytest -q
 
-# clapkit against msclap 1.3.4 on this machine's CPU, one run, one JSON (benchmarks/README.md); GPU: benchmarks/gpu.sh
+# clapkit against msclap 1.3.4 on this machine's CPU, one run, one JSON (benchmarks/README.md); GPU check: benchmarks/gpu.sh
 bench: setup
 	$(ACT) bash scripts/install_msclap_reference.sh && HF_HUB_OFFLINE=1 python benchmarks/run.py --out benchmarks/results-cpu.json
 

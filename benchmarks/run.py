@@ -2,7 +2,7 @@
 
     python benchmarks/run.py --out benchmarks/results-cpu.json            # this CPU (README: measured wall time)
     python benchmarks/run.py --out /tmp/smoke.json --quick                # code path only, seconds
-    bash benchmarks/gpu.sh                                                # one GPU: --device cuda, < 8 minutes
+    python benchmarks/run.py --out OUT.json --device cuda                 # one GPU, ~5-6 minutes (README)
 
 What is measured (see benchmarks/README.md):
 

@@ -200,7 +200,7 @@ def test_precisions_and_gpu_defaults():
     with pytest.raises(SystemExit, match="nope"):
         bench.parse_args(["--out", "x.json", "--sections", "models,nope"])
 
-    gpu = bench.parse_args(["--out", "x.json", "--device", "cuda"])  # what benchmarks/gpu.sh runs
+    gpu = bench.parse_args(["--out", "x.json", "--device", "cuda"])  # the GPU defaults (benchmarks/README.md)
     assert (gpu.audio_batch, gpu.text_batch, gpu.train_batch) == (256, 1024, 128)  # as /work/shared/bench
     assert gpu.compile_backend == "inductor" and gpu.precisions == ["fp32", "bf16-autocast", "bf16-weights"]
     assert gpu.train_precisions == ["fp32", "bf16-autocast"]
