@@ -40,6 +40,7 @@ import math
 import random
 import re
 import time
+from contextlib import nullcontext
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any, Iterable, Mapping, Sequence
@@ -52,6 +53,8 @@ from .audio import FrontendConfig, LogMelFrontend, fit_length
 from .config import dataclass_from_dict, frontend_config, load_params, model_config_from_params
 from .text import GPT2_EOT_ID, atomic_write_bytes, atomic_write_text, gpt2_bpe
 from .models.mapper import PREFIX_POSITIONS
+from .training import (DEVICES, PRECISIONS, LRSchedule, Precision, Runtime, ScheduleConfig, make_optimizer,
+                       maybe_compile, param_groups, setup_runtime)
 
 __all__ = ["PretrainConfig", "PretrainModel", "Task", "build_tasks", "evaluate_generation", "exact_match",
            "load_pretrained_audio_encoder", "normalize_answer", "pretrain"]
@@ -125,7 +128,10 @@ class PretrainConfig:
     freeze_lm: bool = False
     output_vocab: str = "answers"  # answers | full
     max_answer_tokens: int = 16
-    precision: str = "auto"
+    accum_steps: int = 1  # micro-batches per optimiser step on each rank (gradients summed: same step, less memory)
+    device: str = "auto"  # auto | cpu | cuda
+    precision: str = "auto"  # auto | fp32 | bf16 | fp16 (fp16 with loss scaling)
+    compile: bool = False  # torch.compile the model
     threads: int = 1
     checkpoint_every: int = 50
     keep_checkpoints: int = 2
@@ -142,8 +148,10 @@ class PretrainConfig:
             problems.append(f"output_vocab must be 'answers' or 'full', got {self.output_vocab!r}")
         if self.prefix_position not in PREFIX_POSITIONS:
             problems.append(f"prefix_position must be one of {PREFIX_POSITIONS}, got {self.prefix_position!r}")
-        if self.precision not in ("auto", "fp32", "bf16"):
-            problems.append(f"precision must be auto, fp32 or bf16, got {self.precision!r}")
+        if self.precision not in PRECISIONS:
+            problems.append(f"precision must be one of {PRECISIONS}, got {self.precision!r}")
+        if self.device not in DEVICES:
+            problems.append(f"device must be one of {DEVICES}, got {self.device!r}")
         for name in ("steps", "max_answer_tokens", "eval_clips_per_task", "mapper_layers"):
             if getattr(self, name) < 0:
                 problems.append(f"{name} must be >= 0")
@@ -151,7 +159,7 @@ class PretrainConfig:
             problems.append("encoder_lr_scale must be >= 0")
         if self.tasks_per_clip is not None and self.tasks_per_clip < 1:
             problems.append("tasks_per_clip must be >= 1 or null")
-        for name in ("batch_size", "checkpoint_every", "log_every", "eval_batch_size", "prefix_length"):
+        for name in ("batch_size", "checkpoint_every", "log_every", "eval_batch_size", "prefix_length", "accum_steps"):
             if getattr(self, name) < 1:
                 problems.append(f"{name} must be >= 1")
         if problems:
@@ -164,7 +172,8 @@ class PretrainConfig:
     def training_config(self) -> dict[str, Any]:
         """The fields that change what a run computes (the checkpoint config hash); paths and logging excluded."""
         skip = {"prepared", "out", "metrics", "loss_log", "checkpoint_dir", "timings", "seed", "checkpoint_every",
-                "keep_checkpoints", "log_every", "eval_clips_per_task", "eval_batch_size", "examples_per_task"}
+                "keep_checkpoints", "log_every", "eval_clips_per_task", "eval_batch_size", "examples_per_task",
+                "threads", "device", "compile"}
         return {k: v for k, v in asdict(self).items() if k not in skip}
 
 
@@ -288,29 +297,19 @@ class PretrainModel(nn.Module):
                                   cfg.mapper_heads, freeze_lm=cfg.freeze_lm, output_vocab=output_vocab,
                                   prefix_position=cfg.prefix_position)
 
-    def embed(self, wave: torch.Tensor, dtype: torch.dtype | None) -> torch.Tensor:
-        logmel = self.frontend(wave)  # fp32: the log of tiny mel energies is where bf16 would hurt
-        with _autocast(dtype):
+    def embed(self, wave: torch.Tensor, precision: Precision) -> torch.Tensor:
+        with torch.autocast(wave.device.type, enabled=False):
+            logmel = self.frontend(wave.float())  # fp32: the log of tiny mel energies is where bf16 would hurt
+        with precision.autocast():
             return self.encoder(logmel).float()
 
-
-def _autocast(dtype: torch.dtype | None):
-    from contextlib import nullcontext
-
-    return torch.autocast("cpu", dtype=dtype) if dtype is not None else nullcontext()
-
-
-def resolve_precision(precision: str) -> torch.dtype | None:
-    """bf16 autocast only where the CPU has native bf16 (AMX / AVX512-BF16); emulated bf16 is slower than fp32."""
-    if precision == "fp32":
-        return None
-    if precision == "bf16":
-        return torch.bfloat16
-    try:
-        flags = Path("/proc/cpuinfo").read_text().split()
-    except OSError:
-        flags = []
-    return torch.bfloat16 if ("amx_bf16" in flags or "avx512_bf16" in flags) else None
+    def forward(self, wave: torch.Tensor, input_ids: torch.Tensor, target_mask: torch.Tensor, clip_index: torch.Tensor,
+                precision: Precision) -> torch.Tensor:
+        """Per-example next-token loss of the answers ``input_ids`` given clip ``clip_index[j]``'s audio (one
+        forward, so that DDP sees the whole computation)."""
+        embedding = self.embed(wave, precision)
+        with precision.autocast():
+            return self.prefix_lm.loss(embedding[clip_index], input_ids, target_mask)
 
 
 # --- data ----------------------------------------------------------------------------------------------------------
@@ -418,26 +417,18 @@ def write_outputs(model: PretrainModel, out: Path, info: Mapping[str, Any]) -> N
 
 # --- training ------------------------------------------------------------------------------------------------------
 
-def lr_at(step: int, cfg: PretrainConfig) -> float:
+def schedule_config(cfg: PretrainConfig) -> ScheduleConfig:
     """Linear warmup, then cosine down to ``min_lr_ratio * lr`` at the last step."""
-    if step < cfg.warmup_steps:
-        return cfg.lr * (step + 1) / cfg.warmup_steps
-    span = max(cfg.steps - cfg.warmup_steps, 1)
-    progress = min((step - cfg.warmup_steps) / span, 1.0)
-    return cfg.lr * (cfg.min_lr_ratio + (1 - cfg.min_lr_ratio) * 0.5 * (1 + math.cos(math.pi * progress)))
+    return ScheduleConfig(lr=cfg.lr, total_steps=cfg.steps, warmup_steps=cfg.warmup_steps, kind="cosine",
+                          min_lr_ratio=cfg.min_lr_ratio)
 
 
-def make_optimizer(model: nn.Module, cfg: PretrainConfig) -> torch.optim.Optimizer:
-    groups: dict[tuple[bool, bool], list] = {}
-    for name, p in model.named_parameters():
-        if p.requires_grad:
-            decays = p.ndim >= 2 and "wte" not in name and "wpe" not in name
-            audio = name.startswith(("encoder.", "frontend."))
-            groups.setdefault((audio, decays), []).append(p)
-    return torch.optim.AdamW([{"params": ps, "weight_decay": cfg.weight_decay if decays else 0.0,
-                               "lr_scale": cfg.encoder_lr_scale if audio else 1.0}
-                              for (audio, decays), ps in sorted(groups.items())], lr=cfg.lr, betas=(0.9, 0.98),
-                             eps=1e-6, foreach=True)  # one fused pass over all tensors: ~3x faster than per-tensor on CPU
+def build_optimizer(model: nn.Module, cfg: PretrainConfig, device: torch.device) -> torch.optim.Optimizer:
+    """AdamW; the audio encoder's groups at ``lr * encoder_lr_scale``."""
+    def lr_scale(name: str) -> float:
+        return cfg.encoder_lr_scale if name.startswith(("encoder.", "frontend.")) else 1.0
+
+    return make_optimizer(param_groups(model, cfg.weight_decay, lr_scale), "adamw", cfg.lr, (0.9, 0.98), 1e-6, device)
 
 
 class TaskSampler:
@@ -480,70 +471,125 @@ def make_examples(drawn: Sequence[tuple[int, str]], tasks: Sequence[Task], corpu
     return out
 
 
-def train_step(model: PretrainModel, optimizer, waves: torch.Tensor, examples: Examples,
-               items: Sequence[tuple[int, str, str, str]], dtype, cfg: PretrainConfig) -> tuple[float, dict[str, list[float]]]:
-    embedding = model.embed(waves, dtype)
-    ids, mask = examples.batch([(p, a) for _, _, p, a in items])
-    index = torch.tensor([pos for pos, _, _, _ in items])
-    with _autocast(dtype):
-        per_example = model.prefix_lm.loss(embedding[index], ids, mask)
-    loss = per_example.mean()
-    optimizer.zero_grad(set_to_none=True)
-    loss.backward()
-    if cfg.grad_clip_norm:
-        torch.nn.utils.clip_grad_norm_(model.parameters(), cfg.grad_clip_norm)
-    optimizer.step()
-    by_task: dict[str, list[float]] = {}
-    for (_, name, _, _), value in zip(items, per_example.detach().tolist()):
-        by_task.setdefault(name, []).append(value)
-    return float(loss.detach()), by_task
+def train_step(model: nn.Module, waves: torch.Tensor, examples: Examples, items: Sequence[tuple[int, str, str, str]],
+               global_count: int, world: int, accum_steps: int, precision: Precision) -> tuple[float, dict[str, list[float]]]:
+    """Forward + backward of this rank's part of one optimiser step (no optimiser call).
+
+    ``items`` are this rank's (clip position in ``waves``, task, prompt, answer) examples.  The step's loss is the
+    mean over the *global* batch's ``global_count`` examples; DDP averages gradients over ranks, so each rank
+    backpropagates its sum x world / global_count, and the result equals one process on the whole batch.  With
+    ``accum_steps`` > 1 the rank's clips are cut into that many micro-batches whose gradients add up (each
+    micro-batch's BatchNorm statistics are its own, as each rank's are under DDP).  Returns this rank's share of
+    the loss (the ranks' shares sum to the global mean) and the per-example losses by task."""
+    device = precision.device
+    n_clips = waves.shape[0]
+    if n_clips % accum_steps:
+        raise ValueError(f"{n_clips} clips on this rank are not divisible by accum_steps {accum_steps}")
+    size = n_clips // accum_steps
+    share, by_task = 0.0, {}
+    for m in range(accum_steps):
+        mine = [(pos - m * size, name, p, a) for pos, name, p, a in items if m * size <= pos < (m + 1) * size]
+        last = m == accum_steps - 1
+        sync = model.no_sync() if (not last and hasattr(model, "no_sync")) else nullcontext()
+        with sync:
+            if not mine:  # cannot happen: every drawn clip has the task it was drawn for
+                raise RuntimeError("pretrain: a micro-batch without examples")
+            ids, mask = examples.batch([(p, a) for _, _, p, a in mine])
+            index = torch.tensor([pos for pos, _, _, _ in mine], device=device)
+            per_example = model(waves[m * size:(m + 1) * size].to(device), ids.to(device), mask.to(device), index,
+                                precision)
+            loss = per_example.float().sum() / global_count
+            precision.backward(loss * world)
+        share += float(loss.detach())
+        for (_, name, _, _), value in zip(mine, per_example.detach().float().tolist()):
+            by_task.setdefault(name, []).append(value)
+    return share, by_task
+
+
+def _rank_slice(n: int, runtime: Runtime) -> range:
+    per_rank = n // runtime.world
+    return range(runtime.rank * per_rank, (runtime.rank + 1) * per_rank)
 
 
 def run_training(model: PretrainModel, corpus, tasks: Sequence[Task], examples: Examples, cfg: PretrainConfig,
-                 seed: int, dtype, progress: bool = True, stop_after: int | None = None) -> list[dict[str, Any]]:
-    """Train for ``cfg.steps`` steps, resuming from ``cfg.checkpoint_dir``; returns the loss log rows.
+                 seed: int, runtime: Runtime, precision: Precision, progress: bool = True,
+                 stop_after: int | None = None, resume: str = "latest",
+                 allow_other_identity: bool = False) -> list[dict[str, Any]]:
+    """Train for ``cfg.steps`` steps, resuming as ``resume`` says (``clapkit.checkpointing``: ``latest`` = the
+    newest unfinished checkpoint of the same run identity); returns the loss log rows.
 
-    ``stop_after`` (tests, and a cheap way to simulate a kill) stops after that many steps, having saved a
-    checkpoint there.
+    Every rank draws the same global batch from the seeded generators (tasks, clips, a crop seed per clip, the
+    examples) and keeps its contiguous slice of the clips.  ``stop_after`` (tests, and a cheap way to simulate a
+    kill) stops after that many steps, having saved a checkpoint there.
     """
     from tqdm import tqdm
 
-    from .checkpointing import find_latest, load_checkpoint, save_checkpoint
-
+    from .checkpointing import (corpus_hash, find_resumable, load_checkpoint, model_fingerprint, run_directory,
+                                run_identity, save_checkpoint)
+    device, world = runtime.device, runtime.world
+    if cfg.batch_size % (world * cfg.accum_steps):
+        raise ValueError(f"pretrain.batch_size {cfg.batch_size} must be divisible by ranks x accum_steps = "
+                         f"{world} x {cfg.accum_steps}")
     train_rows = {i for i, r in enumerate(corpus.rows) if r["split"] == "train"}
     sampler = TaskSampler(tasks, train_rows)
     classes = {name: spec["classes"] for name, spec in corpus.tasks.items()}
     n_samples = model.frontend_cfg.clip_samples
-    optimizer = make_optimizer(model, cfg)
+    identity = run_identity(
+        {"pretrain": cfg.training_config(), "seed": seed, "tasks": [t.name for t in tasks],
+         "frontend": asdict(model.frontend_cfg)},
+        corpus=corpus_hash(cfg.prepared, Path(cfg.checkpoint_dir) / "corpus-hashes.json"),
+        initial_weights=model_fingerprint({}, model.state_dict()), world=world)
+    run_dir = run_directory(cfg.checkpoint_dir, identity)
+    model.to(device)
+    optimizer = build_optimizer(model, cfg, device)
+    schedule = LRSchedule(optimizer, schedule_config(cfg))
+    wrapped = nn.parallel.DistributedDataParallel(model, device_ids=[device.index] if device.type == "cuda" else None) \
+        if world > 1 else model
+    wrapped = maybe_compile(wrapped, cfg.compile)
+    trainable = [p for p in model.parameters() if p.requires_grad]
     generator = torch.Generator().manual_seed(seed)
     rng = random.Random(seed)
     log: list[dict[str, Any]] = []
     window: dict[str, list[float]] = {}  # per-task losses since the last log row (saved too: exact resume)
     window_loss: list[float] = []
     step = 0
-    # Checkpoints resume only a run of the same parameters *and* model code (a changed module would not load).
-    run_config = {"pretrain": cfg.training_config(), "seed": seed, "tasks": [t.name for t in tasks],
-                  "frontend": asdict(model.frontend_cfg), "code": _code_fingerprint(),
-                  "shapes": {k: list(v.shape) for k, v in model.state_dict().items()}}
-    latest = find_latest(cfg.checkpoint_dir, run_config)
+    latest = None
+    if resume in ("latest", "auto"):
+        latest = find_resumable(cfg.checkpoint_dir, identity, log=print if runtime.is_main else (lambda *_: None))
+    elif resume not in ("none", None):
+        latest = Path(resume)
+    if world > 1:  # rank 0 may have cleared a finished run: every rank decides on the same file
+        box = [str(latest) if latest is not None else None]
+        torch.distributed.broadcast_object_list(box, src=0)
+        latest = Path(box[0]) if box[0] is not None else None
     if latest is not None:
-        state = load_checkpoint(latest, model, optimizer)
+        state = load_checkpoint(latest, model, optimizer, schedule, precision.scaler, identity=identity,
+                                allow_other_identity=allow_other_identity)
         step = state["step"]
         generator.set_state(state["extra"]["generator"])
         rng.setstate(_tuple_state(state["extra"]["python_rng"]))
         log = list(state["extra"]["log"])
         window, window_loss = dict(state["extra"]["window"]), list(state["extra"]["window_loss"])
-        print(f"pretrain: resuming from {latest} (step {step} of {cfg.steps})")
-    bar = tqdm(total=cfg.steps, initial=step, disable=not progress, desc="pretrain", unit="step", dynamic_ncols=True)
+        if runtime.is_main:
+            print(f"pretrain: resuming from {latest} (step {step} of {cfg.steps})")
+    bar = tqdm(total=cfg.steps, initial=step, disable=not (progress and runtime.is_main), desc="pretrain",
+               unit="step", dynamic_ncols=True)
     model.train()
+    mine = _rank_slice(cfg.batch_size, runtime)
     clips_done, t0 = 0, time.perf_counter()
     while step < cfg.steps:
-        for group in optimizer.param_groups:
-            group["lr"] = lr_at(step, cfg) * group["lr_scale"]
         drawn = sampler.draw(cfg.batch_size, generator)
-        waves = torch.stack([clip_wave(corpus, r, n_samples, generator) for r, _ in drawn])
+        crop_seeds = torch.randint(0, 2**62, (cfg.batch_size,), generator=generator).tolist()
         items = make_examples(drawn, tasks, corpus.rows, classes, rng, cfg.tasks_per_clip)
-        loss, by_task = train_step(model, optimizer, waves, examples, items, dtype, cfg)
+        waves = torch.stack([clip_wave(corpus, drawn[j][0], n_samples, torch.Generator().manual_seed(crop_seeds[j]))
+                             for j in mine])
+        local = [(pos - mine.start, name, p, a) for pos, name, p, a in items if pos in mine]
+        optimizer.zero_grad(set_to_none=True)
+        share, by_task = train_step(wrapped, waves, examples, local, len(items), world, cfg.accum_steps, precision)
+        precision.step(optimizer, trainable, cfg.grad_clip_norm)
+        lr = optimizer.param_groups[0]["lr"] / optimizer.param_groups[0].get("lr_scale", 1.0)
+        schedule.step()
+        loss = runtime.all_reduce_sum(share)
         step += 1
         window_loss.append(loss)
         for name, values in by_task.items():
@@ -552,29 +598,21 @@ def run_training(model: PretrainModel, corpus, tasks: Sequence[Task], examples: 
         bar.update(1)
         bar.set_postfix(loss=f"{loss:.3f}", clips_s=f"{clips_done / (time.perf_counter() - t0):.1f}")
         if step % cfg.log_every == 0 or step == cfg.steps:
-            log.append({"step": step, "loss": float(np.mean(window_loss)), "lr": lr_at(step - 1, cfg),
+            # per-task means of rank 0's examples (a sample of the batch under DDP); the loss is the global one
+            log.append({"step": step, "loss": float(np.mean(window_loss)), "lr": lr,
                         "tasks": {k: float(np.mean(v)) for k, v in sorted(window.items())}})
             window, window_loss = {}, []
         if step % cfg.checkpoint_every == 0 or step == cfg.steps or step == stop_after:
-            save_checkpoint(cfg.checkpoint_dir, step, model, optimizer, config=run_config, keep=cfg.keep_checkpoints,
-                            extra={"generator": generator.get_state(), "python_rng": _list_state(rng.getstate()),
-                                   "log": log, "window": window, "window_loss": window_loss})
+            if runtime.is_main:
+                save_checkpoint(run_dir, step, model, identity, optimizer, schedule, precision.scaler,
+                                keep=cfg.keep_checkpoints, finished=step == cfg.steps,
+                                extra={"generator": generator.get_state(), "python_rng": _list_state(rng.getstate()),
+                                       "log": log, "window": window, "window_loss": window_loss})
+            runtime.barrier()
         if stop_after is not None and step >= stop_after:
             break
     bar.close()
     return log
-
-
-def _code_fingerprint() -> str:
-    import hashlib
-
-    from .models import htsat, mapper
-
-    digest = hashlib.sha256()
-    for module in (htsat, mapper):
-        digest.update(Path(module.__file__).read_bytes())
-    digest.update(Path(__file__).read_bytes())
-    return digest.hexdigest()[:16]
 
 
 def _list_state(state) -> list:
@@ -591,7 +629,8 @@ def _tuple_state(state) -> tuple:
 
 @torch.no_grad()
 def evaluate_generation(model: PretrainModel, corpus, tasks: Sequence[Task], examples: Examples,
-                        cfg: PretrainConfig, seed: int, dtype, split: str = "test") -> tuple[dict, list[dict]]:
+                        cfg: PretrainConfig, seed: int, precision: Precision,
+                        split: str = "test") -> tuple[dict, list[dict]]:
     """Exact-match accuracy of greedy answers on ``split`` clips, per task, and example generations.
 
     ``accuracy``: greedy decoding constrained to the answers the task had in training (a trie; yes/no for the
@@ -624,7 +663,7 @@ def evaluate_generation(model: PretrainModel, corpus, tasks: Sequence[Task], exa
     for start in range(0, len(needed), cfg.eval_batch_size):
         part = needed[start : start + cfg.eval_batch_size]
         waves = torch.stack([clip_wave(corpus, r, n_samples, None) for r in part])
-        for r, e in zip(part, model.embed(waves, dtype)):
+        for r, e in zip(part, model.embed(waves.to(precision.device), precision)):
             embeddings[r] = e
     metrics, generations = {}, []
     for t in tasks:
@@ -650,7 +689,7 @@ def evaluate_generation(model: PretrainModel, corpus, tasks: Sequence[Task], exa
             part = queries[start : start + cfg.eval_batch_size]
             emb = torch.stack([embeddings[r] for r, _, _ in part])
             prompts = [examples.prompt_ids(p) for _, p, _ in part]
-            with _autocast(dtype):
+            with precision.autocast():
                 out = model.prefix_lm.generate(emb, prompts, max_new, GPT2_EOT_ID, tries=[trie] * len(part))
                 free = model.prefix_lm.generate(emb, prompts, max_new, GPT2_EOT_ID)
             for (r, prompt, accepted), ids, free_ids in zip(part, out, free):
@@ -710,8 +749,13 @@ def write_loss_log(path: Path, log: Sequence[Mapping[str, Any]], task_names: Seq
 
 
 def pretrain(cfg: PretrainConfig, frontend: FrontendConfig, model_name: str, model_config: Mapping[str, Any],
-             seed: int = 0, progress: bool = True, stop_after: int | None = None) -> dict[str, Any]:
-    """Run the stage; returns the metrics written to ``cfg.metrics``."""
+             seed: int = 0, progress: bool = True, stop_after: int | None = None, resume: str = "latest",
+             allow_other_identity: bool = False) -> dict[str, Any]:
+    """Run the stage; returns the metrics written to ``cfg.metrics`` (on rank 0; ``{}`` on the other ranks).
+
+    Under ``torchrun`` every rank trains; then the other ranks leave and rank 0 alone evaluates and writes the
+    outputs.  Nobody waits in a collective while rank 0 evaluates, so a long evaluation cannot trip NCCL's
+    timeout."""
     from .data.prepare import PreparedCorpus
 
     started = time.perf_counter()
@@ -719,7 +763,8 @@ def pretrain(cfg: PretrainConfig, frontend: FrontendConfig, model_name: str, mod
     Path(cfg.checkpoint_dir).mkdir(parents=True, exist_ok=True)
     if cfg.threads:
         torch.set_num_threads(cfg.threads)
-    dtype = resolve_precision(cfg.precision)
+    runtime = setup_runtime(cfg.device)
+    precision = Precision(cfg.precision, runtime.device)
     corpus = PreparedCorpus(cfg.prepared)
     if corpus.sample_rate != frontend.sample_rate:
         raise ValueError(f"{cfg.prepared}: prepared at {corpus.sample_rate} Hz, frontend.<preset> wants "
@@ -739,14 +784,18 @@ def pretrain(cfg: PretrainConfig, frontend: FrontendConfig, model_name: str, mod
     model = PretrainModel(frontend, model_config["audio_encoder"], cfg, vocab)
     log: list[dict[str, Any]] = []
     if tasks and cfg.steps:
-        log = run_training(model, corpus, tasks, examples, cfg, seed, dtype, progress, stop_after)
+        log = run_training(model, corpus, tasks, examples, cfg, seed, runtime, precision, progress, stop_after,
+                           resume, allow_other_identity)
     trained = time.perf_counter()
     if stop_after is not None and stop_after < cfg.steps:
         return {"stopped_after": stop_after}
+    if not runtime.is_main:
+        return {}
     task_metrics, generations = ({}, [])
     if tasks and cfg.steps:
-        task_metrics, generations = evaluate_generation(model, corpus, tasks, examples, cfg, seed, dtype)
+        task_metrics, generations = evaluate_generation(model, corpus, tasks, examples, cfg, seed, precision)
     finished = time.perf_counter()
+    model.to("cpu")
     mode = cfg.tasks if isinstance(cfg.tasks, str) else "list"
     info = {"model_config": model_name, "audio_encoder": model_config["audio_encoder"], "frontend": asdict(frontend),
             "mode": mode, "tasks": [t.name for t in tasks], "prompts": {t.name: t.prompt for t in tasks if t.prompt},
@@ -771,7 +820,9 @@ def pretrain(cfg: PretrainConfig, frontend: FrontendConfig, model_name: str, mod
         atomic_write_text(Path(cfg.timings), json.dumps({
             "train_s": round(trained - started, 1), "evaluate_s": round(finished - trained, 1),
             "steps": info["steps"], "batch_size": cfg.batch_size, "threads": torch.get_num_threads(),
-            "precision": str(dtype or torch.float32)}, indent=2) + "\n")
+            "precision": precision.name, "device": str(runtime.device), "world": runtime.world,
+            "compile": cfg.compile, **({"peak_gpu_memory_gib": round(torch.cuda.max_memory_allocated() / 2**30, 3)}
+                                       if runtime.device.type == "cuda" else {})}, indent=2) + "\n")
     return metrics
 
 
@@ -780,7 +831,12 @@ def _cmd_pretrain(args) -> int:
     cfg = PretrainConfig.from_params(params)
     name, model_config = model_config_from_params(params)
     metrics = pretrain(cfg, frontend_config(params), name, model_config, seed=cfg.seed,
-                       progress=not args.no_progress)
+                       progress=not args.no_progress, resume=args.resume,
+                       allow_other_identity=args.resume_any_identity)
+    if torch.distributed.is_initialized():  # not a collective: rank 0 may still be evaluating
+        torch.distributed.destroy_process_group()
+    if not metrics:  # a rank other than 0 under torchrun: rank 0 evaluates and reports
+        return 0
     for task, m in metrics["tasks"].items():
         print(f"{task:18s} accuracy {m['accuracy']:.3f}  chance {m['chance']:.3f}  ({m['clips']} clips)")
     print(f"pretrain: {metrics['num_tasks']} tasks, weights in {cfg.out}, metrics in {cfg.metrics}")
@@ -790,5 +846,10 @@ def _cmd_pretrain(args) -> int:
 def register(subparsers) -> None:
     p = subparsers.add_parser("pretrain", help="stage pretrain: multi-task audio-encoder pretraining (prefix LM)")
     p.add_argument("--params", default="params.yaml")
+    p.add_argument("--resume", default="latest",
+                   help="latest (default: the newest unfinished checkpoint of the same run identity, if any), none, "
+                        "or a checkpoint path (its identity must match)")
+    p.add_argument("--resume-any-identity", action="store_true",
+                   help="with --resume PATH: load it even if it was written by another run identity (warned)")
     p.add_argument("--no-progress", action="store_true")
     p.set_defaults(func=_cmd_pretrain)
