@@ -43,7 +43,6 @@ from __future__ import annotations
 
 import copy
 import csv
-import itertools
 import json
 import math
 import os
@@ -487,14 +486,15 @@ def train(cfg: TrainConfig, model_config: Mapping[str, Any], seed: int = 0, resu
 
     per_rank_batch = cfg.batch_size // world
     if cfg.shards:  # stream WebDataset shards: every rank takes the same number of whole batches per epoch
-        from .data.shards import ShardStream, make_stream_loader, read_index
+        from .data.loader import make_stream_loader
+        from .data.shards import ShardStream
 
-        shard_paths, n_clips = read_index(cfg.shards, "train")
-        per_epoch = n_clips // cfg.batch_size
+        dataset = ShardStream.from_index(cfg.shards, "train", clap.clip_samples, seed=seed, train=True,
+                                         shuffle_buffer=cfg.shuffle_buffer, rank=rank, world=world,
+                                         per_rank_batch=per_rank_batch)
+        per_epoch = dataset.batches_per_epoch  # from the index: the same on every rank
         if per_epoch < 1:
-            raise ValueError(f"{cfg.shards}: {n_clips} training clips, fewer than one batch of {cfg.batch_size}")
-        dataset = ShardStream(shard_paths, clap.clip_samples, seed, True, cfg.shuffle_buffer, rank, world,
-                              per_rank_batch=per_rank_batch, batches_per_epoch=per_epoch)
+            raise ValueError(f"{cfg.shards}: fewer training clips than one batch of {cfg.batch_size}")
     else:
         dataset = ClipCaptionDataset(corpus, train_idx, clap.clip_samples, train=True, seed=seed)
         per_epoch = len(train_idx) // cfg.batch_size
@@ -516,11 +516,11 @@ def train(cfg: TrainConfig, model_config: Mapping[str, Any], seed: int = 0, resu
     start_step, clips_since, skipped = step, 0, 0
     last_eval_step = history[-1]["step"] if history else -1
     while step < cfg.max_steps:
-        dataset.set_epoch(epoch)
-        if cfg.shards:  # the stream is a pure function of (seed, epoch): resuming skips the batches already done
-            loader = itertools.islice(make_stream_loader(dataset, clap.tokenizer, cfg.num_workers),
-                                      batch_in_epoch, None)
+        if cfg.shards:  # the stream is a pure function of (seed, epoch): resuming starts at the next batch
+            dataset.set_epoch(epoch, start_batch=batch_in_epoch)
+            loader = make_stream_loader(dataset, clap.tokenizer, cfg.num_workers)
         else:
+            dataset.set_epoch(epoch)
             batches = EpochBatches(len(train_idx), cfg.batch_size, seed, epoch, rank, world, start=batch_in_epoch)
             loader = make_loader(dataset, batches, clap.tokenizer, cfg.num_workers)
         stopped = False

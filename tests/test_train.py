@@ -422,10 +422,6 @@ def test_encoder_init_from_file_and_freezing(prepared, tmp_path):
 
 # The reader itself (exact per-rank counts, determinism, resuming, bad samples) is tested in test_shard_stream.py.
 
-@pytest.mark.xfail(strict=True, raises=TypeError,
-                   reason="clapkit.train still builds ShardStream with samples_per_rank and calls make_stream_loader "
-                          "with per_rank_batch; remove this mark once train.py uses ShardStream.from_index(..., "
-                          "per_rank_batch=...) and make_stream_loader(stream, tokenizer, num_workers)")
 def test_training_streams_shards(prepared, tmp_path):
     from clapkit.data.shards import write_shards
     from clapkit.train import train

@@ -16,6 +16,8 @@ from torch import nn
 from clapkit.training import LRSchedule, Precision, ScheduleConfig, frozen_batchnorm_statistics, make_optimizer, \
     param_groups
 
+from tests.test_train import prepared  # noqa: F401  (the tiny prepared corpus, a module fixture)
+
 CPU = torch.device("cpu")
 
 
@@ -128,7 +130,7 @@ def test_accumulation_equals_one_graph_with_dropout_specaugment_and_batchnorm_in
         loss = ClipLoss()(torch.cat([p["audio_embeds"] for p in parts]), torch.cat([p["text_embeds"] for p in parts]),
                           parts[0]["logit_scale"])
         loss.backward()
-        return float(loss)
+        return float(loss.detach())
 
     results = {}
     for how in ("one_graph", "accumulated", "other_seed"):
@@ -177,7 +179,6 @@ def _kill_after(tmp: Path, step: int) -> None:
 
 def test_a_changed_code_hash_or_corpus_trains_afresh_and_a_kill_resumes(prepared, tmp_path, monkeypatch):
     import clapkit.checkpointing as ckpt
-    from tests.test_train import make_prepared  # noqa: F401  (the fixture's builder)
 
     assert _run(prepared, tmp_path) == 0
     _kill_after(tmp_path, 2)
