@@ -221,3 +221,53 @@ def test_code_and_corpus_hashes_follow_content(tmp_path):
     assert memo.is_file() and corpus_hash(data, memo) == first == corpus_hash(data)
     (data / "a.bin").write_bytes(b"abd")  # same size; the mtime moves, so the memo is not trusted
     assert corpus_hash(data, memo) != first
+
+
+def test_a_real_kill_mid_run_resumes_to_the_weights_of_an_uninterrupted_run(prepared, tmp_path):
+    """``clapkit train`` in a subprocess, SIGKILLed once its third checkpoint is on disk, then rerun: it resumes
+    there and ends with the same weights and metrics as a run that was never interrupted."""
+    import os
+    import signal
+    import subprocess
+    import sys
+    import time
+    import yaml
+
+    from clapkit.api import CLAP
+    from clapkit.models.clap import load_model_config
+
+    def params(name):
+        d = tmp_path / name
+        return {"preset": "embedded", "seed": 0,
+                "frontend": {"embedded": load_model_config("clap-tiny-htsat-gpt2")["frontend"]},
+                "model": {"embedded": "clap-tiny-htsat-gpt2", "paper": "msclap-2023"},
+                "train": {"prepared": str(prepared), "out": str(d / "clap"), "checkpoint_dir": str(d / "ckpt"),
+                          "metrics": str(d / "metrics.json"), "live_dir": str(d / "live"),
+                          "timings": str(d / "timings.json"), "max_steps": 20, "batch_size": 8, "warmup_steps": 2,
+                          "checkpoint_every": 1, "keep_checkpoints": 3, "audio_init": "none", "log_every": 1,
+                          "threads": 1, "precision": "fp32", "device": "cpu", "val_max_clips": 8}}
+
+    env = {**os.environ, "HF_HUB_OFFLINE": "1", "PYTHONUNBUFFERED": "1"}
+
+    def command(name):
+        path = tmp_path / f"{name}.yaml"
+        path.write_text(yaml.safe_dump(params(name)))
+        return [sys.executable, "-m", "clapkit.cli", "train", "--params", str(path), "--no-progress"]
+
+    subprocess.run(command("straight"), check=True, env=env, capture_output=True, timeout=600)
+    proc = subprocess.Popen(command("killed"), env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    deadline = time.monotonic() + 300
+    while not list((tmp_path / "killed" / "ckpt").glob("run-*/step_00000003.json")):
+        assert proc.poll() is None and time.monotonic() < deadline, "the run ended before its third checkpoint"
+        time.sleep(0.005)
+    os.kill(proc.pid, signal.SIGKILL)
+    proc.wait()
+    assert not (tmp_path / "killed" / "metrics.json").exists()  # killed mid-run (20 steps), not after
+    subprocess.run(command("killed"), check=True, env=env, capture_output=True, timeout=600)
+    timings = json.loads((tmp_path / "killed" / "timings.json").read_text())
+    assert 3 <= timings["resumed_from_step"] < 20
+    a = CLAP.from_pretrained(tmp_path / "straight" / "clap").model.state_dict()
+    b = CLAP.from_pretrained(tmp_path / "killed" / "clap").model.state_dict()
+    assert a.keys() == b.keys() and all(torch.equal(a[k], b[k]) for k in a)
+    assert json.loads((tmp_path / "killed" / "metrics.json").read_text()) == \
+        json.loads((tmp_path / "straight" / "metrics.json").read_text())
