@@ -332,8 +332,8 @@ def run_training(model: PretrainModel, corpus, tasks: Sequence[Task], examples: 
     window_loss: list[float] = []
     step = 0
     latest = None
-    if resume in ("latest", "auto"):
-        latest = find_resumable(cfg.checkpoint_dir, identity, log=print if runtime.is_main else (lambda *_: None))
+    if resume in ("latest", "auto"):  # rank 0 decides (it may clear a finished run's folder) and tells the others
+        latest = find_resumable(cfg.checkpoint_dir, identity) if runtime.is_main else None
     elif resume not in ("none", None):
         latest = Path(resume)
     if world > 1:  # rank 0 may have cleared a finished run: every rank decides on the same file

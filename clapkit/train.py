@@ -465,8 +465,8 @@ def train(cfg: TrainConfig, model_config: Mapping[str, Any], seed: int = 0, resu
     run_dir = run_directory(cfg.checkpoint_dir, identity)
     step, epoch, batch_in_epoch, history = 0, 0, 0, []
     ckpt = None
-    if resume in ("latest", "auto"):
-        ckpt = find_resumable(cfg.checkpoint_dir, identity, log=print if rank == 0 else (lambda *_: None))
+    if resume in ("latest", "auto"):  # rank 0 decides (it may clear a finished run's folder) and tells the others
+        ckpt = find_resumable(cfg.checkpoint_dir, identity) if rank == 0 else None
     elif resume not in ("none", None):
         ckpt = Path(resume)
     if world > 1:  # rank 0 may have cleared a finished run's folder: every rank decides on the same file
