@@ -570,6 +570,7 @@ def bench_train(args, device: torch.device, reference, ours) -> dict:
     """Warning: trains both models in place (run after every section that needs the loaded weights)."""
     from clapkit.losses import ClipLoss
     from clapkit.train import train_step
+    from clapkit.training import Precision
 
     b = args.train_batch
     g = torch.Generator().manual_seed(args.seed + 1)
@@ -594,6 +595,7 @@ def bench_train(args, device: torch.device, reference, ours) -> dict:
            "memory_method": PeakMemory(device).method}
     for precision in args.train_precisions:
         dtype = torch.bfloat16 if precision == "bf16-autocast" else None
+        our_precision = Precision("bf16" if dtype is not None else "fp32", device)
 
         def ref_step():  # /work/shared/bench/msclap_trainstep.py, line for line
             with torch.autocast(device.type, dtype=torch.bfloat16, enabled=dtype is not None):
@@ -605,7 +607,7 @@ def bench_train(args, device: torch.device, reference, ours) -> dict:
             ref_opt.step()
 
         def our_step():
-            train_step(ours, batch, loss_fn, 1, device, dtype)
+            train_step(ours, batch, loss_fn, 1, our_precision)
             our_opt.step()
             our_opt.zero_grad(set_to_none=True)
 

@@ -15,7 +15,11 @@ would run code is refused.  Key groups and what happens to them (``{A}`` = ``aud
                                                             design it matches)
 ``{A}...attn_mask``, ``{A}...attn.relative_position_index`` verified equal to the buffers HTSAT derives from its
                                                             config (they prove the geometry), then dropped
-``{A}*`` (the rest, incl. the unused AudioSet heads)        -> ``audio.encoder.*``; integer buffers stored as
+``{A}tscam_conv.*``, ``{A}head.*`` (2023),                  the AudioSet head (527 classes): verified present
+``{A}fc_audioset.*`` (2022)                                 with the shapes the encoder config gives a 527-class
+                                                            head, then dropped (a CLAP model has no head: its
+                                                            loss never reaches it); listed in the report
+``{A}*`` (the rest)                                         -> ``audio.encoder.*``; integer buffers stored as
                                                             float (``num_batches_tracked``) are cast back
 ``audio_encoder.projection.*``                              -> ``audio.projection.*``
 ``caption_encoder.base.h.N.attn.{bias,masked_bias}``        dropped: causal-mask constants an older transformers
@@ -41,7 +45,14 @@ import torch
 
 from .audio import FrontendConfig, mel_filterbank
 
-__all__ = ["CheckpointError", "LoadReport", "load_msclap", "map_msclap_state_dict"]
+__all__ = [
+    "AUDIOSET_HEAD_DROPPED",
+    "MSCLAP_AUDIOSET_CLASSES",
+    "CheckpointError",
+    "LoadReport",
+    "load_msclap",
+    "map_msclap_state_dict",
+]
 
 VERSIONS = ("2023", "2022")
 AUDIO_PREFIX = {"2023": "audio_encoder.base.htsat.", "2022": "audio_encoder.base."}
@@ -50,6 +61,11 @@ DERIVED_BUFFER = re.compile(r".*\.(attn_mask|attn\.relative_position_index)")
 LEGACY_GPT2_BUFFER = re.compile(r"h\.\d+\.attn\.(bias|masked_bias)")
 TEXT_MODEL_ATTR = "text.encoder.transformer."  # where clapkit's text encoders keep the Hugging Face model
 MAX_LISTED = 20  # keys listed per problem kind in an error message
+NAMED_IN_SUMMARY = 4  # LoadReport.summary names the keys of a dropped group this small
+# Both official files carry the AudioSet head their YAML configs ask for (num_classes: 527).
+MSCLAP_AUDIOSET_CLASSES = 527
+AUDIOSET_HEAD_DROPPED = (f"AudioSet head ({MSCLAP_AUDIOSET_CLASSES} classes, shapes verified): a CLAP model has none, "
+                         "its contrastive loss never reaches it")  # the LoadReport.dropped reason of its keys
 
 
 class CheckpointError(ValueError):
@@ -76,9 +92,16 @@ class LoadReport:
     mel_fb_max_abs_diff: float = math.nan  # against mel_filterbank(model's FrontendConfig)
     logit_scale: float = math.nan
 
+    @property
+    def dropped_audioset_head(self) -> list[str]:
+        """The checkpoint keys of the AudioSet head, verified and dropped (empty if the file had none to drop)."""
+        return list(self.dropped.get(AUDIOSET_HEAD_DROPPED, []))
+
     def summary(self) -> str:
         lines = [f"{self.path} (msclap {self.version}): {self.loaded} tensors loaded"]
-        lines += [f"dropped {len(keys)} ({reason})" for reason, keys in self.dropped.items()]
+        for reason, keys in self.dropped.items():
+            named = f": {', '.join(keys)}" if len(keys) <= NAMED_IN_SUMMARY else ""
+            lines.append(f"dropped {len(keys)} ({reason}){named}")
         if self.cast:
             lines.append(f"cast {len(self.cast)} float-stored integer buffers to int64")
         lines += [f"verified: {v}" for v in self.verified]
@@ -165,6 +188,7 @@ def map_msclap_state_dict(sd: dict[str, torch.Tensor], version: str, model: torc
     buffers = dict(model.named_buffers())
     frontend_cfg: FrontendConfig = model.audio.frontend.cfg
     audio_prefix = AUDIO_PREFIX[version]
+    head_shapes, head_problem = _audioset_head_shapes(model.audio.encoder)
 
     mapped: dict[str, torch.Tensor] = {}
     origin: dict[str, str] = {}  # clapkit key -> checkpoint key, for messages
@@ -178,6 +202,7 @@ def map_msclap_state_dict(sd: dict[str, torch.Tensor], version: str, model: torc
         mapped[new], origin[new] = sd[key], key
 
     stft: dict[str, torch.Tensor] = {}
+    head: dict[str, torch.Tensor] = {}
     derived_ok = 0
     for key, tensor in sd.items():
         if key == "logit_scale":
@@ -188,6 +213,8 @@ def map_msclap_state_dict(sd: dict[str, torch.Tensor], version: str, model: torc
                 stft[rest] = tensor
             elif rest == "logmel_extractor.melW":
                 put("audio.frontend.mel_fb", key)
+            elif rest in head_shapes:
+                head[rest] = tensor
             elif DERIVED_BUFFER.fullmatch(rest):
                 ours = buffers.get(f"audio.encoder.{rest}")
                 if ours is None:
@@ -245,6 +272,25 @@ def map_msclap_state_dict(sd: dict[str, torch.Tensor], version: str, model: torc
     if derived_ok:
         report.verified.append(f"{derived_ok} HTSAT attention masks / relative-position indices equal the config's")
 
+    # The AudioSet head: every tensor present with a 527-class head's shape for this encoder config, then dropped.
+    if head_problem:
+        problems.append(head_problem)
+    else:
+        head_missing = [audio_prefix + k for k in head_shapes if k not in head]
+        head_shape = [f"{audio_prefix}{k}: checkpoint {tuple(head[k].shape)}, a {MSCLAP_AUDIOSET_CLASSES}-class head "
+                      f"on this encoder has {shape}" for k, shape in head_shapes.items()
+                      if k in head and tuple(head[k].shape) != shape]
+        if head_missing:
+            problems.append(_listing(f"missing AudioSet head tensors (msclap files carry a "
+                                     f"{MSCLAP_AUDIOSET_CLASSES}-class head)", head_missing))
+        if head_shape:
+            problems.append(_listing("AudioSet head shape mismatch", head_shape))
+        if not head_missing and not head_shape:
+            for k in head_shapes:
+                drop(AUDIOSET_HEAD_DROPPED, audio_prefix + k)
+            report.verified.append(f"AudioSet head: {len(head_shapes)} tensors with the shapes of a "
+                                   f"{MSCLAP_AUDIOSET_CLASSES}-class head on this encoder")
+
     # Integer buffers (BatchNorm's num_batches_tracked) stored as float: cast back if they hold integers.
     for new, tensor in list(mapped.items()):
         want = target.get(new)
@@ -269,6 +315,18 @@ def map_msclap_state_dict(sd: dict[str, torch.Tensor], version: str, model: torc
         raise CheckpointError(path, f"does not match the msclap {version} architecture", problems)
     report.loaded = len(mapped)
     return mapped, report
+
+
+def _audioset_head_shapes(encoder: torch.nn.Module) -> tuple[dict[str, tuple[int, ...]], str | None]:
+    """(encoder-relative key -> shape of msclap's AudioSet head on this encoder, problem or None)."""
+    cfg = getattr(encoder, "config", None)
+    if not hasattr(cfg, "head_shapes"):
+        return {}, f"the audio encoder ({type(encoder).__name__}) cannot describe an AudioSet head to verify"
+    try:
+        return cfg.head_shapes(MSCLAP_AUDIOSET_CLASSES), None
+    except ValueError as err:
+        return {}, (f"this audio encoder's geometry cannot carry msclap's {MSCLAP_AUDIOSET_CLASSES}-class AudioSet "
+                    f"head ({err})")
 
 
 def _check_flavour(sd: dict[str, torch.Tensor], version: str, path) -> None:

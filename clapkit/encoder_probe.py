@@ -25,7 +25,8 @@ import torch
 from .audio import FrontendConfig, LogMelFrontend
 from .config import frontend_config, load_params, model_config_from_params
 from .evaluate import linear_probe, write_json
-from .pretrain import PretrainConfig, clip_wave, load_pretrained_audio_encoder
+from .pretrain import PretrainConfig, load_pretrained_audio_encoder
+from .pretrain_tasks import clip_wave
 
 __all__ = ["FEATURE_SETS", "probe_encoder"]
 

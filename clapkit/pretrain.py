@@ -36,63 +36,29 @@ from __future__ import annotations
 import csv
 import io
 import json
-import math
 import random
-import re
 import time
+from contextlib import nullcontext
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
-from typing import Any, Iterable, Mapping, Sequence
+from typing import Any, Mapping, Sequence
 
 import numpy as np
 import torch
 from torch import nn
 
-from .audio import FrontendConfig, LogMelFrontend, fit_length
+from .audio import FrontendConfig, LogMelFrontend
 from .config import dataclass_from_dict, frontend_config, load_params, model_config_from_params
-from .text import GPT2_EOT_ID, atomic_write_bytes, atomic_write_text, gpt2_bpe
+from .text import atomic_write_bytes, atomic_write_text, gpt2_bpe
 from .models.mapper import PREFIX_POSITIONS
+from .pretrain_tasks import (MODES, Examples, Task, TaskSampler, answer_vocabulary, build_tasks, clip_wave,
+                             evaluate_generation, make_examples)
+from .training import (DEVICES, PRECISIONS, LRSchedule, Precision, Runtime, ScheduleConfig, make_optimizer,
+                       maybe_compile, param_groups, setup_runtime)
 
-__all__ = ["PretrainConfig", "PretrainModel", "Task", "build_tasks", "evaluate_generation", "exact_match",
-           "load_pretrained_audio_encoder", "normalize_answer", "pretrain"]
+__all__ = ["PretrainConfig", "PretrainModel", "load_pretrained_audio_encoder", "pretrain", "run_training"]
 
 FORMAT = "clapkit-pretrain/1"
-MODES = ("all", "sound_events", "none")
-
-# Question and, for the yes/no task, the noun a label is asked about ("is the spoken language french?").
-# A corpus task missing here still becomes a task, with a question made from its name.
-LABEL_QUESTIONS = {
-    "language": ("what language is spoken?", "spoken language"),
-    "keyword": ("what word or phrase is spoken?", "spoken word"),
-    "digit": ("what digit is spoken?", "spoken digit"),
-    "speaker": ("who is speaking?", "speaker"),
-    "gender": ("is the voice male or female?", "voice"),
-    "drum": ("what drum is played?", "drum"),
-    "instrument": ("what instrument is playing?", "instrument"),
-    "instrument_family": ("what family of instrument is playing?", "instrument family"),
-    "pitch": ("what note is played?", "note"),
-    "velocity": ("how hard is the note played?", "dynamic"),
-    "tone": ("what kind of tone or noise is this?", "signal"),
-    "sound_event": ("what sound is this?", "sound"),
-    "sound_category": ("what kind of sound is this?", "sound category"),
-    "emotion": ("what emotion does the voice express?", "emotion"),
-    "voice_pack": ("which voice pack is this?", "voice pack"),
-    "sample_category": ("what kind of music sample is this?", "sample category"),
-}
-# Labels that make a clip speech: its text is then a transcript, otherwise a title.
-SPEECH_TASKS = ("language", "keyword", "digit", "speaker")
-TEXT_QUESTIONS = {
-    "caption": "describe the sound.",
-    "transcript": "what words are spoken?",
-    "title": "what is the title of this sound?",
-    "recording": "is this a real recording or synthesised?",
-}
-YES_NO_TASK = "yes_no"
-
-
-def prompt_text(question: str) -> str:
-    return f"question: {question} answer:"
-
 
 # --- parameters ----------------------------------------------------------------------------------------------------
 
@@ -125,7 +91,10 @@ class PretrainConfig:
     freeze_lm: bool = False
     output_vocab: str = "answers"  # answers | full
     max_answer_tokens: int = 16
-    precision: str = "auto"
+    accum_steps: int = 1  # micro-batches per optimiser step on each rank (gradients summed: same step, less memory)
+    device: str = "auto"  # auto | cpu | cuda
+    precision: str = "auto"  # auto | fp32 | bf16 | fp16 (fp16 with loss scaling)
+    compile: bool = False  # torch.compile the model
     threads: int = 1
     checkpoint_every: int = 50
     keep_checkpoints: int = 2
@@ -142,8 +111,10 @@ class PretrainConfig:
             problems.append(f"output_vocab must be 'answers' or 'full', got {self.output_vocab!r}")
         if self.prefix_position not in PREFIX_POSITIONS:
             problems.append(f"prefix_position must be one of {PREFIX_POSITIONS}, got {self.prefix_position!r}")
-        if self.precision not in ("auto", "fp32", "bf16"):
-            problems.append(f"precision must be auto, fp32 or bf16, got {self.precision!r}")
+        if self.precision not in PRECISIONS:
+            problems.append(f"precision must be one of {PRECISIONS}, got {self.precision!r}")
+        if self.device not in DEVICES:
+            problems.append(f"device must be one of {DEVICES}, got {self.device!r}")
         for name in ("steps", "max_answer_tokens", "eval_clips_per_task", "mapper_layers"):
             if getattr(self, name) < 0:
                 problems.append(f"{name} must be >= 0")
@@ -151,7 +122,7 @@ class PretrainConfig:
             problems.append("encoder_lr_scale must be >= 0")
         if self.tasks_per_clip is not None and self.tasks_per_clip < 1:
             problems.append("tasks_per_clip must be >= 1 or null")
-        for name in ("batch_size", "checkpoint_every", "log_every", "eval_batch_size", "prefix_length"):
+        for name in ("batch_size", "checkpoint_every", "log_every", "eval_batch_size", "prefix_length", "accum_steps"):
             if getattr(self, name) < 1:
                 problems.append(f"{name} must be >= 1")
         if problems:
@@ -164,103 +135,9 @@ class PretrainConfig:
     def training_config(self) -> dict[str, Any]:
         """The fields that change what a run computes (the checkpoint config hash); paths and logging excluded."""
         skip = {"prepared", "out", "metrics", "loss_log", "checkpoint_dir", "timings", "seed", "checkpoint_every",
-                "keep_checkpoints", "log_every", "eval_clips_per_task", "eval_batch_size", "examples_per_task"}
+                "keep_checkpoints", "log_every", "eval_clips_per_task", "eval_batch_size", "examples_per_task",
+                "threads", "device", "compile"}
         return {k: v for k, v in asdict(self).items() if k not in skip}
-
-
-# --- tasks ---------------------------------------------------------------------------------------------------------
-
-@dataclass
-class Task:
-    """One generation task: its prompt and, per clip (manifest row index), the accepted answers."""
-
-    name: str
-    prompt: str
-    answers: dict[int, list[str]]  # row -> answers; training draws one, evaluation accepts any
-    classes: int  # distinct answers over the whole corpus (chance = 1 / classes)
-    kind: str  # label | text | yes_no
-
-
-def _fits(tokenizer, text: str, max_tokens: int) -> bool:
-    return len(tokenizer.encode(" " + text).ids) <= max_tokens
-
-
-def build_tasks(rows: Sequence[Mapping[str, Any]], corpus_tasks: Mapping[str, Any], mode: Any,
-                max_answer_tokens: int, tokenizer=None) -> list[Task]:
-    """The generation tasks the corpus supports, in a fixed order (label tasks sorted, then text tasks).
-
-    ``mode``: ``all``, ``sound_events`` (only ``sound_event``), ``none`` (no task) or a list of task names.
-    Answers longer than ``max_answer_tokens`` GPT-2 tokens are left out (long transcripts, long captions).
-    """
-    tokenizer = tokenizer or gpt2_bpe()
-    if mode == "none":
-        return []
-    tasks: list[Task] = []
-    for name in sorted(corpus_tasks):
-        if corpus_tasks[name].get("multi_label"):
-            continue  # one answer per clip and task here; multi-label tasks would need a list answer
-        question = LABEL_QUESTIONS.get(name, (f"what is the {name.replace('_', ' ')}?", ""))[0]
-        answers = {i: [r["labels"][name]] for i, r in enumerate(rows)
-                   if name in r.get("labels", {}) and _fits(tokenizer, r["labels"][name], max_answer_tokens)}
-        if answers:
-            tasks.append(Task(name, prompt_text(question), answers, len(corpus_tasks[name]["classes"]), "label"))
-    text_answers: dict[str, dict[int, list[str]]] = {name: {} for name in TEXT_QUESTIONS}
-    for i, r in enumerate(rows):
-        texts = [t for t in r.get("texts", []) if t.strip() and _fits(tokenizer, t, max_answer_tokens)]
-        captions = [c for c in r.get("captions", []) if c not in r.get("texts", [])
-                    and _fits(tokenizer, c, max_answer_tokens)]
-        if captions:
-            text_answers["caption"][i] = captions
-        if texts:
-            speech = any(t in r.get("labels", {}) for t in SPEECH_TASKS)
-            text_answers["transcript" if speech else "title"][i] = texts
-        if "real" in r:
-            text_answers["recording"][i] = ["real recording" if r["real"] else "synthesised"]
-    for name, question in TEXT_QUESTIONS.items():
-        answers = text_answers[name]
-        distinct = {a for accepted in answers.values() for a in accepted}
-        if len(distinct) >= 2:
-            tasks.append(Task(name, prompt_text(question), answers, len(distinct), "text"))
-    label_tasks = [t for t in tasks if t.kind == "label"]
-    if label_tasks:
-        covered = sorted({i for t in label_tasks for i in t.answers})
-        tasks.append(Task(YES_NO_TASK, "", {i: ["yes", "no"] for i in covered}, 2, "yes_no"))
-    if mode == "all":
-        return tasks
-    wanted = ["sound_event"] if mode == "sound_events" else list(mode)
-    known = {t.name for t in tasks}
-    unknown = sorted(set(wanted) - known)
-    if unknown:
-        raise ValueError(f"params.yaml pretrain.tasks: {unknown} not supported by this corpus; supported: {sorted(known)}")
-    return [t for t in tasks if t.name in wanted]
-
-
-def yes_no_question(rows: Sequence[Mapping[str, Any]], row: int, label_tasks: Sequence[Task],
-                    classes: Mapping[str, Sequence[str]], rng: random.Random) -> tuple[str, str]:
-    """A yes/no question about one of the clip's labels; half of them name the true label, half another class."""
-    own = [t for t in label_tasks if row in t.answers]
-    task = own[rng.randrange(len(own))]
-    truth = task.answers[row][0]
-    others = [c for c in classes[task.name] if c != truth]
-    ask_true = not others or rng.random() < 0.5
-    asked = truth if ask_true else others[rng.randrange(len(others))]
-    noun = LABEL_QUESTIONS.get(task.name, ("", task.name.replace("_", " ")))[1]
-    return prompt_text(f"is the {noun} {asked}?"), "yes" if ask_true else "no"
-
-
-# --- answers -------------------------------------------------------------------------------------------------------
-
-_SPACE = re.compile(r"\s+")
-
-
-def normalize_answer(text: str) -> str:
-    """Lower case, single spaces, no surrounding whitespace or sentence-final punctuation ("A frog." = "a frog")."""
-    return _SPACE.sub(" ", text.lower()).strip().rstrip(".!?").strip()
-
-
-def exact_match(generated: str, accepted: Iterable[str]) -> bool:
-    g = normalize_answer(generated)
-    return any(g == normalize_answer(a) for a in accepted)
 
 
 # --- the model -----------------------------------------------------------------------------------------------------
@@ -288,79 +165,19 @@ class PretrainModel(nn.Module):
                                   cfg.mapper_heads, freeze_lm=cfg.freeze_lm, output_vocab=output_vocab,
                                   prefix_position=cfg.prefix_position)
 
-    def embed(self, wave: torch.Tensor, dtype: torch.dtype | None) -> torch.Tensor:
-        logmel = self.frontend(wave)  # fp32: the log of tiny mel energies is where bf16 would hurt
-        with _autocast(dtype):
+    def embed(self, wave: torch.Tensor, precision: Precision) -> torch.Tensor:
+        with torch.autocast(wave.device.type, enabled=False):
+            logmel = self.frontend(wave.float())  # fp32: the log of tiny mel energies is where bf16 would hurt
+        with precision.autocast():
             return self.encoder(logmel).float()
 
-
-def _autocast(dtype: torch.dtype | None):
-    from contextlib import nullcontext
-
-    return torch.autocast("cpu", dtype=dtype) if dtype is not None else nullcontext()
-
-
-def resolve_precision(precision: str) -> torch.dtype | None:
-    """bf16 autocast only where the CPU has native bf16 (AMX / AVX512-BF16); emulated bf16 is slower than fp32."""
-    if precision == "fp32":
-        return None
-    if precision == "bf16":
-        return torch.bfloat16
-    try:
-        flags = Path("/proc/cpuinfo").read_text().split()
-    except OSError:
-        flags = []
-    return torch.bfloat16 if ("amx_bf16" in flags or "avx512_bf16" in flags) else None
-
-
-# --- data ----------------------------------------------------------------------------------------------------------
-
-class Examples:
-    """Turns (row, task, answer) triples into the padded ``input_ids`` / ``target_mask`` a ``PrefixLM`` scores."""
-
-    def __init__(self, tokenizer, tasks: Sequence[Task]):
-        self.tokenizer = tokenizer
-        self._cache: dict[str, list[int]] = {}
-        for t in tasks:
-            if t.prompt:
-                self.prompt_ids(t.prompt)
-
-    def prompt_ids(self, prompt: str) -> list[int]:
-        if prompt not in self._cache:
-            self._cache[prompt] = self.tokenizer.encode(prompt).ids
-        return self._cache[prompt]
-
-    def answer_ids(self, answer: str) -> list[int]:
-        key = "\0" + answer
-        if key not in self._cache:
-            self._cache[key] = self.tokenizer.encode(" " + answer).ids + [GPT2_EOT_ID]
-        return self._cache[key]
-
-    def batch(self, pairs: Sequence[tuple[str, str]]) -> tuple[torch.Tensor, torch.Tensor]:
-        """(prompt, answer) pairs -> right-padded ids (B, L) and the mask of answer + end tokens."""
-        seqs = [(self.prompt_ids(p), self.answer_ids(a)) for p, a in pairs]
-        length = max(len(p) + len(a) for p, a in seqs)
-        ids = torch.full((len(seqs), length), GPT2_EOT_ID, dtype=torch.long)
-        mask = torch.zeros((len(seqs), length), dtype=torch.bool)
-        for i, (p, a) in enumerate(seqs):
-            ids[i, : len(p) + len(a)] = torch.tensor(p + a)
-            mask[i, len(p) : len(p) + len(a)] = True
-        return ids, mask
-
-
-def answer_vocabulary(tasks: Sequence[Task], examples: Examples) -> list[int]:
-    """Every token id any answer of any task can contain, plus the end token."""
-    vocab = {GPT2_EOT_ID}
-    for t in tasks:
-        for accepted in t.answers.values():
-            for a in accepted:
-                vocab.update(examples.answer_ids(a))
-    return sorted(vocab)
-
-
-def clip_wave(corpus, row: int, num_samples: int, generator: torch.Generator | None) -> torch.Tensor:
-    wave = torch.from_numpy(corpus.waveform(row))
-    return fit_length(wave, num_samples, crop="random" if generator is not None else "center", generator=generator)
+    def forward(self, wave: torch.Tensor, input_ids: torch.Tensor, target_mask: torch.Tensor, clip_index: torch.Tensor,
+                precision: Precision) -> torch.Tensor:
+        """Per-example next-token loss of the answers ``input_ids`` given clip ``clip_index[j]``'s audio (one
+        forward, so that DDP sees the whole computation)."""
+        embedding = self.embed(wave, precision)
+        with precision.autocast():
+            return self.prefix_lm.loss(embedding[clip_index], input_ids, target_mask)
 
 
 # --- outputs -------------------------------------------------------------------------------------------------------
@@ -418,132 +235,139 @@ def write_outputs(model: PretrainModel, out: Path, info: Mapping[str, Any]) -> N
 
 # --- training ------------------------------------------------------------------------------------------------------
 
-def lr_at(step: int, cfg: PretrainConfig) -> float:
+def schedule_config(cfg: PretrainConfig) -> ScheduleConfig:
     """Linear warmup, then cosine down to ``min_lr_ratio * lr`` at the last step."""
-    if step < cfg.warmup_steps:
-        return cfg.lr * (step + 1) / cfg.warmup_steps
-    span = max(cfg.steps - cfg.warmup_steps, 1)
-    progress = min((step - cfg.warmup_steps) / span, 1.0)
-    return cfg.lr * (cfg.min_lr_ratio + (1 - cfg.min_lr_ratio) * 0.5 * (1 + math.cos(math.pi * progress)))
+    return ScheduleConfig(lr=cfg.lr, total_steps=cfg.steps, warmup_steps=cfg.warmup_steps, kind="cosine",
+                          min_lr_ratio=cfg.min_lr_ratio)
 
 
-def make_optimizer(model: nn.Module, cfg: PretrainConfig) -> torch.optim.Optimizer:
-    groups: dict[tuple[bool, bool], list] = {}
-    for name, p in model.named_parameters():
-        if p.requires_grad:
-            decays = p.ndim >= 2 and "wte" not in name and "wpe" not in name
-            audio = name.startswith(("encoder.", "frontend."))
-            groups.setdefault((audio, decays), []).append(p)
-    return torch.optim.AdamW([{"params": ps, "weight_decay": cfg.weight_decay if decays else 0.0,
-                               "lr_scale": cfg.encoder_lr_scale if audio else 1.0}
-                              for (audio, decays), ps in sorted(groups.items())], lr=cfg.lr, betas=(0.9, 0.98),
-                             eps=1e-6, foreach=True)  # one fused pass over all tensors: ~3x faster than per-tensor on CPU
+def build_optimizer(model: nn.Module, cfg: PretrainConfig, device: torch.device) -> torch.optim.Optimizer:
+    """AdamW; the audio encoder's groups at ``lr * encoder_lr_scale``."""
+    def lr_scale(name: str) -> float:
+        return cfg.encoder_lr_scale if name.startswith(("encoder.", "frontend.")) else 1.0
+
+    return make_optimizer(param_groups(model, cfg.weight_decay, lr_scale), "adamw", cfg.lr, (0.9, 0.98), 1e-6, device)
 
 
-class TaskSampler:
-    """Task-balanced batches: each clip is drawn by picking a task uniformly, then one of its training clips."""
+def train_step(model: nn.Module, waves: torch.Tensor, examples: Examples, items: Sequence[tuple[int, str, str, str]],
+               global_count: int, world: int, accum_steps: int, precision: Precision) -> tuple[float, dict[str, list[float]]]:
+    """Forward + backward of this rank's part of one optimiser step (no optimiser call).
 
-    def __init__(self, tasks: Sequence[Task], train_rows: set[int]):
-        self.tasks = [t for t in tasks if t.kind != "yes_no"] or list(tasks)
-        self.rows = [sorted(i for i in t.answers if i in train_rows) for t in self.tasks]
-        empty = [t.name for t, r in zip(self.tasks, self.rows) if not r]
-        if empty:
-            raise ValueError(f"pretrain: no training clips for task(s) {empty}")
-
-    def draw(self, n: int, generator: torch.Generator) -> list[tuple[int, str]]:
-        """``n`` (row, task it was drawn for) pairs."""
-        which = torch.randint(0, len(self.tasks), (n,), generator=generator).tolist()
-        picks = torch.rand(n, generator=generator).tolist()
-        return [(self.rows[t][int(u * len(self.rows[t]))], self.tasks[t].name) for t, u in zip(which, picks)]
-
-
-def make_examples(drawn: Sequence[tuple[int, str]], tasks: Sequence[Task], corpus_rows, classes,
-                  rng: random.Random, tasks_per_clip: int | None) -> list[tuple[int, str, str, str]]:
-    """(clip position in the batch, task, prompt, answer) for the drawn clips: the task each clip was drawn for,
-    plus up to ``tasks_per_clip - 1`` more of its tasks at random (None = all); one answer drawn per task."""
-    label_tasks = [t for t in tasks if t.kind == "label"]
-    out = []
-    for pos, (row, drawn_for) in enumerate(drawn):
-        own = [t for t in tasks if row in t.answers]
-        if tasks_per_clip is not None and len(own) > tasks_per_clip:
-            first = next(t for t in own if t.name == drawn_for)
-            others = [t for t in own if t is not first]
-            picked = {first.name, *(t.name for t in rng.sample(others, tasks_per_clip - 1))}
-            own = [t for t in own if t.name in picked]
-        for t in own:
-            if t.kind == "yes_no":
-                prompt, answer = yes_no_question(corpus_rows, row, label_tasks, classes, rng)
-            else:
-                accepted = t.answers[row]
-                prompt, answer = t.prompt, accepted[rng.randrange(len(accepted))]
-            out.append((pos, t.name, prompt, answer))
-    return out
+    ``items`` are this rank's (clip position in ``waves``, task, prompt, answer) examples.  The step's loss is the
+    mean over the *global* batch's ``global_count`` examples; DDP averages gradients over ranks, so each rank
+    backpropagates its sum x world / global_count, and the result equals one process on the whole batch.  With
+    ``accum_steps`` > 1 the rank's clips are cut into that many micro-batches whose gradients add up (each
+    micro-batch's BatchNorm statistics are its own, as each rank's are under DDP).  Returns this rank's share of
+    the loss (the ranks' shares sum to the global mean) and the per-example losses by task."""
+    device = precision.device
+    n_clips = waves.shape[0]
+    if n_clips % accum_steps:
+        raise ValueError(f"{n_clips} clips on this rank are not divisible by accum_steps {accum_steps}")
+    size = n_clips // accum_steps
+    share, by_task = 0.0, {}
+    for m in range(accum_steps):
+        mine = [(pos - m * size, name, p, a) for pos, name, p, a in items if m * size <= pos < (m + 1) * size]
+        last = m == accum_steps - 1
+        sync = model.no_sync() if (not last and hasattr(model, "no_sync")) else nullcontext()
+        with sync:
+            if not mine:  # cannot happen: every drawn clip has the task it was drawn for
+                raise RuntimeError("pretrain: a micro-batch without examples")
+            ids, mask = examples.batch([(p, a) for _, _, p, a in mine])
+            index = torch.tensor([pos for pos, _, _, _ in mine], device=device)
+            per_example = model(waves[m * size:(m + 1) * size].to(device), ids.to(device), mask.to(device), index,
+                                precision)
+            loss = per_example.float().sum() / global_count
+            precision.backward(loss * world)
+        share += float(loss.detach())
+        for (_, name, _, _), value in zip(mine, per_example.detach().float().tolist()):
+            by_task.setdefault(name, []).append(value)
+    return share, by_task
 
 
-def train_step(model: PretrainModel, optimizer, waves: torch.Tensor, examples: Examples,
-               items: Sequence[tuple[int, str, str, str]], dtype, cfg: PretrainConfig) -> tuple[float, dict[str, list[float]]]:
-    embedding = model.embed(waves, dtype)
-    ids, mask = examples.batch([(p, a) for _, _, p, a in items])
-    index = torch.tensor([pos for pos, _, _, _ in items])
-    with _autocast(dtype):
-        per_example = model.prefix_lm.loss(embedding[index], ids, mask)
-    loss = per_example.mean()
-    optimizer.zero_grad(set_to_none=True)
-    loss.backward()
-    if cfg.grad_clip_norm:
-        torch.nn.utils.clip_grad_norm_(model.parameters(), cfg.grad_clip_norm)
-    optimizer.step()
-    by_task: dict[str, list[float]] = {}
-    for (_, name, _, _), value in zip(items, per_example.detach().tolist()):
-        by_task.setdefault(name, []).append(value)
-    return float(loss.detach()), by_task
+def _rank_slice(n: int, runtime: Runtime) -> range:
+    per_rank = n // runtime.world
+    return range(runtime.rank * per_rank, (runtime.rank + 1) * per_rank)
 
 
 def run_training(model: PretrainModel, corpus, tasks: Sequence[Task], examples: Examples, cfg: PretrainConfig,
-                 seed: int, dtype, progress: bool = True, stop_after: int | None = None) -> list[dict[str, Any]]:
-    """Train for ``cfg.steps`` steps, resuming from ``cfg.checkpoint_dir``; returns the loss log rows.
+                 seed: int, runtime: Runtime, precision: Precision, progress: bool = True,
+                 stop_after: int | None = None, resume: str = "latest",
+                 allow_other_identity: bool = False) -> list[dict[str, Any]]:
+    """Train for ``cfg.steps`` steps, resuming as ``resume`` says (``clapkit.checkpointing``: ``latest`` = the
+    newest unfinished checkpoint of the same run identity); returns the loss log rows.
 
-    ``stop_after`` (tests, and a cheap way to simulate a kill) stops after that many steps, having saved a
-    checkpoint there.
+    Every rank draws the same global batch from the seeded generators (tasks, clips, a crop seed per clip, the
+    examples) and keeps its contiguous slice of the clips.  ``stop_after`` (tests, and a cheap way to simulate a
+    kill) stops after that many steps, having saved a checkpoint there.
     """
     from tqdm import tqdm
 
-    from .checkpointing import find_latest, load_checkpoint, save_checkpoint
-
+    from .checkpointing import (corpus_hash, find_resumable, load_checkpoint, model_fingerprint, run_directory,
+                                run_identity, save_checkpoint)
+    device, world = runtime.device, runtime.world
+    if cfg.batch_size % (world * cfg.accum_steps):
+        raise ValueError(f"pretrain.batch_size {cfg.batch_size} must be divisible by ranks x accum_steps = "
+                         f"{world} x {cfg.accum_steps}")
     train_rows = {i for i, r in enumerate(corpus.rows) if r["split"] == "train"}
     sampler = TaskSampler(tasks, train_rows)
     classes = {name: spec["classes"] for name, spec in corpus.tasks.items()}
     n_samples = model.frontend_cfg.clip_samples
-    optimizer = make_optimizer(model, cfg)
+    identity = run_identity(
+        {"pretrain": cfg.training_config(), "seed": seed, "tasks": [t.name for t in tasks],
+         "frontend": asdict(model.frontend_cfg)},
+        corpus=corpus_hash(cfg.prepared, Path(cfg.checkpoint_dir) / "corpus-hashes.json"),
+        initial_weights=model_fingerprint({}, model.state_dict()), world=world)
+    run_dir = run_directory(cfg.checkpoint_dir, identity)
+    model.to(device)
+    optimizer = build_optimizer(model, cfg, device)
+    schedule = LRSchedule(optimizer, schedule_config(cfg))
+    wrapped = nn.parallel.DistributedDataParallel(model, device_ids=[device.index] if device.type == "cuda" else None) \
+        if world > 1 else model
+    wrapped = maybe_compile(wrapped, cfg.compile)
+    trainable = [p for p in model.parameters() if p.requires_grad]
     generator = torch.Generator().manual_seed(seed)
     rng = random.Random(seed)
     log: list[dict[str, Any]] = []
     window: dict[str, list[float]] = {}  # per-task losses since the last log row (saved too: exact resume)
     window_loss: list[float] = []
     step = 0
-    # Checkpoints resume only a run of the same parameters *and* model code (a changed module would not load).
-    run_config = {"pretrain": cfg.training_config(), "seed": seed, "tasks": [t.name for t in tasks],
-                  "frontend": asdict(model.frontend_cfg), "code": _code_fingerprint(),
-                  "shapes": {k: list(v.shape) for k, v in model.state_dict().items()}}
-    latest = find_latest(cfg.checkpoint_dir, run_config)
+    latest = None
+    if resume in ("latest", "auto"):  # rank 0 decides (it may clear a finished run's folder) and tells the others
+        latest = find_resumable(cfg.checkpoint_dir, identity) if runtime.is_main else None
+    elif resume not in ("none", None):
+        latest = Path(resume)
+    if world > 1:  # rank 0 may have cleared a finished run: every rank decides on the same file
+        box = [str(latest) if latest is not None else None]
+        torch.distributed.broadcast_object_list(box, src=0)
+        latest = Path(box[0]) if box[0] is not None else None
     if latest is not None:
-        state = load_checkpoint(latest, model, optimizer)
+        state = load_checkpoint(latest, model, optimizer, schedule, precision.scaler, identity=identity,
+                                allow_other_identity=allow_other_identity)
         step = state["step"]
         generator.set_state(state["extra"]["generator"])
         rng.setstate(_tuple_state(state["extra"]["python_rng"]))
         log = list(state["extra"]["log"])
         window, window_loss = dict(state["extra"]["window"]), list(state["extra"]["window_loss"])
-        print(f"pretrain: resuming from {latest} (step {step} of {cfg.steps})")
-    bar = tqdm(total=cfg.steps, initial=step, disable=not progress, desc="pretrain", unit="step", dynamic_ncols=True)
+        if runtime.is_main:
+            print(f"pretrain: resuming from {latest} (step {step} of {cfg.steps})")
+    bar = tqdm(total=cfg.steps, initial=step, disable=not (progress and runtime.is_main), desc="pretrain",
+               unit="step", dynamic_ncols=True)
     model.train()
+    mine = _rank_slice(cfg.batch_size, runtime)
     clips_done, t0 = 0, time.perf_counter()
     while step < cfg.steps:
-        for group in optimizer.param_groups:
-            group["lr"] = lr_at(step, cfg) * group["lr_scale"]
         drawn = sampler.draw(cfg.batch_size, generator)
-        waves = torch.stack([clip_wave(corpus, r, n_samples, generator) for r, _ in drawn])
+        crop_seeds = torch.randint(0, 2**62, (cfg.batch_size,), generator=generator).tolist()
         items = make_examples(drawn, tasks, corpus.rows, classes, rng, cfg.tasks_per_clip)
-        loss, by_task = train_step(model, optimizer, waves, examples, items, dtype, cfg)
+        waves = torch.stack([clip_wave(corpus, drawn[j][0], n_samples, torch.Generator().manual_seed(crop_seeds[j]))
+                             for j in mine])
+        local = [(pos - mine.start, name, p, a) for pos, name, p, a in items if pos in mine]
+        optimizer.zero_grad(set_to_none=True)
+        share, by_task = train_step(wrapped, waves, examples, local, len(items), world, cfg.accum_steps, precision)
+        precision.step(optimizer, trainable, cfg.grad_clip_norm)
+        lr = optimizer.param_groups[0]["lr"] / optimizer.param_groups[0].get("lr_scale", 1.0)
+        schedule.step()
+        loss = runtime.all_reduce_sum(share)
         step += 1
         window_loss.append(loss)
         for name, values in by_task.items():
@@ -552,29 +376,21 @@ def run_training(model: PretrainModel, corpus, tasks: Sequence[Task], examples: 
         bar.update(1)
         bar.set_postfix(loss=f"{loss:.3f}", clips_s=f"{clips_done / (time.perf_counter() - t0):.1f}")
         if step % cfg.log_every == 0 or step == cfg.steps:
-            log.append({"step": step, "loss": float(np.mean(window_loss)), "lr": lr_at(step - 1, cfg),
+            # per-task means of rank 0's examples (a sample of the batch under DDP); the loss is the global one
+            log.append({"step": step, "loss": float(np.mean(window_loss)), "lr": lr,
                         "tasks": {k: float(np.mean(v)) for k, v in sorted(window.items())}})
             window, window_loss = {}, []
         if step % cfg.checkpoint_every == 0 or step == cfg.steps or step == stop_after:
-            save_checkpoint(cfg.checkpoint_dir, step, model, optimizer, config=run_config, keep=cfg.keep_checkpoints,
-                            extra={"generator": generator.get_state(), "python_rng": _list_state(rng.getstate()),
-                                   "log": log, "window": window, "window_loss": window_loss})
+            if runtime.is_main:
+                save_checkpoint(run_dir, step, model, identity, optimizer, schedule, precision.scaler,
+                                keep=cfg.keep_checkpoints, finished=step == cfg.steps,
+                                extra={"generator": generator.get_state(), "python_rng": _list_state(rng.getstate()),
+                                       "log": log, "window": window, "window_loss": window_loss})
+            runtime.barrier()
         if stop_after is not None and step >= stop_after:
             break
     bar.close()
     return log
-
-
-def _code_fingerprint() -> str:
-    import hashlib
-
-    from .models import htsat, mapper
-
-    digest = hashlib.sha256()
-    for module in (htsat, mapper):
-        digest.update(Path(module.__file__).read_bytes())
-    digest.update(Path(__file__).read_bytes())
-    return digest.hexdigest()[:16]
 
 
 def _list_state(state) -> list:
@@ -585,114 +401,6 @@ def _list_state(state) -> list:
 def _tuple_state(state) -> tuple:
     version, internal, gauss = state
     return (version, tuple(internal), gauss)
-
-
-# --- evaluation ----------------------------------------------------------------------------------------------------
-
-@torch.no_grad()
-def evaluate_generation(model: PretrainModel, corpus, tasks: Sequence[Task], examples: Examples,
-                        cfg: PretrainConfig, seed: int, dtype, split: str = "test") -> tuple[dict, list[dict]]:
-    """Exact-match accuracy of greedy answers on ``split`` clips, per task, and example generations.
-
-    ``accuracy``: greedy decoding constrained to the answers the task had in training (a trie; yes/no for the
-    yes/no task), so the score measures what the audio tells the model, not whether a small LM trained from
-    scratch for a few minutes has learnt which vocabulary belongs to which prompt; ``free_accuracy``: greedy
-    decoding over the whole output vocabulary.
-
-    Up to ``eval_clips_per_task`` clips per task, drawn with a fixed seed; the yes/no questions are drawn with it
-    too, so every run asks the same questions.  Chance = 1 / distinct answers (classes).  ``significant``: the
-    accuracy exceeds chance by more than 3 binomial standard errors of chance on that many clips.
-    ``audio_blind``: the accuracy of always giving the task's most frequent training answer (what a model that
-    ignores the audio and knows only the answer prior scores on these clips); ``above_audio_blind`` when the
-    accuracy beats it by more than 3 standard errors of it, the stricter test on unbalanced tasks.
-    """
-    model.eval()
-    rng = random.Random(f"{seed}-eval")
-    label_tasks = [t for t in tasks if t.kind == "label"]
-    classes = {name: spec["classes"] for name, spec in corpus.tasks.items()}
-    train_answers = {t.name: {normalize_answer(a) for i, acc in t.answers.items()
-                              if corpus.rows[i]["split"] == "train" for a in acc} for t in tasks}
-    chosen: dict[str, list[int]] = {}
-    for t in tasks:
-        rows = sorted(i for i in t.answers if corpus.rows[i]["split"] == split)
-        if len(rows) > cfg.eval_clips_per_task:
-            rows = sorted(rng.sample(rows, cfg.eval_clips_per_task))
-        chosen[t.name] = rows
-    needed = sorted({i for rows in chosen.values() for i in rows})
-    n_samples = model.frontend_cfg.clip_samples
-    embeddings: dict[int, torch.Tensor] = {}
-    for start in range(0, len(needed), cfg.eval_batch_size):
-        part = needed[start : start + cfg.eval_batch_size]
-        waves = torch.stack([clip_wave(corpus, r, n_samples, None) for r in part])
-        for r, e in zip(part, model.embed(waves, dtype)):
-            embeddings[r] = e
-    metrics, generations = {}, []
-    for t in tasks:
-        # Constrained decoding: the answers this task had in training (yes/no for yes_no) form a trie that
-        # greedy decoding must stay in, so a clip is not answered with another task's vocabulary.
-        admissible = ["yes", "no"] if t.kind == "yes_no" else sorted(
-            {a for i, acc in t.answers.items() if corpus.rows[i]["split"] == "train" for a in acc})
-        trie = answer_trie(examples.answer_ids(a) for a in admissible)
-        rows = chosen[t.name]
-        if not rows:
-            continue
-        queries = []
-        for r in rows:
-            if t.kind == "yes_no":
-                prompt, answer = yes_no_question(corpus.rows, r, label_tasks, classes, rng)
-                queries.append((r, prompt, [answer]))
-            else:
-                queries.append((r, t.prompt, t.answers[r]))
-        longest = max(len(examples.answer_ids(a)) for _, _, acc in queries for a in acc)
-        max_new = min(cfg.max_answer_tokens, longest + 2) + 1  # room for a longer wrong answer, and the end token
-        correct = free_correct = 0
-        for start in range(0, len(queries), cfg.eval_batch_size):
-            part = queries[start : start + cfg.eval_batch_size]
-            emb = torch.stack([embeddings[r] for r, _, _ in part])
-            prompts = [examples.prompt_ids(p) for _, p, _ in part]
-            with _autocast(dtype):
-                out = model.prefix_lm.generate(emb, prompts, max_new, GPT2_EOT_ID, tries=[trie] * len(part))
-                free = model.prefix_lm.generate(emb, prompts, max_new, GPT2_EOT_ID)
-            for (r, prompt, accepted), ids, free_ids in zip(part, out, free):
-                text = examples.tokenizer.decode(ids, skip_special_tokens=True).strip()
-                free_text = examples.tokenizer.decode(free_ids, skip_special_tokens=True).strip()
-                ok = exact_match(text, accepted)
-                correct += ok
-                free_correct += exact_match(free_text, accepted)
-                if sum(g["task"] == t.name for g in generations) < cfg.examples_per_task:
-                    generations.append({"task": t.name, "clip": corpus.rows[r]["id"], "prompt": prompt,
-                                        "answer": accepted[0] if len(accepted) == 1 else accepted,
-                                        "generated": text, "generated_free": free_text, "correct": bool(ok)})
-        n = len(queries)
-        accuracy = correct / n
-        chance = 1.0 / max(t.classes, 1)
-        prior = {}
-        for i, acc in t.answers.items():
-            if corpus.rows[i]["split"] == "train" and t.kind != "yes_no":
-                prior[normalize_answer(acc[0])] = prior.get(normalize_answer(acc[0]), 0) + 1
-        if t.kind == "yes_no":  # trained on balanced questions: the test majority is the stricter baseline
-            prior = {"yes": sum(acc == ["yes"] for _, _, acc in queries), "no": sum(acc == ["no"] for _, _, acc in queries)}
-        commonest = min(prior, key=lambda a: (-prior[a], a))  # ties: alphabetical, so the baseline is fixed
-        blind = sum(any(normalize_answer(a) == commonest for a in acc) for _, _, acc in queries) / n
-        blind_margin = 3 * math.sqrt(max(blind * (1 - blind), 1.0 / n) / n)  # >= 1 clip's worth when blind is 0
-        seen = sum(any(normalize_answer(a) in train_answers[t.name] for a in acc) for _, _, acc in queries) / n
-        metrics[t.name] = {"accuracy": round(accuracy, 4), "chance": round(chance, 4),
-                           "free_accuracy": round(free_correct / n, 4), "classes": t.classes,
-                           "clips": n, "answer_seen_in_train": round(seen, 4),
-                           "significant": bool(accuracy > chance + 3 * math.sqrt(chance * (1 - chance) / n)),
-                           "audio_blind": round(blind, 4),
-                           "above_audio_blind": bool(accuracy > blind + blind_margin)}
-    return metrics, generations
-
-
-def answer_trie(sequences: Iterable[Sequence[int]]) -> dict:
-    """Nested dict ``{token: {token: ...}}`` of token sequences (each ends with the end token, whose node is ``{}``)."""
-    root: dict = {}
-    for seq in sequences:
-        node = root
-        for token in seq:
-            node = node.setdefault(int(token), {})
-    return root
 
 
 # --- the stage -----------------------------------------------------------------------------------------------------
@@ -710,8 +418,13 @@ def write_loss_log(path: Path, log: Sequence[Mapping[str, Any]], task_names: Seq
 
 
 def pretrain(cfg: PretrainConfig, frontend: FrontendConfig, model_name: str, model_config: Mapping[str, Any],
-             seed: int = 0, progress: bool = True, stop_after: int | None = None) -> dict[str, Any]:
-    """Run the stage; returns the metrics written to ``cfg.metrics``."""
+             seed: int = 0, progress: bool = True, stop_after: int | None = None, resume: str = "latest",
+             allow_other_identity: bool = False) -> dict[str, Any]:
+    """Run the stage; returns the metrics written to ``cfg.metrics`` (on rank 0; ``{}`` on the other ranks).
+
+    Under ``torchrun`` every rank trains; then the other ranks leave and rank 0 alone evaluates and writes the
+    outputs.  Nobody waits in a collective while rank 0 evaluates, so a long evaluation cannot trip NCCL's
+    timeout."""
     from .data.prepare import PreparedCorpus
 
     started = time.perf_counter()
@@ -719,7 +432,8 @@ def pretrain(cfg: PretrainConfig, frontend: FrontendConfig, model_name: str, mod
     Path(cfg.checkpoint_dir).mkdir(parents=True, exist_ok=True)
     if cfg.threads:
         torch.set_num_threads(cfg.threads)
-    dtype = resolve_precision(cfg.precision)
+    runtime = setup_runtime(cfg.device)
+    precision = Precision(cfg.precision, runtime.device)
     corpus = PreparedCorpus(cfg.prepared)
     if corpus.sample_rate != frontend.sample_rate:
         raise ValueError(f"{cfg.prepared}: prepared at {corpus.sample_rate} Hz, frontend.<preset> wants "
@@ -739,14 +453,18 @@ def pretrain(cfg: PretrainConfig, frontend: FrontendConfig, model_name: str, mod
     model = PretrainModel(frontend, model_config["audio_encoder"], cfg, vocab)
     log: list[dict[str, Any]] = []
     if tasks and cfg.steps:
-        log = run_training(model, corpus, tasks, examples, cfg, seed, dtype, progress, stop_after)
+        log = run_training(model, corpus, tasks, examples, cfg, seed, runtime, precision, progress, stop_after,
+                           resume, allow_other_identity)
     trained = time.perf_counter()
     if stop_after is not None and stop_after < cfg.steps:
         return {"stopped_after": stop_after}
+    if not runtime.is_main:
+        return {}
     task_metrics, generations = ({}, [])
     if tasks and cfg.steps:
-        task_metrics, generations = evaluate_generation(model, corpus, tasks, examples, cfg, seed, dtype)
+        task_metrics, generations = evaluate_generation(model, corpus, tasks, examples, cfg, seed, precision)
     finished = time.perf_counter()
+    model.to("cpu")
     mode = cfg.tasks if isinstance(cfg.tasks, str) else "list"
     info = {"model_config": model_name, "audio_encoder": model_config["audio_encoder"], "frontend": asdict(frontend),
             "mode": mode, "tasks": [t.name for t in tasks], "prompts": {t.name: t.prompt for t in tasks if t.prompt},
@@ -771,7 +489,9 @@ def pretrain(cfg: PretrainConfig, frontend: FrontendConfig, model_name: str, mod
         atomic_write_text(Path(cfg.timings), json.dumps({
             "train_s": round(trained - started, 1), "evaluate_s": round(finished - trained, 1),
             "steps": info["steps"], "batch_size": cfg.batch_size, "threads": torch.get_num_threads(),
-            "precision": str(dtype or torch.float32)}, indent=2) + "\n")
+            "precision": precision.name, "device": str(runtime.device), "world": runtime.world,
+            "compile": cfg.compile, **({"peak_gpu_memory_gib": round(torch.cuda.max_memory_allocated() / 2**30, 3)}
+                                       if runtime.device.type == "cuda" else {})}, indent=2) + "\n")
     return metrics
 
 
@@ -780,7 +500,12 @@ def _cmd_pretrain(args) -> int:
     cfg = PretrainConfig.from_params(params)
     name, model_config = model_config_from_params(params)
     metrics = pretrain(cfg, frontend_config(params), name, model_config, seed=cfg.seed,
-                       progress=not args.no_progress)
+                       progress=not args.no_progress, resume=args.resume,
+                       allow_other_identity=args.resume_any_identity)
+    if torch.distributed.is_initialized():  # not a collective: rank 0 may still be evaluating
+        torch.distributed.destroy_process_group()
+    if not metrics:  # a rank other than 0 under torchrun: rank 0 evaluates and reports
+        return 0
     for task, m in metrics["tasks"].items():
         print(f"{task:18s} accuracy {m['accuracy']:.3f}  chance {m['chance']:.3f}  ({m['clips']} clips)")
     print(f"pretrain: {metrics['num_tasks']} tasks, weights in {cfg.out}, metrics in {cfg.metrics}")
@@ -790,5 +515,10 @@ def _cmd_pretrain(args) -> int:
 def register(subparsers) -> None:
     p = subparsers.add_parser("pretrain", help="stage pretrain: multi-task audio-encoder pretraining (prefix LM)")
     p.add_argument("--params", default="params.yaml")
+    p.add_argument("--resume", default="latest",
+                   help="latest (default: the newest unfinished checkpoint of the same run identity, if any), none, "
+                        "or a checkpoint path (its identity must match)")
+    p.add_argument("--resume-any-identity", action="store_true",
+                   help="with --resume PATH: load it even if it was written by another run identity (warned)")
     p.add_argument("--no-progress", action="store_true")
     p.set_defaults(func=_cmd_pretrain)

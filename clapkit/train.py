@@ -2,7 +2,7 @@
 
 One command on one CPU, one GPU or many (``torchrun --nproc-per-node N -m clapkit.cli train ...``)::
 
-    clapkit train --params params.yaml [--resume latest|none|<checkpoint>]
+    clapkit train --params params.yaml [--resume latest|none|<checkpoint>] [--resume-any-identity]
 
 What happens, top to bottom of this file:
 
@@ -11,35 +11,38 @@ What happens, top to bottom of this file:
 2. ``build_model``: a seeded CLAP of that config; the audio encoder initialised from the pretrain stage
    (``audio_init: pretrain`` reads ``models/pretrain/``), from a file/directory, or left random (``none``);
    the same for the text encoder (``text_init``).  ``freeze_audio`` / ``freeze_text`` fix an encoder (its
-   projection still trains) and keep it in eval mode.
-3. Optimiser (Adam or AdamW; no weight decay on biases, norms, embeddings and the temperature), a schedule
-   (``Schedule``: linear warmup, then cosine, constant, or reduce-on-plateau on the validation loss), gradient
-   clipping, optional gradient accumulation in OpenCLIP's two-pass form (the loss of k accumulated micro-batches
-   equals the loss of one k-times larger batch, see ``train_step``), autocast (``precision``).
+   projection still trains) and keep it in eval mode.  The encoders carry no AudioSet head, so every
+   parameter gets a gradient (DDP needs no ``find_unused_parameters``).
+3. The shared training support (``clapkit.training``): device (``device: auto|cpu|cuda``), process group,
+   optimiser (Adam or AdamW; no weight decay on biases, norms, embeddings and the temperature), the schedule
+   (linear warmup, then cosine, constant, or reduce-on-plateau on the validation loss), autocast and fp16 loss
+   scaling (``precision``), ``torch.compile`` (``compile``), gradient clipping; optional gradient accumulation in
+   OpenCLIP's two-pass form (``train_step``).
 4. The loop, with a budget in optimiser *steps* (``max_steps``): checkpoints every ``checkpoint_every`` steps,
    at each epoch end and at the end (``clapkit.checkpointing``); validation (loss + zero-shot accuracy per task
-   of the corpus on the ``val`` split, through ``clapkit.api.CLAP``) at each epoch end and at the end; dvclive
-   logs (loss, lr, temperature, clips/s, validation metrics) in ``train.live_dir``.
+   of the corpus on the ``val`` split, shared across ranks: ``clapkit.validation``) at each epoch end and at the
+   end; dvclive logs (loss, lr, temperature, clips/s, validation metrics) in ``train.live_dir``.
 5. The final model through ``CLAP.save_pretrained`` into ``train.out`` (``models/clap``); ``metrics/train.json``.
 
-Resume: with ``--resume latest`` (what the stage runs; ``auto`` = the same) the newest checkpoint written under
-the *same* configuration is loaded (model, optimiser, schedule, scaler, RNG, epoch and batch position) and the
-run continues exactly where it stopped, also from the middle of an epoch; without one it starts afresh.  Batches
-are a pure function of (seed, epoch, index) (``clapkit.data.loader``), so "interrupted + resumed" computes the
-same steps as "uninterrupted" (tests/test_train.py).  dvclive rows logged after the checkpoint are dropped on
-resume, so the curves have no duplicated steps.
+Resume (``clapkit.checkpointing``): a run's identity is its parameters, the hash of the clapkit code, the hash
+of the corpus it reads and the fingerprint of its initial weights.  ``--resume latest`` (what the stage runs)
+continues the newest unfinished checkpoint of the same identity (model, optimiser, schedule, scaler, RNG, epoch
+and batch position), also from the middle of an epoch; a finished run or any change trains afresh.  Batches are
+a pure function of (seed, epoch, index) (``clapkit.data.loader``), so "interrupted + resumed" computes the same
+steps as "uninterrupted" (tests/test_train.py).  dvclive rows logged after the checkpoint are dropped on resume,
+so the curves have no duplicated steps.
 
 Distributed: ``torchrun`` sets RANK / WORLD_SIZE; the process group is NCCL on GPUs, gloo on CPUs.  Each rank
 takes a contiguous slice of every global batch; features are gathered with gradients (``clapkit.losses``), so
-the loss and the gradients equal the single-process ones on the same global batch (tests/test_ddp.py).
-BatchNorm (HTSAT's ``bn0``) normalises per rank as in OpenCLIP (``sync_batchnorm: true`` for SyncBatchNorm on GPUs).
+the loss and the gradients equal those of one process running the same global batch as ``world`` accumulation
+micro-batches (tests/test_ddp.py).  BatchNorm (HTSAT's ``bn0``) normalises per rank and per micro-batch, as in
+OpenCLIP (``sync_batchnorm: true`` for SyncBatchNorm on GPUs).
 """
 
 from __future__ import annotations
 
 import copy
 import csv
-import itertools
 import json
 import math
 import os
@@ -47,19 +50,21 @@ import time
 from contextlib import nullcontext
 from dataclasses import asdict, dataclass
 from pathlib import Path
-from typing import Any, Mapping
+from typing import Any, Iterable, Iterator, Mapping
 
 import torch
 import torch.distributed as dist
-import torch.nn.functional as F
 from torch import nn
 
-from .checkpointing import find_latest, load_checkpoint, model_fingerprint, save_checkpoint, unwrap
+from .checkpointing import (corpus_hash, find_resumable, load_checkpoint, model_fingerprint, run_directory,
+                            run_identity, save_checkpoint, unwrap)
 from .config import dataclass_from_dict, load_params, model_config_from_params
 from .losses import ClipLoss, clamp_logit_scale
 from .text import atomic_write_text
+from .training import (DEVICES, PRECISIONS, SCHEDULES, LRSchedule, Precision, RngReplay, Runtime, ScheduleConfig,
+                       frozen_batchnorm_statistics, make_optimizer, maybe_compile, param_groups, setup_runtime)
 
-__all__ = ["Schedule", "TrainConfig", "build_model", "evaluate", "load_encoder_weights", "train", "train_step"]
+__all__ = ["TrainConfig", "build_model", "load_encoder_weights", "train", "train_step"]
 
 
 @dataclass
@@ -88,7 +93,9 @@ class TrainConfig:
     plateau_factor: float = 0.1
     plateau_patience: int = 15
     grad_clip_norm: float | None = 1.0
+    device: str = "auto"  # auto | cpu | cuda
     precision: str = "auto"  # auto | fp32 | bf16 | fp16
+    compile: bool = False  # torch.compile the model
     threads: int = 0  # torch intra-op threads per process; 0 = torch's default
     num_workers: int = 0
     checkpoint_every: int = 50
@@ -112,10 +119,12 @@ class TrainConfig:
         problems = []
         if self.optimizer not in ("adam", "adamw"):
             problems.append(f"optimizer must be adam or adamw, got {self.optimizer!r}")
-        if self.schedule not in ("cosine", "constant", "plateau"):
-            problems.append(f"schedule must be cosine, constant or plateau, got {self.schedule!r}")
-        if self.precision not in ("auto", "fp32", "bf16", "fp16"):
-            problems.append(f"precision must be auto, fp32, bf16 or fp16, got {self.precision!r}")
+        if self.schedule not in SCHEDULES:
+            problems.append(f"schedule must be one of {SCHEDULES}, got {self.schedule!r}")
+        if self.precision not in PRECISIONS:
+            problems.append(f"precision must be one of {PRECISIONS}, got {self.precision!r}")
+        if self.device not in DEVICES:
+            problems.append(f"device must be one of {DEVICES}, got {self.device!r}")
         if self.temperature is not None and not 0 < self.temperature <= 1:
             problems.append(f"temperature must be in (0, 1] or null, got {self.temperature}")
         if self.max_steps < 1 or self.batch_size < 2 or self.accum_steps < 1:
@@ -126,6 +135,21 @@ class TrainConfig:
     @classmethod
     def from_params(cls, params: Mapping[str, Any]) -> "TrainConfig":
         return dataclass_from_dict(cls, params.get("train"), "train")
+
+    def schedule_config(self) -> ScheduleConfig:
+        return ScheduleConfig(lr=self.lr, total_steps=self.max_steps, warmup_steps=self.warmup_steps,
+                              kind=self.schedule, min_lr_ratio=self.min_lr_ratio, plateau_factor=self.plateau_factor,
+                              plateau_patience=self.plateau_patience)
+
+    def identity_params(self) -> dict[str, Any]:
+        """The fields that change what a run computes (paths, logging, threads and the device do not)."""
+        c = asdict(self)
+        for key in ("threads", "checkpoint_every", "keep_checkpoints", "log_every", "out", "metrics", "live_dir",
+                    "checkpoint_dir", "prepared", "shards", "timings", "device", "compile"):
+            c.pop(key)
+        if not self.shards:  # indexed batches do not depend on the workers; a shard stream's order does
+            c.pop("num_workers")
+        return c
 
 
 # --- model -----------------------------------------------------------------------------------------------------------
@@ -254,104 +278,8 @@ def set_train_mode(model: nn.Module, cfg: TrainConfig) -> None:
         model.text.encoder.eval()
 
 
-# --- optimisation ----------------------------------------------------------------------------------------------------
 
-def make_optimizer(model: nn.Module, cfg: TrainConfig) -> torch.optim.Optimizer:
-    """Weight decay on weight matrices only (CLIP: not on gains, biases, embeddings or the temperature)."""
-    decay, no_decay = [], []
-    for name, p in model.named_parameters():
-        if not p.requires_grad:
-            continue
-        if p.ndim < 2 or "logit_scale" in name or "wte" in name or "wpe" in name or "embeddings" in name:
-            no_decay.append(p)
-        else:
-            decay.append(p)
-    groups = [{"params": decay, "weight_decay": cfg.weight_decay if cfg.optimizer == "adamw" else 0.0},
-              {"params": no_decay, "weight_decay": 0.0}]
-    opt_cls = torch.optim.AdamW if cfg.optimizer == "adamw" else torch.optim.Adam
-    # fused: one kernel over all tensors; on this CPU 14x faster than the per-tensor loop for the 13M-entry
-    # GPT-2 token embedding (which Adam updates in full every step).
-    return opt_cls(groups, lr=cfg.lr, betas=cfg.betas, eps=cfg.eps, fused=True)
-
-
-class Schedule:
-    """Learning rate per optimiser step: linear warmup from 0, then cosine to ``min_lr_ratio``, constant, or
-    reduce-on-plateau (x ``plateau_factor`` after ``plateau_patience`` epochs without a better validation loss,
-    the paper's recipe).  ``step()`` after each optimiser step, ``epoch_end(val_loss)`` after each validation.
-    Its whole state is in ``state_dict`` (a checkpoint restores it exactly)."""
-
-    def __init__(self, optimizer: torch.optim.Optimizer, cfg: TrainConfig):
-        self.optimizer, self.cfg = optimizer, cfg
-        self.base_lr = cfg.lr
-        self.steps = 0
-        self.plateau_scale = 1.0
-        self.best = math.inf
-        self.bad_epochs = 0
-        self._apply()
-
-    def lr(self) -> float:
-        cfg = self.cfg
-        if cfg.warmup_steps and self.steps < cfg.warmup_steps:
-            return self.base_lr * (self.steps + 1) / cfg.warmup_steps
-        if cfg.schedule == "cosine":
-            span = max(1, cfg.max_steps - cfg.warmup_steps)
-            progress = min(1.0, (self.steps - cfg.warmup_steps) / span)
-            ratio = cfg.min_lr_ratio + (1 - cfg.min_lr_ratio) * 0.5 * (1 + math.cos(math.pi * progress))
-            return self.base_lr * ratio
-        if cfg.schedule == "plateau":
-            return self.base_lr * self.plateau_scale
-        return self.base_lr
-
-    def _apply(self) -> None:
-        for group in self.optimizer.param_groups:
-            group["lr"] = self.lr()
-
-    def step(self) -> None:
-        self.steps += 1
-        self._apply()
-
-    def epoch_end(self, val_loss: float) -> None:
-        if self.cfg.schedule != "plateau":
-            return
-        if val_loss < self.best:
-            self.best, self.bad_epochs = val_loss, 0
-        else:
-            self.bad_epochs += 1
-            if self.bad_epochs > self.cfg.plateau_patience:
-                self.plateau_scale *= self.cfg.plateau_factor
-                self.bad_epochs = 0
-        self._apply()
-
-    def state_dict(self) -> dict[str, Any]:
-        return {"steps": self.steps, "plateau_scale": self.plateau_scale, "best": self.best, "bad_epochs": self.bad_epochs}
-
-    def load_state_dict(self, state: Mapping[str, Any]) -> None:
-        self.steps, self.plateau_scale = int(state["steps"]), float(state["plateau_scale"])
-        self.best, self.bad_epochs = float(state["best"]), int(state["bad_epochs"])
-        self._apply()
-
-
-def resolve_precision(precision: str, device: torch.device) -> torch.dtype | None:
-    """The autocast dtype (None = fp32).  ``auto``: bf16 on CUDA GPUs that have it and on CPUs with native bf16
-    matrix units (AVX512-BF16 / AMX); fp32 elsewhere, where emulated bf16 is slower than fp32."""
-    if precision == "fp32":
-        return None
-    if precision == "bf16":
-        return torch.bfloat16
-    if precision == "fp16":
-        return torch.float16
-    if device.type == "cuda":
-        return torch.bfloat16 if torch.cuda.is_bf16_supported() else torch.float16
-    try:
-        flags = Path("/proc/cpuinfo").read_text().split()
-    except OSError:
-        flags = []
-    return torch.bfloat16 if ("amx_bf16" in flags or "avx512_bf16" in flags) else None
-
-
-def autocast(device: torch.device, dtype: torch.dtype | None):
-    return torch.autocast(device.type, dtype=dtype) if dtype is not None else nullcontext()
-
+# --- one optimiser step ----------------------------------------------------------------------------------------------
 
 def _features(model: nn.Module, batch: Mapping[str, torch.Tensor]) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
     out = model(batch["wave"], batch["input_ids"], batch["attention_mask"])
@@ -359,105 +287,56 @@ def _features(model: nn.Module, batch: Mapping[str, torch.Tensor]) -> tuple[torc
 
 
 def train_step(model: nn.Module, batch: Mapping[str, torch.Tensor], loss_fn: ClipLoss, accum_steps: int,
-               device: torch.device, dtype: torch.dtype | None) -> float:
+               precision: Precision) -> float:
     """Forward + backward of one optimiser step (no optimiser call); returns this rank's loss.
 
     With ``accum_steps = k > 1`` the rank's batch is cut into k micro-batches, OpenCLIP-style: pass 1 embeds
     every micro-batch without gradients; pass 2 re-embeds each with gradients and computes the loss of the whole
     batch with the other micro-batches' features as constants, and backpropagates it.  The summed gradients equal
-    those of one pass over the whole batch (every pair keeps all its negatives), at the cost of a second forward.
-    The RNG state is replayed so that dropout / SpecAugment draw the same masks in both passes.
+    those of one graph over the k micro-batches (every pair keeps all its negatives), at the cost of a second
+    forward.  Pass 2 replays pass 1's random state on every device involved, so dropout, drop-path and
+    SpecAugment draw the same masks; BatchNorm running statistics are updated by pass 2 only (pass 1 restores
+    them).  BatchNorm normalises each micro-batch with its own statistics, as each rank does under DDP.
     """
+    device = precision.device
     batch = {k: v.to(device, non_blocking=True) for k, v in batch.items() if torch.is_tensor(v)}
     if accum_steps == 1:
-        with autocast(device, dtype):
+        with precision.autocast():
             audio, text, scale = _features(model, batch)
         loss = loss_fn(audio, text, scale)
-        loss.backward()
+        precision.backward(loss)
         return float(loss.detach())
     n = batch["wave"].shape[0]
     if n % accum_steps:
         raise ValueError(f"per-rank batch {n} is not divisible by accum_steps {accum_steps}")
     size = n // accum_steps
     micro = [{k: v[i * size:(i + 1) * size] for k, v in batch.items()} for i in range(accum_steps)]
-    rng_states, cached_audio, cached_text = [], [], []
-    with torch.no_grad():
+    replays, cached_audio, cached_text = [], [], []
+    inner = unwrap(model)
+    with torch.no_grad(), frozen_batchnorm_statistics(inner):
         for mb in micro:
-            rng_states.append(torch.get_rng_state())
-            with autocast(device, dtype):
-                a, t, _ = _features(unwrap(model), mb)
+            replays.append(RngReplay(device))
+            with precision.autocast():
+                a, t, _ = _features(inner, mb)
             cached_audio.append(a)
             cached_text.append(t)
-    after = torch.get_rng_state()
+    after = RngReplay(device)
     loss_value = 0.0
     for i, mb in enumerate(micro):
-        torch.set_rng_state(rng_states[i])
+        replays[i].restore()
         # DDP must sync gradients only on the last micro-batch.
         sync = model.no_sync() if (i < accum_steps - 1 and hasattr(model, "no_sync")) else nullcontext()
         with sync:
-            with autocast(device, dtype):
+            with precision.autocast():
                 a, t, scale = _features(model, mb)
             audio = torch.cat(cached_audio[:i] + [a] + cached_audio[i + 1:])
             text = torch.cat(cached_text[:i] + [t] + cached_text[i + 1:])
             # Every pass computes the whole batch's loss: the temperature's gradient is taken from one of them.
             loss = loss_fn(audio, text, scale if i == 0 else scale.detach())
-            loss.backward()
+            precision.backward(loss)
         loss_value = float(loss.detach())
-    torch.set_rng_state(after)
+    after.restore()
     return loss_value
-
-
-# --- evaluation ------------------------------------------------------------------------------------------------------
-
-@torch.no_grad()
-def evaluate(clap, corpus, indices: list[int], tasks: Mapping[str, Any], batch_size: int, device: torch.device,
-             dtype: torch.dtype | None) -> dict[str, Any]:
-    """Validation: contrastive loss over batches of ``indices`` (centre crops, first captions) and zero-shot
-    accuracy per task of the corpus, prompt = the task's canonical caption template.  Returns
-    ``{"loss", "zeroshot": {task: {"accuracy", "chance", "classes", "clips"}}, "mean_accuracy"}``."""
-    from .data.captions import TASK_TEMPLATES
-    from .data.loader import ClipCaptionDataset, make_collate
-
-    model = clap.model
-    was_training = model.training
-    model.eval()
-    # The split lists clips source by source; batches of neighbours (one speaker, one kit) have near-identical
-    # captions and would make the loss meaningless.  A fixed permutation mixes them, the same for every run.
-    indices = [indices[k] for k in torch.randperm(len(indices), generator=torch.Generator().manual_seed(0))]
-    dataset = ClipCaptionDataset(corpus, indices, clap.clip_samples, train=False)
-    collate = make_collate(clap.tokenizer)
-    loss_fn = ClipLoss(gather_with_grad=False)
-    audio_all, losses, weights = [], [], []
-    for start in range(0, len(dataset), batch_size):
-        batch = collate([dataset[i] for i in range(start, min(start + batch_size, len(dataset)))])
-        with autocast(device, dtype):
-            a = model.encode_audio(batch["wave"].to(device))
-            t = model.encode_text(batch["input_ids"].to(device), batch["attention_mask"].to(device))
-        a, t = F.normalize(a.float(), dim=-1), F.normalize(t.float(), dim=-1)
-        audio_all.append(a.cpu())
-        if a.shape[0] > 1:
-            per_audio = model.logit_scale.exp() * a @ t.T
-            labels = torch.arange(a.shape[0], device=a.device)
-            losses.append(float((F.cross_entropy(per_audio, labels) + F.cross_entropy(per_audio.T, labels)) / 2))
-            weights.append(a.shape[0])
-    audio_all = torch.cat(audio_all) if audio_all else torch.zeros(0, model.embed_dim)
-    results = {}
-    for task, info in sorted(tasks.items()):
-        classes = list(info["classes"])
-        rows = [(j, corpus.rows[i]["labels"].get(task)) for j, i in enumerate(indices)]
-        rows = [(j, label) for j, label in rows if label in classes]
-        if len(classes) < 2 or not rows:
-            continue
-        template = TASK_TEMPLATES.get(task, ["this is the sound of {}"])[0]
-        result = clap.zero_shot_from_embeddings(audio_all[[j for j, _ in rows]], classes, template)
-        predicted = result.ranking[:, 0]
-        truth = torch.tensor([classes.index(label) for _, label in rows])
-        results[task] = {"accuracy": float((predicted == truth).float().mean()), "chance": 1.0 / len(classes),
-                         "classes": len(classes), "clips": len(rows)}
-    model.train(was_training)
-    loss = sum(l * w for l, w in zip(losses, weights)) / max(1, sum(weights))
-    mean_acc = sum(r["accuracy"] for r in results.values()) / max(1, len(results))
-    return {"loss": loss, "zeroshot": results, "mean_accuracy": mean_acc}
 
 
 # --- logging ---------------------------------------------------------------------------------------------------------
@@ -486,9 +365,6 @@ class _NoLive:
     def log_metric(self, *a, **k):
         pass
 
-    def log_params(self, *a, **k):
-        pass
-
     def next_step(self):
         pass
 
@@ -513,45 +389,49 @@ def _open_live(live_dir: str, resumed_step: int | None, rank: int):
     return live
 
 
+
 # --- the loop --------------------------------------------------------------------------------------------------------
 
-def _init_distributed() -> tuple[int, int, torch.device]:
-    world = int(os.environ.get("WORLD_SIZE", "1"))
-    if world > 1 and not dist.is_initialized():
-        backend = "nccl" if torch.cuda.is_available() else "gloo"
-        dist.init_process_group(backend)
-    rank = dist.get_rank() if dist.is_initialized() else 0
-    world = dist.get_world_size() if dist.is_initialized() else 1
-    if torch.cuda.is_available():
-        local = int(os.environ.get("LOCAL_RANK", "0"))
-        torch.cuda.set_device(local)
-        return rank, world, torch.device("cuda", local)
-    return rank, world, torch.device("cpu")
+def _in_step(loader: Iterable, runtime: Runtime) -> Iterator:
+    """The loader's batches, ending on every rank at once.  Under DDP a rank with one batch more than another
+    would wait forever in the gradient all-reduce; the data split is built to give every rank the same count, and
+    this checks it each step (one scalar all-reduce) and fails with a clear error instead of hanging."""
+    if not runtime.distributed:
+        yield from loader
+        return
+    it = iter(loader)
+    while True:
+        batch = next(it, None)
+        have = runtime.all_reduce_sum(batch is not None)
+        if have == 0:
+            return
+        if have != runtime.world:
+            raise RuntimeError(f"rank {runtime.rank}: the ranks ran out of training batches at different steps "
+                               f"({int(have)} of {runtime.world} still had one): the data is not split evenly")
+        yield batch
 
 
-def run_config(cfg: TrainConfig, model_config: Mapping[str, Any], seed: int, world: int,
-               initial_weights: str | None = None) -> dict[str, Any]:
-    """What a checkpoint must match to be resumed: everything that changes the computation.
-
-    ``initial_weights``: ``model_fingerprint`` of the model's state before the first step.  ``audio_init: pretrain``
-    names a *path*, so without it a rerun after the pretrain stage changed would resume (and at the end, simply
-    keep) the run that started from the old encoder."""
-    c = asdict(cfg)
-    for key in ("threads", "num_workers", "checkpoint_every", "keep_checkpoints", "log_every", "out", "metrics",
-                "live_dir", "checkpoint_dir", "prepared", "shards", "timings"):
-        c.pop(key)
-    return {"train": c, "model": model_config, "seed": seed, "world": world, "initial_weights": initial_weights}
+def _identity(cfg: TrainConfig, model_config: Mapping[str, Any], seed: int, world: int,
+              initial_weights: str) -> dict[str, Any]:
+    memo = Path(cfg.checkpoint_dir) / "corpus-hashes.json"
+    corpus = corpus_hash(cfg.prepared, memo)
+    if cfg.shards:
+        corpus += "+" + corpus_hash(cfg.shards, memo.with_name("shard-hashes.json"))
+    return run_identity({"train": cfg.identity_params(), "model": dict(model_config), "seed": seed},
+                        corpus=corpus, initial_weights=initial_weights, world=world)
 
 
 def train(cfg: TrainConfig, model_config: Mapping[str, Any], seed: int = 0, resume: str = "latest",
-          progress: bool = True) -> dict[str, Any]:
+          progress: bool = True, allow_other_identity: bool = False) -> dict[str, Any]:
     """Run the stage; returns the metrics written to ``cfg.metrics``."""
-    from .data.loader import ClipCaptionDataset, EpochBatches, make_loader, make_stream_loader
+    from .data.loader import ClipCaptionDataset, EpochBatches, make_loader
     from .data.prepare import PreparedCorpus
+    from .validation import validate
 
     if cfg.threads:
         torch.set_num_threads(cfg.threads)
-    rank, world, device = _init_distributed()
+    runtime = setup_runtime(cfg.device)
+    rank, world, device = runtime.rank, runtime.world, runtime.device
     if cfg.batch_size % (world * cfg.accum_steps):
         raise ValueError(f"train.batch_size {cfg.batch_size} must be divisible by ranks x accum_steps = "
                          f"{world} x {cfg.accum_steps}")
@@ -560,33 +440,42 @@ def train(cfg: TrainConfig, model_config: Mapping[str, Any], seed: int = 0, resu
     train_idx, val_idx = corpus.split("train"), corpus.split("val")
     if cfg.val_max_clips is not None:
         val_idx = val_idx[: cfg.val_max_clips]
-    if len(train_idx) < cfg.batch_size:
+    if len(train_idx) < cfg.batch_size and not cfg.shards:
         raise ValueError(f"{cfg.prepared}: {len(train_idx)} training clips, fewer than one batch of {cfg.batch_size}")
     tasks = {k: v for k, v in corpus.tasks.items() if len(v.get("classes", [])) >= 2}
 
     clap, init_report = build_model(cfg, model_config, seed)
-    model = clap.model.to(device)
+    model = clap.model
+    identity = _identity(cfg, clap.model.config, seed, world, model_fingerprint({}, model.state_dict()))
+    model = model.to(device)
     clap.device = device
     if world > 1 and cfg.sync_batchnorm:
         model = nn.SyncBatchNorm.convert_sync_batchnorm(model)
+        clap.model = model
     set_train_mode(model, cfg)
-    dtype = resolve_precision(cfg.precision, device)
-    optimizer = make_optimizer(model, cfg)
-    schedule = Schedule(optimizer, cfg)
-    scaler = torch.amp.GradScaler(device.type) if dtype == torch.float16 else None
+    precision = Precision(cfg.precision, device)
+    optimizer = make_optimizer(param_groups(model, cfg.weight_decay), cfg.optimizer, cfg.lr, cfg.betas, cfg.eps,
+                               device)
+    schedule = LRSchedule(optimizer, cfg.schedule_config())
     loss_fn = ClipLoss(local_loss=cfg.local_loss, gather_with_grad=cfg.gather_with_grad)
     wrapped = nn.parallel.DistributedDataParallel(model, device_ids=[device.index] if device.type == "cuda" else None) \
         if world > 1 else model
+    wrapped = maybe_compile(wrapped, cfg.compile)
 
-    ident = run_config(cfg, clap.model.config, seed, world, model_fingerprint({}, model.state_dict()))
+    run_dir = run_directory(cfg.checkpoint_dir, identity)
     step, epoch, batch_in_epoch, history = 0, 0, 0, []
     ckpt = None
-    if resume in ("latest", "auto"):
-        ckpt = find_latest(cfg.checkpoint_dir, ident)
+    if resume in ("latest", "auto"):  # rank 0 decides (it may clear a finished run's folder) and tells the others
+        ckpt = find_resumable(cfg.checkpoint_dir, identity) if rank == 0 else None
     elif resume not in ("none", None):
         ckpt = Path(resume)
+    if world > 1:  # rank 0 may have cleared a finished run's folder: every rank decides on the same file
+        box = [str(ckpt) if ckpt is not None else None]
+        dist.broadcast_object_list(box, src=0)
+        ckpt = Path(box[0]) if box[0] is not None else None
     if ckpt is not None:
-        info = load_checkpoint(ckpt, model, optimizer, schedule, scaler, map_location=device)
+        info = load_checkpoint(ckpt, model, optimizer, schedule, precision.scaler, identity=identity,
+                               allow_other_identity=allow_other_identity)
         step = info["step"]
         epoch, batch_in_epoch = info["extra"]["epoch"], info["extra"]["batch_in_epoch"]
         history = json.loads(info["extra"].get("history", "[]"))
@@ -595,57 +484,51 @@ def train(cfg: TrainConfig, model_config: Mapping[str, Any], seed: int = 0, resu
     live = _open_live(cfg.live_dir, step if ckpt is not None else None, rank)
     live.step = step
 
-    if cfg.shards:  # stream WebDataset shards; the epoch is cut to the same number of steps as the index
-        from .data.shards import ShardStream, read_index
+    per_rank_batch = cfg.batch_size // world
+    if cfg.shards:  # stream WebDataset shards: every rank takes the same number of whole batches per epoch
+        from .data.loader import make_stream_loader
+        from .data.shards import ShardStream
 
-        shard_paths, n_clips = read_index(cfg.shards, "train")
-        per_epoch = n_clips // cfg.batch_size
-        dataset = ShardStream(shard_paths, clap.clip_samples, seed, True, cfg.shuffle_buffer, rank, world,
-                              samples_per_rank=per_epoch * cfg.batch_size // world)
+        dataset = ShardStream.from_index(cfg.shards, "train", clap.clip_samples, seed=seed, train=True,
+                                         shuffle_buffer=cfg.shuffle_buffer, rank=rank, world=world,
+                                         per_rank_batch=per_rank_batch)
+        per_epoch = dataset.batches_per_epoch  # from the index: the same on every rank
+        if per_epoch < 1:
+            raise ValueError(f"{cfg.shards}: fewer training clips than one batch of {cfg.batch_size}")
     else:
         dataset = ClipCaptionDataset(corpus, train_idx, clap.clip_samples, train=True, seed=seed)
         per_epoch = len(train_idx) // cfg.batch_size
 
-    def checkpoint() -> None:
+    def checkpoint(finished: bool = False) -> None:
         if rank == 0:
-            save_checkpoint(cfg.checkpoint_dir, step, model, optimizer, schedule, scaler, config=ident,
-                            keep=cfg.keep_checkpoints,
+            save_checkpoint(run_dir, step, model, identity, optimizer, schedule, precision.scaler,
+                            keep=cfg.keep_checkpoints, finished=finished,
                             extra={"epoch": epoch, "batch_in_epoch": batch_in_epoch, "history": json.dumps(history)})
-        if world > 1:
-            dist.barrier()
+        runtime.barrier()
 
-    def validate() -> dict[str, Any]:
-        result = evaluate(clap, corpus, val_idx, tasks, cfg.val_batch_size, device, dtype) if rank == 0 else {}
+    def run_validation() -> dict[str, Any]:
+        result = validate(clap, corpus, val_idx, tasks, cfg.val_batch_size, runtime, precision)
         set_train_mode(model, cfg)
-        if world > 1:
-            box = [result]
-            dist.broadcast_object_list(box, src=0)
-            result = box[0]
         return result
 
+    trainable = [p for p in model.parameters() if p.requires_grad]
     t_start = t_last = time.perf_counter()
-    start_step, clips_since = step, 0
+    start_step, clips_since, skipped = step, 0, 0
     last_eval_step = history[-1]["step"] if history else -1
     while step < cfg.max_steps:
-        dataset.set_epoch(epoch)
-        if cfg.shards:  # the stream is a pure function of (seed, epoch): resuming skips the batches already done
-            loader = itertools.islice(make_stream_loader(dataset, cfg.batch_size // world, clap.tokenizer,
-                                                         cfg.num_workers), batch_in_epoch, None)
+        if cfg.shards:  # the stream is a pure function of (seed, epoch): resuming starts at the next batch
+            dataset.set_epoch(epoch, start_batch=batch_in_epoch)
+            loader = make_stream_loader(dataset, clap.tokenizer, cfg.num_workers)
         else:
+            dataset.set_epoch(epoch)
             batches = EpochBatches(len(train_idx), cfg.batch_size, seed, epoch, rank, world, start=batch_in_epoch)
             loader = make_loader(dataset, batches, clap.tokenizer, cfg.num_workers)
-        for batch in loader:
+        stopped = False
+        for batch in _in_step(loader, runtime):
             optimizer.zero_grad(set_to_none=True)
-            loss = train_step(wrapped, batch, loss_fn, cfg.accum_steps, device, dtype)
-            if scaler is not None:
-                scaler.unscale_(optimizer)
-            if cfg.grad_clip_norm:
-                torch.nn.utils.clip_grad_norm_([p for p in model.parameters() if p.requires_grad], cfg.grad_clip_norm)
-            if scaler is not None:
-                scaler.step(optimizer)
-                scaler.update()
-            else:
-                optimizer.step()
+            loss = train_step(wrapped, batch, loss_fn, cfg.accum_steps, precision)
+            if not precision.step(optimizer, trainable, cfg.grad_clip_norm):
+                skipped += 1  # fp16 overflow: the scaler lowered its scale; the step still counts, as in OpenCLIP
             clamp_logit_scale(unwrap(model).logit_scale)
             lr = optimizer.param_groups[0]["lr"]
             schedule.step()
@@ -653,9 +536,7 @@ def train(cfg: TrainConfig, model_config: Mapping[str, Any], seed: int = 0, resu
             batch_in_epoch += 1
             clips_since += cfg.batch_size
             if world > 1 and cfg.local_loss:  # each rank holds part of the loss: log the global one
-                box = torch.tensor([loss], device=device)
-                dist.all_reduce(box)
-                loss = float(box) / world
+                loss = runtime.all_reduce_sum(loss) / world
             if step % cfg.log_every == 0 or step == cfg.max_steps:
                 now = time.perf_counter()
                 live.step = step
@@ -669,18 +550,22 @@ def train(cfg: TrainConfig, model_config: Mapping[str, Any], seed: int = 0, resu
             if step % cfg.checkpoint_every == 0 and step < cfg.max_steps:
                 checkpoint()
             if step >= cfg.max_steps:
+                stopped = True
                 break
-        if batch_in_epoch >= per_epoch:  # a completed epoch: validate, then the plateau schedule reacts
-            result = validate()
-            schedule.epoch_end(result["loss"])
+        # The epoch is over when its batches ran out (whatever their count), or when the budget ended on its last.
+        if not stopped or batch_in_epoch >= per_epoch:
+            if batch_in_epoch == 0:
+                raise RuntimeError(f"epoch {epoch} yielded no training batch: nothing to train on")
+            result = run_validation()
+            schedule.validation(result["loss"])
             history.append(_log_validation(live, step, epoch, result, progress and rank == 0))
             last_eval_step = step
             epoch, batch_in_epoch = epoch + 1, 0
             if step < cfg.max_steps:
                 checkpoint()
     if last_eval_step != step:
-        history.append(_log_validation(live, step, epoch, validate(), progress and rank == 0))
-    checkpoint()
+        history.append(_log_validation(live, step, epoch, run_validation(), progress and rank == 0))
+    checkpoint(finished=True)
     metrics = {}
     if rank == 0:
         final = history[-1]
@@ -688,6 +573,8 @@ def train(cfg: TrainConfig, model_config: Mapping[str, Any], seed: int = 0, resu
                    "val_loss": final["loss"], "val_mean_accuracy": final["mean_accuracy"],
                    "temperature": float(1.0 / unwrap(model).logit_scale.detach().exp()),
                    "val_zeroshot": final["zeroshot"], "init": init_report}
+        if skipped:
+            metrics["fp16_skipped_steps"] = skipped
         clap.model = unwrap(model).to("cpu").eval()
         clap.device = torch.device("cpu")
         clap.save_pretrained(cfg.out)
@@ -698,12 +585,13 @@ def train(cfg: TrainConfig, model_config: Mapping[str, Any], seed: int = 0, resu
             timing = {"seconds_this_run": round(seconds, 1), "steps_this_run": step - start_step,
                       "resumed_from_step": start_step, "world": world, "threads": torch.get_num_threads(),
                       "clips_per_s": round((step - start_step) * cfg.batch_size / max(seconds, 1e-9), 1),
-                      "precision": str(dtype or "fp32"), "device": str(device)}
+                      "precision": precision.name, "device": str(device), "compile": cfg.compile}
+            if device.type == "cuda":
+                timing["peak_gpu_memory_gib"] = round(torch.cuda.max_memory_allocated(device) / 2**30, 3)
             Path(cfg.timings).parent.mkdir(parents=True, exist_ok=True)
             atomic_write_text(cfg.timings, json.dumps(timing, indent=2) + "\n")
         live.end()
-    if world > 1:
-        dist.barrier()
+    runtime.barrier()
     return metrics
 
 
@@ -726,7 +614,7 @@ def _cmd_train(args) -> int:
     params = load_params(args.params)
     cfg = TrainConfig.from_params(params)
     train(cfg, model_config_from_params(params)[1], seed=int(params.get("seed", 0)), resume=args.resume,
-          progress=not args.no_progress)
+          progress=not args.no_progress, allow_other_identity=args.resume_any_identity)
     if dist.is_initialized():
         dist.destroy_process_group()
     return 0
@@ -736,6 +624,9 @@ def register(subparsers) -> None:
     p = subparsers.add_parser("train", help="stage train: contrastive training (torchrun for several processes)")
     p.add_argument("--params", default="params.yaml")
     p.add_argument("--resume", default="latest",
-                   help="latest (default: the newest checkpoint of the same config, if any), none, or a checkpoint path")
+                   help="latest (default: the newest unfinished checkpoint of the same run identity, if any), none, "
+                        "or a checkpoint path (its identity must match)")
+    p.add_argument("--resume-any-identity", action="store_true",
+                   help="with --resume PATH: load it even if it was written by another run identity (warned)")
     p.add_argument("--no-progress", action="store_true")
     p.set_defaults(func=_cmd_train)

@@ -236,6 +236,27 @@ def test_htsat_tag_and_headless_config():
         headless.tag(torch.randn(1, 256, 16))
 
 
+def test_head_shapes_are_those_of_the_built_heads():
+    """``head_shapes`` (what load_msclap verifies an official head against) = the shapes of the head the encoder
+    builds, for any class count, without building it."""
+    for model in (tiny_htsat(), tiny_htsat(num_classes=527), CNN14(CNN14Config(**TINY_CNN14))):
+        sd = model.state_dict()
+        head = {k: tuple(v.shape) for k, v in sd.items() if k.startswith(("tscam_conv.", "head.", "fc_audioset."))}
+        assert model.config.head_shapes() == head and len(head) in (2, 4)
+    assert tiny_htsat(num_classes=0).config.head_shapes(10) == tiny_htsat().config.head_shapes()
+    # msclap 2023's head: the 8x8 final grid folds 4 time chunks, so the conv spans 2 frequency rows
+    assert HTSATConfig(num_classes=0).head_shapes(527) == {"tscam_conv.weight": (527, 768, 2, 3),
+                                                           "tscam_conv.bias": (527,), "head.weight": (527, 527),
+                                                           "head.bias": (527,)}
+    assert CNN14Config(num_classes=0).head_shapes(527) == {"fc_audioset.weight": (527, 2048),
+                                                           "fc_audioset.bias": (527,)}
+    assert HTSATConfig(num_classes=0).head_shapes() == {} and CNN14Config(num_classes=0).head_shapes() == {}
+    # a geometry that cannot fold the final grid back into time chunks cannot carry the head
+    no_fold = HTSATConfig(**{**TINY_HTSAT, "n_mels": 12, "spec_size": 64, "num_classes": 0})  # 8 rows, ratio 5
+    with pytest.raises(ValueError, match="TSCAM head: final grid 8 not divisible by freq_ratio 5"):
+        no_fold.head_shapes(527)
+
+
 def test_htsat_default_is_msclap_2023_geometry():
     model = HTSAT()
     sd = model.state_dict()

@@ -1,4 +1,5 @@
-"""CLAPModel (tiny 2023 architecture on CPU), the CLAP inference API, save/load, determinism, the CLI."""
+"""CLAPModel (tiny 2023 architecture on CPU), the CLAP inference API, save/load, determinism, the CLI; no AudioSet
+head and no unused parameter in a CLAP model."""
 
 import argparse
 import json
@@ -15,10 +16,13 @@ import torch.nn.functional as F
 
 from clapkit.api import CLAP
 from clapkit.audio import fit_length, mix_down, read_audio, resample
-from clapkit.models.clap import CLAPModel, Projection, TextTower, list_model_configs, load_model_config
+from clapkit.losses import ClipLoss
+from clapkit.models import build_audio_encoder
+from clapkit.models.clap import AudioTower, CLAPModel, Projection, TextTower, list_model_configs, load_model_config
 from clapkit.text import TextTokenizer, train_bytelevel_bpe, train_wordpiece
 
 TINY = "clap-tiny-htsat-gpt2"
+HEAD_NAMES = re.compile(r"(^|\.)(tscam_conv|head|fc_audioset)\.")  # HTSAT's TSCAM head, CNN14's AudioSet head
 CAPTIONS = ["a dog barks", "rain falls on a roof", "a piano plays", "wind in the trees", "a bell rings"] * 4
 
 
@@ -212,6 +216,9 @@ def _msclap_layout(model: CLAPModel, version: str) -> dict:
         for ours, theirs in renames.items():
             if key.startswith(ours):
                 sd[theirs + key[len(ours):]] = value.clone()
+    # the 527-class AudioSet head every official file carries (the CLAP model has none)
+    headed = build_audio_encoder({**model.config["audio_encoder"], "num_classes": 527})
+    sd.update({audio + k: v for k, v in headed.state_dict().items() if HEAD_NAMES.match(k)})
     return sd
 
 
@@ -222,6 +229,8 @@ def test_from_msclap_delegates_to_the_checkpoint_loader(tmp_path):
     torch.save({"model": _msclap_layout(source.model, "2023")}, tmp_path / "w.pth")
     clap = CLAP.from_msclap(tmp_path / "w.pth", "2023", config=TINY)
     assert clap.msclap_report.loaded > 0 and math.isclose(clap.msclap_report.logit_scale, 4.0)
+    assert clap.msclap_report.dropped_audioset_head == [f"audio_encoder.base.htsat.{k}" for k in (
+        "tscam_conv.weight", "tscam_conv.bias", "head.weight", "head.bias")]
     texts, wave = ["this is the sound of rain", "dog!"], torch.from_numpy(_tone(330, 1.0, 16000)[0])
     assert torch.equal(clap.get_text_embeddings(texts), source.get_text_embeddings(texts))
     assert torch.equal(clap.get_audio_embeddings(wave), source.get_audio_embeddings(wave))
@@ -239,6 +248,98 @@ def test_from_msclap_delegates_to_the_checkpoint_loader(tmp_path):
                               bert_vocab=tmp_path / "vocab.txt")
     assert torch.equal(loaded.get_text_embeddings(texts), bert.get_text_embeddings(texts))
     assert torch.equal(loaded.get_audio_embeddings(wave), bert.get_audio_embeddings(wave))
+    assert loaded.msclap_report.dropped_audioset_head == ["audio_encoder.base.fc_audioset.weight",
+                                                          "audio_encoder.base.fc_audioset.bias"]
+
+
+# ------------------------------------------------------------------------- no AudioSet head, no unused parameter
+
+
+@pytest.mark.parametrize("name, encoder, encoder_params", [
+    # the standalone encoders' counts (tests/test_audio_encoders.py) less their 527-class heads
+    ("msclap-2023", "HTSAT", 30_241_687 - (527 * 768 * 2 * 3 + 527 + 527 * 527 + 527)),
+    ("msclap-2022", "CNN14", 80_753_615 - (527 * 2048 + 527)),
+])
+def test_msclap_configs_build_no_audioset_head(name, encoder, encoder_params):
+    """The full msclap architectures as a CLAP model: the audio encoder has no head, whatever an official
+    checkpoint carries (load_msclap drops it, tests/test_msclap_parity.py)."""
+    cfg = load_model_config(name)
+    assert cfg["audio_encoder"]["num_classes"] == 0
+    model = CLAPModel(cfg)
+    assert type(model.audio.encoder).__name__ == encoder
+    assert [n for n in model.state_dict() if HEAD_NAMES.search(n)] == []
+    assert sum(p.numel() for p in model.audio.encoder.parameters()) == encoder_params
+
+
+def test_a_config_asking_for_an_audioset_head_is_refused(tmp_path):
+    cfg = load_model_config(TINY)
+    with pytest.raises(ValueError, match=r"model config: audio_encoder.num_classes is 527, but the audio encoder of a "
+                                         r"CLAP model has no AudioSet head .* set it to 0"):
+        load_model_config({**cfg, "audio_encoder": {**cfg["audio_encoder"], "num_classes": 527}})
+    path = tmp_path / "with-head.json"
+    path.write_text(json.dumps({**cfg, "audio_encoder": {**cfg["audio_encoder"], "num_classes": 10}}))
+    with pytest.raises(ValueError, match=f"model config '{re.escape(str(path))}': audio_encoder.num_classes is 10"):
+        CLAPModel(path)
+    with pytest.raises(ValueError, match="audio tower: audio_encoder.num_classes is 527"):
+        AudioTower(CLAPModel(cfg).frontend_config, {**cfg["audio_encoder"], "num_classes": 527}, 8, 0.0)
+    # omitted: 0, not the standalone encoders' default of 527
+    encoder = {k: v for k, v in cfg["audio_encoder"].items() if k != "num_classes"}
+    assert load_model_config({**cfg, "audio_encoder": encoder})["audio_encoder"]["num_classes"] == 0
+    assert AudioTower(CLAPModel(cfg).frontend_config, encoder, 8, 0.0).encoder.config.num_classes == 0
+
+
+def reduced_msclap_2023() -> dict:
+    """msclap-2023 as shipped, with its sizes shrunk for the CPU (1 s clips, 2-stage 16-32 HTSAT, 1-layer GPT-2)."""
+    cfg = load_model_config("msclap-2023")
+    cfg["frontend"]["clip_seconds"] = 1.0
+    cfg["audio_encoder"].update(spec_size=128, embed_dim=16, depths=[2, 2], num_heads=[2, 4])
+    cfg["text_encoder"].update(n_layer=1, n_embd=32, n_head=2)
+    cfg["embed_dim"] = 64
+    return cfg
+
+
+def test_every_parameter_gets_a_gradient_and_ddp_needs_no_unused_parameter_search(tmp_path):
+    """One forward/backward of the contrastive loss reaches every parameter of a CLAP model of the msclap-2023
+    architecture; so DDP without ``find_unused_parameters`` runs step after step (with a head it raises at step 2,
+    which the control below shows a one-process group detects)."""
+    import torch.distributed as dist
+    from torch.nn.parallel import DistributedDataParallel as DDP
+
+    cfg = reduced_msclap_2023()
+    model = CLAPModel.from_config(cfg, seed=0).train()
+    tok = TextTokenizer.from_spec(cfg["tokenizer"])
+    text = tok(["a dog barks", "rain falls on a tin roof", "a piano plays a slow tune"])
+    wave = 0.1 * torch.randn(3, model.frontend_config.clip_samples, generator=torch.Generator().manual_seed(1))
+    loss_fn = ClipLoss()
+
+    def step(net):
+        out = net(wave, text["input_ids"], text["attention_mask"])
+        loss = loss_fn(out["audio_embeds"], out["text_embeds"], out["logit_scale"])
+        loss.backward()
+        return loss
+
+    with torch.random.fork_rng(devices=[]):
+        torch.manual_seed(0)  # SpecAugment, dropout, stochastic depth
+        assert torch.isfinite(step(model))
+    params = dict(model.named_parameters())
+    assert len(params) > 50 and not [n for n in params if HEAD_NAMES.search(n)]
+    no_grad = [n for n, p in params.items() if p.grad is None or not torch.isfinite(p.grad).all() or not p.grad.any()]
+    assert no_grad == []
+
+    assert not dist.is_initialized()
+    dist.init_process_group("gloo", store=dist.FileStore(str(tmp_path / "store"), 1), rank=0, world_size=1)
+    try:
+        ddp = DDP(model)  # find_unused_parameters=False: DDP's default, and the fast path
+        losses = [step(ddp).item() for _ in range(2)]  # an unused parameter raises in the second forward
+        assert all(math.isfinite(x) for x in losses)
+        # control: the same check catches an encoder whose AudioSet head the loss never reaches
+        headed = DDP(build_audio_encoder({**cfg["audio_encoder"], "num_classes": 527}))
+        logmel = model.audio.frontend(wave)
+        headed(logmel).square().mean().backward()
+        with pytest.raises(RuntimeError, match="parameters that were not used in producing loss"):
+            headed(logmel).square().mean().backward()
+    finally:
+        dist.destroy_process_group()
 
 
 def test_cli_embed_and_zeroshot(clap, tmp_path, capsys):

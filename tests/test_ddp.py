@@ -11,6 +11,7 @@ import torch
 import torch.distributed as dist
 import torch.multiprocessing as mp
 
+from clapkit.training import Precision
 from tests.test_train import _batch, deterministic_tiny_config
 
 
@@ -58,7 +59,8 @@ def _worker(rank: int, world: int, store_file: str, out: str, stacks: str) -> No
             ddp = torch.nn.parallel.DistributedDataParallel(model)
             n = batch["wave"].shape[0] // world
             mine = {k: v[rank * n:(rank + 1) * n] for k, v in batch.items()}
-            loss = torch.tensor(train_step(ddp, mine, ClipLoss(local_loss=local_loss), 1, torch.device("cpu"), None))
+            loss = torch.tensor(train_step(ddp, mine, ClipLoss(local_loss=local_loss), 1,
+                                           Precision("fp32", torch.device("cpu"))))
             dist.all_reduce(loss)  # gathered: every rank holds the global loss; local: the ranks' parts average to it
             grads = {name: p.grad for name, p in model.named_parameters() if p.grad is not None}
             results["local" if local_loss else "gathered"] = {"loss": float(loss) / world, "grads": grads}
@@ -75,7 +77,7 @@ def test_two_gloo_processes_equal_one_process(tmp_path):
     from clapkit.train import train_step
 
     model, batch = _model_and_batch()
-    single_loss = train_step(model, batch, ClipLoss(), 1, torch.device("cpu"), None)
+    single_loss = train_step(model, batch, ClipLoss(), 1, Precision("fp32", torch.device("cpu")))
     single = {name: p.grad for name, p in model.named_parameters() if p.grad is not None}
 
     out = _run_workers(tmp_path)

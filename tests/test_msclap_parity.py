@@ -10,6 +10,10 @@ The saved file imitates the official one: ``{"model": state_dict}`` with every t
 holds only FloatStorage), plus the legacy GPT-2 causal-mask buffers / BERT ``position_ids`` that older
 transformers versions wrote.  Both towers then see the same (B, samples) waveform and the same token ids.
 
+clapkit's CLAP model has no AudioSet head (its loss never reaches one); the official files carry a 527-class head,
+which ``load_msclap`` verifies and reports as dropped.  The AudioSet tags are compared through a standalone HTSAT /
+CNN14 built with the head, holding the loaded encoder's weights plus the checkpoint's head.
+
 The malformed-checkpoint tests at the end use a tiny clapkit model written out under msclap's key names.
 """
 
@@ -25,12 +29,16 @@ import scipy.signal
 import torch
 
 from clapkit.audio import FrontendConfig, mel_filterbank
-from clapkit.checkpoints import AUDIO_PREFIX, CheckpointError, hann_dft_kernels, load_msclap
+from clapkit.checkpoints import AUDIO_PREFIX, AUDIOSET_HEAD_DROPPED, CheckpointError, hann_dft_kernels, load_msclap
+from clapkit.models import build_audio_encoder
 from clapkit.models.clap import CLAPModel, load_model_config
 
 pytestmark = pytest.mark.filterwarnings("ignore:torch.meshgrid:UserWarning")  # raised inside msclap's HTSAT
 
 REPO = Path(__file__).resolve().parent.parent
+HEAD_KEYS = {"2023": ("tscam_conv.weight", "tscam_conv.bias", "head.weight", "head.bias"),
+             "2022": ("fc_audioset.weight", "fc_audioset.bias")}
+HEAD_IN_MODEL = tuple(f"audio.encoder.{k}." for k in ("tscam_conv", "head", "fc_audioset"))  # where a head would be
 # the reference installer, librosa stand-in and site folder shared with the benchmark (benchmarks/_msclap_reference.py)
 _spec = importlib.util.spec_from_file_location("_msclap_reference", REPO / "benchmarks" / "_msclap_reference.py")
 _reference = importlib.util.module_from_spec(_spec)
@@ -202,6 +210,12 @@ def test_load_msclap_matches_reference_embeddings(msclap, tmp_path, version, sam
     assert report.loaded + len(dropped) == len(saved)
     assert {prefix + "spectrogram_extractor.stft.conv_real.weight", prefix + "spectrogram_extractor.stft.conv_imag.weight"} <= dropped
     assert all(k.endswith("num_batches_tracked") for k in report.cast)
+    # the AudioSet head: present in the file with msclap's shapes, dropped, named in the report; absent from the model
+    head_keys = [prefix + k for k in HEAD_KEYS[version]]
+    assert report.dropped[AUDIOSET_HEAD_DROPPED] == report.dropped_audioset_head == head_keys
+    assert saved[prefix + HEAD_KEYS[version][0]].shape[0] == 527
+    assert f"dropped {len(head_keys)} ({AUDIOSET_HEAD_DROPPED}): {', '.join(head_keys)}" in report.summary()
+    assert not [n for n in model.state_dict() if n.startswith(HEAD_IN_MODEL)]
     if version == "2023":
         assert len(report.cast) == 1  # bn0 only; the derived int buffers are verified, not loaded
         assert sum("attn" in k and k.startswith("caption_encoder") for k in dropped) == 24
@@ -233,7 +247,8 @@ def test_load_msclap_matches_reference_embeddings(msclap, tmp_path, version, sam
                                                   "attention_mask": mask})
         audio = model.encode_audio(wave)
         text = model.encode_text(ids, mask)
-        tags = model.audio.encoder.tag(model.audio.frontend(wave[:1]))
+        tagger = standalone_tagger(model, saved, version)
+        tags = tagger.tag(model.audio.frontend(wave[:1]))
         ref_logits = reference.logit_scale.exp() * torch.nn.functional.normalize(ref_audio, dim=-1) @ \
             torch.nn.functional.normalize(ref_text, dim=-1).T
 
@@ -244,10 +259,21 @@ def test_load_msclap_matches_reference_embeddings(msclap, tmp_path, version, sam
     assert audio.shape == ref_audio.shape == (2, 1024) and text.shape == ref_text.shape == (2, 1024)
     assert audio_diff <= TOL, f"audio embeddings differ by {audio_diff}"
     assert text_diff <= TOL, f"text embeddings differ by {text_diff}"
-    assert (tags - ref_tags[:1]).abs().max() <= TOL
+    assert (tags - ref_tags[:1]).abs().max() <= TOL and tags.max() - tags.min() > 100 * TOL  # 527 distinct tags
     torch.testing.assert_close(model.logits(audio, text), ref_logits, atol=1e-3, rtol=1e-4)
     # not a vacuous match: the two clips and the two captions are far apart
     assert (ref_audio[0] - ref_audio[1]).abs().max() > 100 * TOL and (ref_text[0] - ref_text[1]).abs().max() > 100 * TOL
+
+
+def standalone_tagger(model: CLAPModel, saved: dict, version: str):
+    """A standalone HTSAT / CNN14 with msclap's 527-class head: the loaded CLAP encoder's weights plus the
+    checkpoint's head tensors, loaded strictly (so the head's key names and shapes are the module's)."""
+    prefix = AUDIO_PREFIX[version]
+    tagger = build_audio_encoder({**model.config["audio_encoder"], "num_classes": 527})
+    state = dict(model.audio.encoder.state_dict())
+    state.update({k: saved[prefix + k] for k in HEAD_KEYS[version]})
+    tagger.load_state_dict(state, strict=True)
+    return tagger.eval()
 
 
 def test_msclap_2023_filterbank_is_designed_for_32khz(msclap):
@@ -286,11 +312,12 @@ def test_torchlibrosa_stft_kernels_are_the_analytic_hann_dft(msclap):
 # ------------------------------------------------------------------------------------- malformed checkpoints
 
 TINY = load_model_config("clap-tiny-htsat-gpt2")
-TINY["audio_encoder"] = {**TINY["audio_encoder"], "depths": [2, 2], "num_classes": 5}  # shifted windows + head
+TINY["audio_encoder"] = {**TINY["audio_encoder"], "depths": [2, 2]}  # shifted windows
 
 
 def tiny_as_msclap(model: CLAPModel) -> dict:
-    """A tiny CLAPModel's weights under msclap 2023's key names, with the STFT kernels and derived buffers."""
+    """A tiny CLAPModel's weights under msclap 2023's key names, with the STFT kernels, derived buffers and a
+    527-class AudioSet head (taken from a standalone HTSAT of the same geometry built with one)."""
     prefix = AUDIO_PREFIX["2023"]
     sd = {}
     for key, t in model.state_dict().items():
@@ -313,6 +340,11 @@ def tiny_as_msclap(model: CLAPModel) -> dict:
     real, imag = hann_dft_kernels(cfg.n_fft, cfg.win_length)
     sd[prefix + "spectrogram_extractor.stft.conv_real.weight"] = real.float()
     sd[prefix + "spectrogram_extractor.stft.conv_imag.weight"] = imag.float()
+    with torch.random.fork_rng(devices=[]):
+        torch.manual_seed(3)
+        headed = build_audio_encoder({**model.config["audio_encoder"], "num_classes": 527})
+    for k in HEAD_KEYS["2023"]:
+        sd[prefix + k] = headed.state_dict()[k]
     return sd
 
 
@@ -351,6 +383,42 @@ def test_tiny_round_trip_is_exact(tiny_file):
     assert "tensors loaded" in report.summary()
     with pytest.raises(ValueError, match="either model or config"):
         load_msclap(path, version="2023", model=given, config=TINY)
+
+
+def test_audioset_head_is_verified_dropped_and_reported(tiny_file):
+    source, sd, write = tiny_file
+    model, report = load_tiny(write())
+    prefix = AUDIO_PREFIX["2023"]
+    head_keys = [prefix + k for k in HEAD_KEYS["2023"]]
+    assert sd[head_keys[0]].shape == (527, 32, 2, 3) and sd[head_keys[2]].shape == (527, 527)  # as written
+    assert report.dropped_audioset_head == head_keys and len(report.dropped[AUDIOSET_HEAD_DROPPED]) == 4
+    assert "AudioSet head: 4 tensors with the shapes of a 527-class head on this encoder" in report.verified
+    assert f"dropped 4 ({AUDIOSET_HEAD_DROPPED}): {', '.join(head_keys)}" in report.summary().splitlines()
+    # every other tensor of the file is loaded or dropped for another stated reason
+    others = {k for reason, keys in report.dropped.items() if reason != AUDIOSET_HEAD_DROPPED for k in keys}
+    assert report.loaded + len(others) + 4 == len(sd)
+    assert not [n for n in model.state_dict() if n.startswith(HEAD_IN_MODEL)]
+    assert model.state_dict().keys() == source.state_dict().keys()
+
+
+def test_missing_or_misshapen_audioset_head_is_an_error(tiny_file):
+    _, _, write = tiny_file
+    prefix = AUDIO_PREFIX["2023"]
+    with pytest.raises(CheckpointError, match=r"missing AudioSet head tensors \(msclap files carry a 527-class head\) "
+                                              r"\(2\): audio_encoder\.base\.htsat\.head\.weight, "
+                                              r"audio_encoder\.base\.htsat\.head\.bias") as err:
+        load_tiny(write(lambda sd: [sd.pop(prefix + "head.weight"), sd.pop(prefix + "head.bias")]))
+    assert "tiny.pth" in str(err.value)
+
+    def ten_classes(sd):  # a head for another label set (e.g. ESC-50 fine-tuning): not msclap's
+        sd[prefix + "tscam_conv.weight"] = torch.zeros(10, 32, 2, 3)
+
+    with pytest.raises(CheckpointError, match="AudioSet head shape mismatch") as err:
+        load_tiny(write(ten_classes))
+    assert (f"{prefix}tscam_conv.weight: checkpoint (10, 32, 2, 3), a 527-class head on this encoder has "
+            "(527, 32, 2, 3)") in str(err.value)
+    with pytest.raises(CheckpointError, match=r"unexpected .* \(1\): audio_encoder\.base\.htsat\.head\.extra"):
+        load_tiny(write(lambda sd: sd.__setitem__(prefix + "head.extra", torch.ones(3))))
 
 
 def test_wrong_shape_is_named(tiny_file):

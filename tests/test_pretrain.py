@@ -13,8 +13,8 @@ from clapkit.data.prepare import PrepareConfig, PreparedCorpus, prepare
 from clapkit.data.records import ClipRecord, write_jsonl
 from clapkit.models import build_audio_encoder
 from clapkit.models.mapper import PrefixLM
-from clapkit.pretrain import (PretrainConfig, build_tasks, exact_match, load_pretrained_audio_encoder,
-                              normalize_answer, pretrain)
+from clapkit.pretrain import PretrainConfig, load_pretrained_audio_encoder, pretrain
+from clapkit.pretrain_tasks import build_tasks, exact_match, normalize_answer
 
 FRONTEND = FrontendConfig(sample_rate=16000, clip_seconds=1.0, n_fft=512, win_length=512, hop_length=320, n_mels=16)
 ENCODER = {"name": "htsat", "n_mels": 16, "spec_size": 32, "patch_size": 4, "patch_stride": 4, "embed_dim": 16,
@@ -136,7 +136,7 @@ def test_prefix_lm_learns_known_answers_and_greedy_generation_returns_them(posit
     out2 = model.generate(emb[[3, 0]], [prompt, tok.encode("question: what is it? answer:").ids], 12, GPT2_EOT_ID)
     assert [tok.decode(o).strip() for o in out2] == [answers[3], answers[0]]
     # constrained decoding: a trie holding only "white noise" forces that answer whatever the clip says
-    from clapkit.pretrain import answer_trie
+    from clapkit.pretrain_tasks import answer_trie
     forced = model.generate(emb, [prompt] * 4, 12, GPT2_EOT_ID, tries=[answer_trie([targets[1]])] * 4)
     assert [tok.decode(o).strip() for o in forced] == ["white noise"] * 4
     # a trie of two answers: each row picks the one it was trained on among them

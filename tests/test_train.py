@@ -8,11 +8,17 @@ import numpy as np
 import pytest
 import torch
 
-from clapkit.checkpointing import (CheckpointError, find_latest, list_checkpoints, load_checkpoint,
-                                   save_checkpoint)
+from clapkit.checkpointing import (CheckpointError, find_resumable, list_checkpoints, load_checkpoint,
+                                   run_directory, save_checkpoint)
+from clapkit.training import Precision
+
+CPU_FP32 = Precision("fp32", torch.device("cpu"))
 
 
 # --- checkpointing ---------------------------------------------------------------------------------------------------
+
+TOY = {"toy": 1}
+
 
 def _toy_run(steps, ckpt_dir=None, resume=False, stop_after=None):
     """A small noisy optimisation with Adam + a scheduler + dropout: every RNG and state matters for the result."""
@@ -22,7 +28,7 @@ def _toy_run(steps, ckpt_dir=None, resume=False, stop_after=None):
     sched = torch.optim.lr_scheduler.StepLR(opt, 2, gamma=0.5)
     start = 0
     if resume:
-        info = load_checkpoint(find_latest(ckpt_dir, {"toy": 1}), model, opt, sched)
+        info = load_checkpoint(find_resumable(ckpt_dir, TOY), model, opt, sched, identity=TOY)
         start = info["step"]
     for step in range(start, steps):
         x = torch.randn(16, 4) + float(np.random.rand()) + random.random()
@@ -32,7 +38,8 @@ def _toy_run(steps, ckpt_dir=None, resume=False, stop_after=None):
         opt.step()
         sched.step()
         if ckpt_dir is not None:
-            save_checkpoint(ckpt_dir, step + 1, model, opt, sched, config={"toy": 1}, extra={"epoch": 0})
+            save_checkpoint(run_directory(ckpt_dir, TOY), step + 1, model, TOY, opt, sched, extra={"epoch": 0},
+                            finished=step + 1 == steps)
         if stop_after is not None and step + 1 == stop_after:
             return None
     return torch.cat([p.detach().flatten() for p in model.parameters()])
@@ -43,29 +50,45 @@ def test_checkpoint_resume_is_exact(tmp_path):
     assert _toy_run(6, tmp_path / "a", stop_after=3) is None
     resumed = _toy_run(6, tmp_path / "a", resume=True)
     assert torch.equal(straight, resumed)
-    # keep=2: only the two newest survive
-    assert [s for s, _ in list_checkpoints(tmp_path / "a")] == [5, 6]
+    # keep=2: only the two newest survive, each with its sidecar
+    run = run_directory(tmp_path / "a", TOY)
+    assert [s for s, _ in list_checkpoints(run)] == [5, 6]
+    assert sorted(p.name for p in run.iterdir()) == ["step_00000005.json", "step_00000005.pt",
+                                                     "step_00000006.json", "step_00000006.pt"]
+    # the run is finished: rerunning it trains afresh (and clears the finished run's folder)
+    assert find_resumable(tmp_path / "a", TOY) is None and not run.exists()
 
 
-def test_find_latest_skips_other_configs_broken_and_temp_files(tmp_path):
+def test_find_resumable_reads_sidecars_per_identity_and_skips_incomplete_files(tmp_path):
     model = torch.nn.Linear(2, 2)
-    save_checkpoint(tmp_path, 1, model, config={"lr": 1}, keep=None)
-    save_checkpoint(tmp_path, 2, model, config={"lr": 2}, keep=None)
-    assert find_latest(tmp_path, {"lr": 1}).name == "step_00000001.pt"
-    assert find_latest(tmp_path, {"lr": 2}).name == "step_00000002.pt"
-    assert find_latest(tmp_path, {"lr": 3}) is None
-    # a truncated newest file (disk full, manual damage) falls back to the previous one
-    (tmp_path / "step_00000003.pt").write_bytes(b"PK\x03\x04 truncated")
-    (tmp_path / ".step_00000004.pt.tmp123").write_bytes(b"half written")
-    assert find_latest(tmp_path).name == "step_00000002.pt"
-    with pytest.raises(CheckpointError, match="step_00000003.pt"):
-        load_checkpoint(tmp_path / "step_00000003.pt", model)
+    for lr in (1, 2):
+        save_checkpoint(run_directory(tmp_path, {"lr": lr}), lr, model, {"lr": lr}, keep=None)
+    assert find_resumable(tmp_path, {"lr": 1}).name == "step_00000001.pt"
+    assert find_resumable(tmp_path, {"lr": 2}).name == "step_00000002.pt"
+    said = []
+    assert find_resumable(tmp_path, {"lr": 3}, log=said.append) is None
+    assert any("differs in lr" in line for line in said)  # the other runs are listed with what differs
+    run = run_directory(tmp_path, {"lr": 1})
+    # a .pt without its sidecar (killed between the two renames) and a temp file are not checkpoints
+    (run / "step_00000003.pt").write_bytes(b"PK\x03\x04 truncated")
+    (run / ".step_00000004.pt.tmp123").write_bytes(b"half written")
+    assert find_resumable(tmp_path, {"lr": 1}).name == "step_00000001.pt"
+    # a damaged .pt behind a valid sidecar is refused with its name
+    (run / "step_00000001.pt").write_bytes(b"PK\x03\x04 truncated")
+    with pytest.raises(CheckpointError, match="step_00000001.pt"):
+        load_checkpoint(run / "step_00000001.pt", model, identity={"lr": 1})
+    # the identity is checked from the sidecar alone (the weights are never read to find a run)
+    good = save_checkpoint(run_directory(tmp_path, {"lr": 2}), 5, model, {"lr": 2})
+    with pytest.raises(CheckpointError, match="another run identity"):
+        load_checkpoint(good, model, identity={"lr": 3})
+    with pytest.warns(UserWarning, match="ANOTHER run identity"):
+        assert load_checkpoint(good, model, identity={"lr": 3}, allow_other_identity=True)["step"] == 5
 
 
 def test_checkpoint_restores_rng_and_refuses_missing_state(tmp_path):
     model = torch.nn.Linear(2, 2)
     torch.manual_seed(5); np.random.seed(5); random.seed(5)
-    path = save_checkpoint(tmp_path, 7, model, extra={"epoch": 3, "batch": 11})
+    path = save_checkpoint(tmp_path, 7, model, {"x": 1}, extra={"epoch": 3, "batch": 11})
     expected = (torch.rand(3), np.random.rand(3), random.random())
     torch.manual_seed(99); np.random.seed(99); random.seed(99)
     info = load_checkpoint(path, model)
@@ -223,7 +246,11 @@ def test_dataset_crops_and_captions_are_seeded_per_epoch(prepared):
 # --- schedule ------------------------------------------------------------------------------------------------------
 
 def test_schedule_warmup_cosine_and_plateau():
-    from clapkit.train import Schedule, TrainConfig
+    from clapkit.training import LRSchedule as Schedule
+    from clapkit.training import ScheduleConfig
+
+    def TrainConfig(lr, warmup_steps, schedule, max_steps=100, **kw):
+        return ScheduleConfig(lr=lr, total_steps=max_steps, warmup_steps=warmup_steps, kind=schedule, **kw)
 
     p = torch.nn.Parameter(torch.zeros(1))
     opt = torch.optim.Adam([p], lr=1.0)
@@ -238,7 +265,7 @@ def test_schedule_warmup_cosine_and_plateau():
     opt = torch.optim.Adam([p], lr=1.0)
     s = Schedule(opt, TrainConfig(lr=1.0, warmup_steps=0, schedule="plateau", plateau_patience=1, plateau_factor=0.1))
     for loss in (3.0, 2.0, 2.5, 2.5):  # best at 2.0, then two bad epochs > patience 1
-        s.epoch_end(loss)
+        s.validation(loss)
     assert opt.param_groups[0]["lr"] == pytest.approx(0.1)
     state = s.state_dict()
     s2 = Schedule(torch.optim.Adam([p], lr=1.0), TrainConfig(lr=1.0, warmup_steps=0, schedule="plateau"))
@@ -268,10 +295,10 @@ def test_gradient_accumulation_equals_one_big_batch():
     model = clap.model.train()
     model.audio.encoder.bn0.eval()  # batch statistics would differ between micro-batches by construction
     batch = _batch(clap)
-    loss1 = train_step(model, batch, ClipLoss(), 1, torch.device("cpu"), None)
+    loss1 = train_step(model, batch, ClipLoss(), 1, CPU_FP32)
     g1 = _grads(model)
     model.zero_grad()
-    loss2 = train_step(model, batch, ClipLoss(), 2, torch.device("cpu"), None)
+    loss2 = train_step(model, batch, ClipLoss(), 2, CPU_FP32)
     g2 = _grads(model)
     assert loss1 == pytest.approx(loss2, rel=1e-5)
     assert g1.keys() == g2.keys() and len(g1) > 20
@@ -299,9 +326,11 @@ def test_interrupted_and_resumed_run_equals_uninterrupted(prepared, tmp_path):
     # epoch) as a kill -9 after the step-6 checkpoint would, and rerun: it resumes at epoch 1, batch 2.
     b = tmp_path / "b"
     train(train_config(b, prepared), model_cfg, seed=1, progress=False)
-    for step, path in list_checkpoints(b / "ckpt"):
+    (run,) = (b / "ckpt").glob("run-*")
+    for step, path in list_checkpoints(run):
         if step > 6:
             path.unlink()
+            path.with_suffix(".json").unlink()
     (b / "metrics.json").unlink()
     resumed = train(train_config(b, prepared), model_cfg, seed=1, progress=False)
     assert resumed == straight  # same val metrics, same temperature, bit for bit
@@ -349,8 +378,8 @@ def test_new_initial_weights_start_afresh_instead_of_resuming(prepared, tmp_path
 
     write_init(1)
     _, _, first = run()
-    _, resumed_from, again = run()  # same weights: the finished run is resumed at its last step
-    assert resumed_from == 3 and all(torch.equal(first[k], again[k]) for k in first)
+    _, resumed_from, again = run()  # same identity, but a finished run is never resumed: trained afresh, same result
+    assert resumed_from == 0 and all(torch.equal(first[k], again[k]) for k in first)
     write_init(2)
     _, resumed_from, fresh = run()
     assert resumed_from == 0 and not torch.equal(first["audio.encoder.patch_embed.proj.weight"],
@@ -391,36 +420,7 @@ def test_encoder_init_from_file_and_freezing(prepared, tmp_path):
 
 # --- WebDataset shards -----------------------------------------------------------------------------------------------
 
-def test_shards_round_trip_split_by_rank_and_match_the_indexed_dataset(prepared, tmp_path):
-    from clapkit.data.loader import ClipCaptionDataset
-    from clapkit.data.prepare import PreparedCorpus
-    from clapkit.data.shards import ShardStream, read_index, write_shards
-
-    index = write_shards(prepared, tmp_path / "shards", "train", shard_size=10)
-    corpus = PreparedCorpus(prepared)
-    train_idx = corpus.split("train")
-    assert index["clips"] == len(train_idx) and len(index["shards"]) == -(-len(train_idx) // 10)
-    shards, n = read_index(tmp_path / "shards", "train")
-    shards = shards[:4]  # an even number of shards for 2 ranks
-    ranks = [list(ShardStream(shards, 16000, seed=0, rank=r, world=2, shuffle_buffer=8)) for r in range(2)]
-    ids = [[s["id"] for s in r] for r in ranks]
-    assert not set(ids[0]) & set(ids[1])
-    assert sorted(ids[0] + ids[1]) == sorted(corpus.rows[i]["id"] for i in train_idx[:40])
-    # a clip gets the same crop and caption as from the indexed dataset (both seeded by seed, epoch, clip id)
-    ds = ClipCaptionDataset(corpus, train_idx, 16000, train=True, seed=0)
-    by_id = {corpus.rows[i]["id"]: k for k, i in enumerate(train_idx)}
-    for sample in ranks[0][:5]:
-        ref = ds[by_id[sample["id"]]]
-        assert sample["caption"] == ref["caption"]
-        torch.testing.assert_close(sample["wave"], ref["wave"])  # float16 both ways: exact
-    again = [s["id"] for s in ShardStream(shards, 16000, seed=0, rank=0, world=2, shuffle_buffer=8)]
-    assert again == ids[0]  # deterministic for a seed and epoch
-    other = ShardStream(shards, 16000, seed=0, rank=0, world=2, shuffle_buffer=8)
-    other.set_epoch(1)
-    assert [s["id"] for s in other] != ids[0]
-    with pytest.raises(ValueError, match="evenly"):
-        ShardStream(shards[:3], 16000, world=2)
-
+# The reader itself (exact per-rank counts, determinism, resuming, bad samples) is tested in test_shard_stream.py.
 
 def test_training_streams_shards(prepared, tmp_path):
     from clapkit.data.shards import write_shards
@@ -436,7 +436,8 @@ def test_training_streams_shards(prepared, tmp_path):
 def test_bf16_autocast_step_on_cpu_is_close_to_fp32():
     from clapkit.api import CLAP
     from clapkit.losses import ClipLoss
-    from clapkit.train import resolve_precision, train_step
+    from clapkit.train import train_step
+    from clapkit.training import resolve_precision
 
     cpu = torch.device("cpu")
     assert resolve_precision("bf16", cpu) is torch.bfloat16 and resolve_precision("fp32", cpu) is None
@@ -445,10 +446,10 @@ def test_bf16_autocast_step_on_cpu_is_close_to_fp32():
     model = clap.model.train()
     model.audio.encoder.bn0.eval()
     batch = _batch(clap)
-    loss32 = train_step(model, batch, ClipLoss(), 1, cpu, None)
+    loss32 = train_step(model, batch, ClipLoss(), 1, CPU_FP32)
     g32 = _grads(model)
     model.zero_grad()
-    loss16 = train_step(model, batch, ClipLoss(), 1, cpu, torch.bfloat16)
+    loss16 = train_step(model, batch, ClipLoss(), 1, Precision("bf16", cpu))
     g16 = _grads(model)
     assert loss16 == pytest.approx(loss32, rel=2e-2)  # the loss itself is computed in float32
     cos = F.cosine_similarity(torch.cat([g.flatten() for g in g16.values()]),

@@ -18,6 +18,7 @@ of ``global_batch`` clips (the tail that does not fill one is dropped), and rank
 from __future__ import annotations
 
 import hashlib
+import warnings
 from dataclasses import dataclass
 from typing import Any, Sequence
 
@@ -148,7 +149,19 @@ def steps_per_epoch(n_items: int, global_batch: int) -> int:
     return n_items // global_batch
 
 
-def make_stream_loader(stream, per_rank_batch: int, tokenizer: TextTokenizer, num_workers: int = 0) -> DataLoader:
-    """A DataLoader over an IterableDataset (``clapkit.data.shards.ShardStream``), full batches only."""
-    return DataLoader(stream, batch_size=per_rank_batch, collate_fn=make_collate(tokenizer), num_workers=num_workers,
-                      drop_last=True, generator=torch.Generator().manual_seed(clip_seed(stream.seed, stream.epoch, -1)))
+def make_stream_loader(stream, tokenizer: TextTokenizer, num_workers: int = 0) -> DataLoader:
+    """A DataLoader over a ``clapkit.data.shards.ShardStream``: its epoch's batches of ``stream.per_rank_batch``
+    clips, ``stream.batches_per_epoch - stream.start_batch`` of them when training, in an order fixed by the
+    stream's (seed, epoch, rank, world) and ``num_workers`` (the stream's module docstring explains how).
+
+    Workers copy the stream when an iteration starts, so ``stream.set_epoch`` must come before ``iter(loader)``
+    (and ``persistent_workers`` would keep the first epoch's copy: it is not used)."""
+    if stream.shards_per_worker(num_workers) < 1:
+        warnings.warn(f"rank {stream.rank} reads about {stream.shards_per_worker(1):.1f} shards an epoch with "
+                      f"{max(1, num_workers)} workers: workers share shards, each reading through the clips before "
+                      f"its own part; more, smaller shards avoid that extra reading", stacklevel=2)
+    # Each worker yields whole batches (the stream's plan), so drop_last has nothing to cut; our own generator
+    # because creating a DataLoader iterator otherwise draws a seed from the global RNG (see make_loader).
+    return DataLoader(stream, batch_size=stream.per_rank_batch, collate_fn=make_collate(tokenizer),
+                      num_workers=num_workers, drop_last=False,
+                      generator=torch.Generator().manual_seed(clip_seed(stream.seed, stream.epoch, -1)))

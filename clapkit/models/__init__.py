@@ -1,7 +1,8 @@
 """Model building blocks.  Configs are plain dicts (JSON in ``clapkit/model_configs/``).
 
 ``build_audio_encoder({"name": "htsat" | "cnn14", **fields})``: the fields are those of ``HTSATConfig`` /
-``CNN14Config``; omitted ones take the msclap defaults (2023 HTSAT, 2022 CNN14).
+``CNN14Config``; omitted ones take the msclap defaults (2023 HTSAT, 2022 CNN14), the 527-class AudioSet head
+included.  Inside a CLAP model the audio encoder never has that head (``clapkit.models.clap``).
 """
 
 from __future__ import annotations

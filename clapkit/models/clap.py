@@ -17,6 +17,13 @@ A model is built from a config dict (JSON files in ``clapkit/model_configs/``, s
      "embed_dim": 1024, "projection_dropout": 0.5, "logit_scale_init": 2.6593 (= ln(1/0.07), msclap)}
 
 ``tokenizer`` is not used by the model itself; ``clapkit.CLAP`` builds the matching ``TextTokenizer`` from it.
+
+The audio encoder of a CLAP model has no AudioSet head: the contrastive loss never reaches one, so its weights
+would be parameters without gradients (dead weight, and an error at DDP's second step without
+``find_unused_parameters``).  A config's ``audio_encoder.num_classes`` must therefore be 0 (an omitted one is set
+to 0, not to the standalone encoders' default of 527).  The official msclap checkpoints do carry a 527-class head;
+``clapkit.checkpoints.load_msclap`` verifies it and reports it as dropped.  A standalone ``HTSAT`` / ``CNN14``
+still builds the head for tagging (``tag``).
 """
 
 from __future__ import annotations
@@ -35,7 +42,8 @@ from ..audio import FrontendConfig, LogMelFrontend
 from . import build_audio_encoder
 from .text_encoders import build_text_encoder
 
-__all__ = ["AudioTower", "CLAPModel", "MODEL_CONFIG_DIR", "Projection", "TextTower", "list_model_configs", "load_model_config"]
+__all__ = ["AudioTower", "CLAPModel", "MODEL_CONFIG_DIR", "Projection", "TextTower", "headless_audio_encoder_config",
+           "list_model_configs", "load_model_config"]
 
 MODEL_CONFIG_DIR = Path(__file__).resolve().parent.parent / "model_configs"
 MSCLAP_LOGIT_SCALE_INIT = math.log(1 / 0.07)
@@ -83,9 +91,30 @@ def load_model_config(config: str | Path | Mapping[str, Any]) -> dict[str, Any]:
     for key in ("audio_encoder", "text_encoder"):
         if isinstance(cfg[key], str):
             cfg[key] = _read_config_file(cfg[key])
+    where = "model config" if isinstance(config, Mapping) else f"model config {str(config)!r}"
+    cfg["audio_encoder"] = headless_audio_encoder_config(cfg["audio_encoder"], where)
     for key, default in OPTIONAL_KEYS.items():
         cfg.setdefault(key, copy.deepcopy(default))
     return cfg
+
+
+def headless_audio_encoder_config(encoder_cfg: Mapping[str, Any], where: str = "model config") -> dict[str, Any]:
+    """``encoder_cfg`` with ``num_classes`` 0: the audio encoder of a CLAP model has no AudioSet head.
+
+    A head asked for (``num_classes`` > 0) is an error naming ``where``, not silently dropped: the config
+    would no longer describe the model built from it.
+    """
+    if not isinstance(encoder_cfg, Mapping):
+        raise TypeError(f"{where}: audio_encoder must be a dict or a config name, got {type(encoder_cfg).__name__}")
+    classes = encoder_cfg.get("num_classes", 0)
+    if classes != 0:
+        raise ValueError(
+            f"{where}: audio_encoder.num_classes is {classes!r}, but the audio encoder of a CLAP model has no "
+            "AudioSet head (the contrastive loss never reaches it, so under DDP its weights would be parameters "
+            "without gradients); set it to 0. An official msclap checkpoint's head is verified and dropped by "
+            "load_msclap; build a standalone HTSAT / CNN14 with num_classes for tagging."
+        )
+    return {**encoder_cfg, "num_classes": 0}
 
 
 class Projection(nn.Module):
@@ -109,12 +138,12 @@ class Projection(nn.Module):
 
 
 class AudioTower(nn.Module):
-    """Waveform (B, samples) -> log-mel -> encoder -> projection (B, embed_dim)."""
+    """Waveform (B, samples) -> log-mel -> encoder (never with an AudioSet head) -> projection (B, embed_dim)."""
 
     def __init__(self, frontend: FrontendConfig, encoder_cfg: Mapping[str, Any], embed_dim: int, dropout: float):
         super().__init__()
         self.frontend = LogMelFrontend(frontend)
-        self.encoder = build_audio_encoder(encoder_cfg)
+        self.encoder = build_audio_encoder(headless_audio_encoder_config(encoder_cfg, "audio tower"))
         self.projection = Projection(self.encoder.out_dim, embed_dim, dropout)
         enc_cfg = getattr(self.encoder, "config", None)
         n_mels = getattr(enc_cfg, "n_mels", frontend.n_mels)

@@ -9,7 +9,9 @@ log-mel (B, T, n_mels) -> bn0 over mel bins -> [SpecAugment, train only, off by 
 -> conv blocks (two 3x3 conv + BN + ReLU each, then 2x2 average pooling; no pooling after the last block;
 dropout 0.2 after each block in training) -> mean over frequency -> max + mean over time -> dropout 0.5 ->
 fc1 + ReLU -> dropout 0.5 = embedding (out_dim = fc1 width, 2048).  ``tag`` gives the AudioSet probabilities
-of the ``fc_audioset`` head, which CLAP does not use but whose weights the checkpoint carries.
+of the ``fc_audioset`` head.  A standalone CNN14 builds it by default (527 classes, as msclap's); the encoder
+inside a CLAP model never has it (the contrastive loss never reaches it), and ``load_msclap`` verifies and drops
+its weights.
 """
 
 from __future__ import annotations
@@ -34,7 +36,7 @@ class CNN14Config:
     n_mels: int = 64
     channels: tuple[int, ...] = (64, 128, 256, 512, 1024, 2048)  # output channels of each conv block
     embed_dim: int = 2048  # fc1 width = embedding size
-    num_classes: int = 527  # fc_audioset (AudioSet) head; 0 = none
+    num_classes: int = 527  # fc_audioset (AudioSet) head; 0 = none (always so inside a CLAP model)
     block_dropout: float = 0.2  # after every conv block (train only)
     embed_dropout: float = 0.5  # before and after fc1 (train only)
     # SpecAugment (train only).  PANNs trained CNN14 with (64, 2, 8, 2); msclap's copy removed it, so off here.
@@ -54,6 +56,12 @@ class CNN14Config:
     def min_frames(self) -> int:
         """Fewest input frames (and mel bins) the pooling stack accepts."""
         return 2 ** (len(self.channels) - 1)
+
+    def head_shapes(self, num_classes: int | None = None) -> dict[str, tuple[int, ...]]:
+        """State-dict shapes of the ``fc_audioset`` head with ``num_classes`` classes (default: this config's;
+        ``{}`` for none), without building it."""
+        n = self.num_classes if num_classes is None else int(num_classes)
+        return {"fc_audioset.weight": (n, self.embed_dim), "fc_audioset.bias": (n,)} if n > 0 else {}
 
     @classmethod
     def from_dict(cls, d: Mapping[str, Any]) -> "CNN14Config":

@@ -16,8 +16,10 @@ Pipeline (msclap 2023 sizes): log-mel (B, 965, 64) -> bn0 over mel bins -> SpecA
 bicubic time-resize to freq_ratio*spec_size = 1024 frames -> fold the 4 time chunks of 256 frames on top of each
 other along frequency -> image (B, 1, 256, 256) -> 4x4 patches (64x64 tokens, 96-d) -> Swin stages (depths
 2/2/6/2, widths 96/192/384/768, patch merging between stages) -> LayerNorm -> mean over the 8x8 final tokens =
-the 768-d clip embedding.  The optional TSCAM head (``tag``) gives AudioSet clip probabilities; CLAP does not
-use it, but msclap's checkpoint carries its weights, so it is built by default to keep loading strict.
+the 768-d clip embedding.  The optional TSCAM head (``tag``) gives AudioSet clip probabilities.  A standalone
+HTSAT builds it by default (``num_classes`` 527, as msclap's); the encoder inside a CLAP model never has it (its
+contrastive loss never reaches the head: under DDP those would be parameters without gradients), and
+``clapkit.checkpoints.load_msclap`` verifies and drops the head's weights of an official checkpoint.
 
 Inputs longer than freq_ratio*spec_size frames raise ``ValueError``.  msclap crops them at random in training
 and, at inference, averages the outputs of windows whose size and hop are hard-coded (689 and 344 frames, i.e.
@@ -29,7 +31,7 @@ reproduced; a longer clip is a configuration error, reported as such.
 from __future__ import annotations
 
 import math
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, replace
 from typing import Any, Mapping
 
 import torch
@@ -63,7 +65,8 @@ class HTSATConfig:
     time_mask_stripes: int = 2
     freq_mask_width: int = 8
     freq_mask_stripes: int = 2
-    # Token-semantic (TSCAM) AudioSet head.  0 = no head.  msclap's checkpoint has a 527-class one.
+    # Token-semantic (TSCAM) AudioSet head.  0 = no head (always so inside a CLAP model).  msclap's checkpoint
+    # has a 527-class one.
     num_classes: int = 527
 
     def __post_init__(self):
@@ -85,10 +88,9 @@ class HTSATConfig:
                     break
                 if side > self.window_size and side % self.window_size:
                     problems.append(f"stage {i}: token grid {side} is not a multiple of window_size {self.window_size}")
-            if self.num_classes > 0 and self.freq_ratio > 0:
-                final = grid // 2 ** (len(self.depths) - 1)
-                if final % self.freq_ratio:
-                    problems.append(f"TSCAM head: final grid {final} not divisible by freq_ratio {self.freq_ratio}")
+            if self.num_classes > 0 and self.freq_ratio > 0 and self.final_grid % self.freq_ratio:
+                problems.append(f"TSCAM head: final grid {self.final_grid} not divisible by freq_ratio "
+                                f"{self.freq_ratio}")
         for i, heads in enumerate(self.num_heads):
             if (self.embed_dim * 2**i) % heads:
                 problems.append(f"stage {i}: width {self.embed_dim * 2**i} not divisible by {heads} heads")
@@ -108,6 +110,21 @@ class HTSATConfig:
     @property
     def num_features(self) -> int:
         return self.embed_dim * 2 ** (len(self.depths) - 1)
+
+    @property
+    def final_grid(self) -> int:
+        """Side of the last stage's token grid (msclap: 64 / 2**3 = 8)."""
+        return self.spec_size // self.patch_stride // 2 ** (len(self.depths) - 1)
+
+    def head_shapes(self, num_classes: int | None = None) -> dict[str, tuple[int, ...]]:
+        """State-dict shapes of the TSCAM head with ``num_classes`` classes (default: this config's; ``{}`` for
+        none), without building it.  Raises ``ValueError`` if this geometry cannot carry the head."""
+        cfg = self if num_classes is None else replace(self, num_classes=num_classes)  # validates the geometry
+        n = cfg.num_classes
+        if n <= 0:
+            return {}
+        return {"tscam_conv.weight": (n, cfg.num_features, cfg.final_grid // cfg.freq_ratio, 3),
+                "tscam_conv.bias": (n,), "head.weight": (n, n), "head.bias": (n,)}
 
     @classmethod
     def from_dict(cls, d: Mapping[str, Any]) -> "HTSATConfig":
@@ -349,9 +366,10 @@ class HTSAT(nn.Module):
         self.norm = nn.LayerNorm(cfg.num_features)
         if cfg.num_classes > 0:
             # TSCAM: a conv spanning all frequency rows of one time chunk, 3 tokens wide in time.
-            final = grid // 2 ** (len(cfg.depths) - 1)
-            self.tscam_conv = nn.Conv2d(cfg.num_features, cfg.num_classes, (final // cfg.freq_ratio, 3), padding=(0, 1))
-            # Present in HTS-AT's TSCAM variant but never applied (also not by msclap): kept for strict loading.
+            self.tscam_conv = nn.Conv2d(cfg.num_features, cfg.num_classes, (cfg.final_grid // cfg.freq_ratio, 3),
+                                        padding=(0, 1))
+            # Present in HTS-AT's TSCAM variant but never applied (also not by msclap): kept so that msclap's
+            # encoder + head weights load strictly into a standalone HTSAT.
             self.head = nn.Linear(cfg.num_classes, cfg.num_classes)
         self.apply(self._init_weights)
 
