@@ -172,10 +172,18 @@ def json_lines(text: str) -> list[dict]:
 
 
 def checkpoints_in(directory: Path) -> list[int]:
+    """Steps of the complete checkpoints anywhere under ``directory``: ``step_N.pt`` with its sidecar
+    ``step_N.json`` beside it (``clapkit.checkpointing`` writes the sidecar last, in the run's ``run-<hash>/``
+    folder; a ``.pt`` without one is incomplete and would not be resumed)."""
+    steps = []
     try:
-        return sorted(int(m.group(1)) for m in (_CKPT.match(p.name) for p in Path(directory).iterdir()) if m)
+        for path in Path(directory).rglob("step_*.pt"):
+            match = _CKPT.match(path.name)
+            if match and path.with_suffix(".json").is_file():
+                steps.append(int(match.group(1)))
     except OSError:
         return []
+    return sorted(steps)
 
 
 def tail(path: Path, lines: int = 40) -> str:

@@ -199,6 +199,17 @@ def test_step_stats_curves_weights_and_json_lines(tmp_path):
     assert gpu_check.json_lines(text) == [{"precision": "fp32", "pairs_per_s": 330.0}, {"x": 1}]
 
 
+def test_checkpoint_watch_needs_the_sidecar(tmp_path):
+    run = tmp_path / "ckpt" / "run-0123abcd"
+    run.mkdir(parents=True)
+    assert gpu_check.checkpoints_in(tmp_path / "ckpt") == [] and gpu_check.checkpoints_in(tmp_path / "none") == []
+    (run / "step_00000010.pt").write_bytes(b"x")  # weights written, sidecar not yet: incomplete
+    (run / ".step_00000020.pt.tmp123").write_bytes(b"x")
+    assert gpu_check.checkpoints_in(tmp_path / "ckpt") == []
+    (run / "step_00000010.json").write_text("{}")
+    assert gpu_check.checkpoints_in(tmp_path / "ckpt") == [10]
+
+
 def check_args(tmp_path, **kw):
     base = {"out": str(tmp_path / "out" / "r.json"), "cpu_smoke": False, "budget": None, "scratch": str(tmp_path / "s"),
             "keep_scratch": False, "skip": None, "only": None, "bench_args": None}
