@@ -70,6 +70,14 @@ class Runtime:
         dist.all_reduce(box)
         return float(box.item())
 
+    def broadcast_buffers(self, module: nn.Module) -> None:
+        """Give every rank rank 0's buffers (BatchNorm running statistics).  DDP broadcasts them only at the start
+        of each forward, so after a step every rank holds the statistics of its own slice: evaluating in eval
+        mode on several ranks needs one set."""
+        if self.distributed:
+            for buffer in module.buffers():
+                dist.broadcast(buffer.data, src=0)
+
     def all_gather_objects(self, obj: Any) -> list[Any]:
         """Every rank's ``obj`` in rank order (picklable objects; tensors should be on the CPU)."""
         if not self.distributed:

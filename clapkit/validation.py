@@ -30,6 +30,7 @@ def validate(clap, corpus, indices: Sequence[int], tasks: Mapping[str, Any], bat
     from .data.loader import ClipCaptionDataset, make_collate
 
     model = clap.model
+    runtime.broadcast_buffers(model)  # one model on every rank: rank 0's BatchNorm statistics (DDP syncs them lazily)
     was_training = model.training
     model.eval()
     # The split lists clips source by source; batches of neighbours (one speaker, one kit) have near-identical

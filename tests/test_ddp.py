@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import datetime
 import os
+from pathlib import Path
 
 import pytest
 import torch
@@ -120,3 +121,86 @@ def _run_workers(tmp_path):
         hangs.append(f"attempt {attempt}: no result within {SPAWN_DEADLINE_S} s\n{dumps}")
         warnings.warn(f"gloo workers hung (attempt {attempt + 1} of {ATTEMPTS})\n{dumps}")
     pytest.fail("the two gloo workers hung on every attempt:\n" + "\n".join(hangs))
+
+
+def test_torchrun_runs_pretrain_and_train_on_two_cpu_processes(tmp_path):
+    """The stage commands under ``torchrun --nproc-per-node 2`` (gloo, process group from the environment) give
+    the per-step losses and the validation of one process running the same global batches as 2 accumulation
+    micro-batches (BatchNorm normalises per rank there and per micro-batch here: the same slices)."""
+    import json
+    import os
+    import shutil
+    import subprocess
+    import sys
+
+    import yaml
+
+    from tests.test_train import make_prepared
+
+    prepared = make_prepared(tmp_path / "corpus", n=48)
+    model_cfg = deterministic_tiny_config()
+    (tmp_path / "model.json").write_text(json.dumps(model_cfg))
+    lm = {"n_layer": 1, "n_embd": 32, "n_head": 2, "n_positions": 48, "resid_pdrop": 0.0, "embd_pdrop": 0.0,
+          "attn_pdrop": 0.0}
+
+    def params(run: str, accum: int, pretrain_dir: str) -> Path:
+        d = tmp_path / run
+        p = {"preset": "embedded", "seed": 0, "frontend": {"embedded": model_cfg["frontend"]},
+             "model": {"embedded": str(tmp_path / "model.json"), "paper": "msclap-2023"},
+             "pretrain": {"prepared": str(prepared), "out": str(d / "pretrain"), "metrics": str(d / "pm.json"),
+                          "loss_log": str(d / "pretrain_loss.csv"), "checkpoint_dir": str(d / "pck"),
+                          "timings": "", "steps": 3, "batch_size": 8, "accum_steps": accum, "lm": lm,
+                          "warmup_steps": 1, "eval_clips_per_task": 4, "device": "cpu", "precision": "fp32",
+                          "threads": 1, "log_every": 1, "checkpoint_every": 2},
+             "train": {"prepared": str(prepared), "out": str(d / "clap"), "checkpoint_dir": str(d / "tck"),
+                       "metrics": str(d / "tm.json"), "live_dir": str(d / "live"), "timings": None, "max_steps": 3,
+                       "batch_size": 8, "accum_steps": accum, "warmup_steps": 1, "audio_init": pretrain_dir,
+                       "device": "cpu", "precision": "fp32", "threads": 1, "log_every": 1, "val_batch_size": 4}}
+        path = tmp_path / f"{run}.yaml"
+        path.write_text(yaml.safe_dump(p))
+        return path
+
+    env = {**os.environ, "HF_HUB_OFFLINE": "1", "GLOO_SOCKET_IFNAME": "lo", "OMP_NUM_THREADS": "1"}
+    torchrun = [str(Path(sys.executable).with_name("torchrun")), "--standalone", "--nproc-per-node", "2"]
+    one = [sys.executable, "-m", "clapkit.cli"]
+    shared_encoder = str(tmp_path / "one" / "pretrain")  # both trainings start from the same encoder
+    for launcher, run, accum in ((one, "one", 2), (torchrun + ["-m", "clapkit.cli"], "two", 1)):
+        path = params(run, accum, shared_encoder)
+        for stage in ("pretrain", "train"):
+            done = subprocess.run(launcher + [stage, "--params", str(path), "--no-progress"], env=env,
+                                  capture_output=True, text=True, timeout=300)
+            assert done.returncode == 0, f"{run} {stage}:\n{done.stdout[-3000:]}\n{done.stderr[-3000:]}"
+    csv = {run: [line.split(",")[:2] for line in (tmp_path / run / "pretrain_loss.csv").read_text().splitlines()[1:]]
+           for run in ("one", "two")}
+    assert [s for s, _ in csv["one"]] == [s for s, _ in csv["two"]] == ["1", "2", "3"]
+    for (_, a), (_, b) in zip(csv["one"], csv["two"]):
+        assert float(b) == pytest.approx(float(a), abs=1e-5)
+    # rank 0 alone evaluated and wrote the encoder; the two runs' weights agree.  BatchNorm's running statistics
+    # differ by design: DDP broadcasts rank 0's buffers (one update per step), accumulation updates once per
+    # micro-batch (two per step).
+    from safetensors.torch import load_file
+
+    ea, eb = (load_file(str(tmp_path / r / "pretrain" / "audio_encoder.safetensors")) for r in ("one", "two"))
+    assert ea.keys() == eb.keys()
+    buffers = {k for k in ea if "running_" in k or "num_batches_tracked" in k}
+    assert buffers and all(torch.allclose(ea[k].float(), eb[k].float(), atol=1e-5) for k in ea if k not in buffers)
+    assert int(ea["bn0.num_batches_tracked"]) == 6 and int(eb["bn0.num_batches_tracked"]) == 3
+    losses = {run: [float(r.split("\t")[-1]) for r in
+                    (tmp_path / run / "live" / "plots" / "metrics" / "train" / "loss.tsv").read_text().splitlines()[1:]]
+              for run in ("one", "two")}
+    assert len(losses["one"]) == 3 and losses["two"] == pytest.approx(losses["one"], abs=1e-5)
+    # validation, shared by the 2 ranks, equals one process validating the same final weights (the two runs'
+    # BatchNorm buffers differ as above, so their validations are not compared with each other)
+    from clapkit.api import CLAP
+    from clapkit.data.prepare import PreparedCorpus
+    from clapkit.training import Runtime
+    from clapkit.validation import validate
+
+    two = json.loads((tmp_path / "two" / "tm.json").read_text())
+    corpus = PreparedCorpus(prepared)
+    tasks = {k: v for k, v in corpus.tasks.items() if len(v.get("classes", [])) >= 2}
+    alone = validate(CLAP.from_pretrained(tmp_path / "two" / "clap"), corpus, corpus.split("val"), tasks, 4,
+                     Runtime(0, 1, torch.device("cpu")), Precision("fp32", torch.device("cpu")))
+    assert two["val_loss"] == pytest.approx(alone["loss"], abs=1e-6)
+    assert two["val_zeroshot"] == alone["zeroshot"] and alone["zeroshot"]["tone"]["clips"] > 4
+    shutil.rmtree(tmp_path / "corpus")

@@ -433,6 +433,38 @@ def test_training_streams_shards(prepared, tmp_path):
     assert (tmp_path / "clap" / "model.safetensors").is_file()
 
 
+def test_shard_training_with_workers_ends_its_epochs_and_resumes_exactly(prepared, tmp_path):
+    """Unequal shards (16, 16, 7 clips) read by 2 DataLoader workers: every epoch ends after its 4 whole batches
+    (validation at steps 4 and 8, then the budget's end at 9), and a run cut after step 6 (mid-epoch) and resumed
+    ends with the same weights."""
+    from clapkit.api import CLAP
+    from clapkit.checkpointing import list_checkpoints
+    from clapkit.data.shards import write_shards
+    from clapkit.train import train
+
+    write_shards(prepared, tmp_path / "shards", "train", shard_size=16)
+    model_cfg = load_model_config("clap-tiny-htsat-gpt2")
+
+    def run(name):
+        cfg = train_config(tmp_path / name, prepared, shards=str(tmp_path / "shards"), max_steps=9, num_workers=2,
+                           checkpoint_every=3)
+        return train(cfg, model_cfg, seed=0, progress=False)
+
+    straight = run("a")
+    assert straight["step"] == 9 and straight["epochs"] == 2.25
+    assert [s for s, _ in _tsv_values(tmp_path / "a" / "live", "val/loss.tsv")] == ["4", "8", "9"]
+    run("b")
+    (ckpt_run,) = (tmp_path / "b" / "ckpt").glob("run-*")
+    for step, path in list_checkpoints(ckpt_run):
+        if step > 6:
+            path.with_suffix(".json").unlink()
+            path.unlink()
+    assert run("b") == straight
+    wa = CLAP.from_pretrained(tmp_path / "a" / "clap").model.state_dict()
+    wb = CLAP.from_pretrained(tmp_path / "b" / "clap").model.state_dict()
+    assert all(torch.equal(wa[k], wb[k]) for k in wa)
+
+
 def test_bf16_autocast_step_on_cpu_is_close_to_fp32():
     from clapkit.api import CLAP
     from clapkit.losses import ClipLoss
