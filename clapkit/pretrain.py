@@ -53,8 +53,8 @@ from .text import atomic_write_bytes, atomic_write_text, gpt2_bpe
 from .models.mapper import PREFIX_POSITIONS
 from .pretrain_tasks import (MODES, Examples, Task, TaskSampler, answer_vocabulary, build_tasks, clip_wave,
                              evaluate_generation, make_examples)
-from .training import (DEVICES, PRECISIONS, LRSchedule, Precision, Runtime, ScheduleConfig, make_optimizer,
-                       maybe_compile, param_groups, setup_runtime)
+from .training import (DEVICES, PRECISIONS, LRSchedule, Precision, Runtime, ScheduleConfig,
+                       frozen_batchnorm_statistics, make_optimizer, maybe_compile, param_groups, setup_runtime)
 
 __all__ = ["PretrainConfig", "PretrainModel", "load_pretrained_audio_encoder", "pretrain", "run_training"]
 
@@ -257,7 +257,8 @@ def train_step(model: nn.Module, waves: torch.Tensor, examples: Examples, items:
     mean over the *global* batch's ``global_count`` examples; DDP averages gradients over ranks, so each rank
     backpropagates its sum x world / global_count, and the result equals one process on the whole batch.  With
     ``accum_steps`` > 1 the rank's clips are cut into that many micro-batches whose gradients add up (each
-    micro-batch's BatchNorm statistics are its own, as each rank's are under DDP).  Returns this rank's share of
+    micro-batch's BatchNorm normalises with its own batch statistics, as each rank's does under DDP; running
+    statistics follow the first micro-batch).  Returns this rank's share of
     the loss (the ranks' shares sum to the global mean) and the per-example losses by task."""
     device = precision.device
     n_clips = waves.shape[0]
@@ -269,7 +270,10 @@ def train_step(model: nn.Module, waves: torch.Tensor, examples: Examples, items:
         mine = [(pos - m * size, name, p, a) for pos, name, p, a in items if m * size <= pos < (m + 1) * size]
         last = m == accum_steps - 1
         sync = model.no_sync() if (not last and hasattr(model, "no_sync")) else nullcontext()
-        with sync:
+        # BatchNorm running statistics follow the first micro-batch only (rank 0's slice under DDP): the same
+        # statistics for every (ranks x accum_steps) layout of a global batch.
+        stats = frozen_batchnorm_statistics(model) if m > 0 else nullcontext()
+        with sync, stats:
             if not mine:  # cannot happen: every drawn clip has the task it was drawn for
                 raise RuntimeError("pretrain: a micro-batch without examples")
             ids, mask = examples.batch([(p, a) for _, _, p, a in mine])

@@ -295,8 +295,9 @@ def train_step(model: nn.Module, batch: Mapping[str, torch.Tensor], loss_fn: Cli
     batch with the other micro-batches' features as constants, and backpropagates it.  The summed gradients equal
     those of one graph over the k micro-batches (every pair keeps all its negatives), at the cost of a second
     forward.  Pass 2 replays pass 1's random state on every device involved, so dropout, drop-path and
-    SpecAugment draw the same masks; BatchNorm running statistics are updated by pass 2 only (pass 1 restores
-    them).  BatchNorm normalises each micro-batch with its own statistics, as each rank does under DDP.
+    SpecAugment draw the same masks.  BatchNorm normalises each micro-batch with its own statistics, as each
+    rank does under DDP; its running statistics are updated once per step, by the first micro-batch of pass 2
+    (pass 1 and the other micro-batches restore them), as DDP keeps rank 0's.
     """
     device = precision.device
     batch = {k: v.to(device, non_blocking=True) for k, v in batch.items() if torch.is_tensor(v)}
@@ -326,7 +327,11 @@ def train_step(model: nn.Module, batch: Mapping[str, torch.Tensor], loss_fn: Cli
         replays[i].restore()
         # DDP must sync gradients only on the last micro-batch.
         sync = model.no_sync() if (i < accum_steps - 1 and hasattr(model, "no_sync")) else nullcontext()
-        with sync:
+        # BatchNorm running statistics follow the first micro-batch only: under DDP that is what rank 0's slice
+        # gives every rank (buffers are broadcast from rank 0), so every (ranks x accum_steps) layout of the same
+        # global batch ends with the same statistics.
+        stats = frozen_batchnorm_statistics(inner) if i > 0 else nullcontext()
+        with sync, stats:
             with precision.autocast():
                 a, t, scale = _features(model, mb)
             audio = torch.cat(cached_audio[:i] + [a] + cached_audio[i + 1:])

@@ -333,18 +333,19 @@ _BATCHNORMS = (nn.modules.batchnorm._BatchNorm,)
 
 @contextmanager
 def frozen_batchnorm_statistics(model: nn.Module) -> Iterator[None]:
-    """BatchNorm layers keep normalising with the batch's statistics (train mode) but their running mean,
-    variance and batch counter are restored on exit: a pass that is replayed later must not update them twice."""
+    """BatchNorm layers keep normalising with the batch's statistics (train mode) but leave their running mean
+    and variance as they are (momentum 0: ``running * 1 + batch * 0``) and get their batch counter back on exit:
+    a pass that is replayed later must not update them twice.  Momentum 0 rather than restoring the tensors
+    afterwards, because autograd saved them for backward, which may run after the context."""
     saved = []
     for module in model.modules():
         if isinstance(module, _BATCHNORMS) and module.track_running_stats and module.running_mean is not None:
-            saved.append((module, module.running_mean.clone(), module.running_var.clone(),
-                          module.num_batches_tracked.clone()))
+            saved.append((module, module.momentum, module.num_batches_tracked.clone()))
+            module.momentum = 0.0
     try:
         yield
     finally:
         with torch.no_grad():
-            for module, mean, var, count in saved:
-                module.running_mean.copy_(mean)
-                module.running_var.copy_(var)
+            for module, momentum, count in saved:
+                module.momentum = momentum
                 module.num_batches_tracked.copy_(count)
