@@ -57,7 +57,7 @@ TINY = {
     "pretrain.log_every": 1, "pretrain.eval_clips_per_task": 8, "pretrain.examples_per_task": 1,
     "train.max_steps": 4, "train.batch_size": 8, "train.warmup_steps": 1, "train.checkpoint_every": 2,
     "train.log_every": 1, "train.val_max_clips": 48,
-    "evaluate.test_clips_per_task": 20, "evaluate.probe_train_per_task": 10, "evaluate.retrieval_clips": 50,
+    "evaluate.test_clips_per_task": 20, "evaluate.probe_train_per_class": 3, "evaluate.retrieval_clips": 50,
     "evaluate.map_clips_per_task": 10,
 }
 # None = the preset's own tower, which for the embedded preset is HTSAT / GPT-2
