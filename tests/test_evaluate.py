@@ -524,3 +524,26 @@ def test_stage_and_one_task_cli_give_identical_numbers_and_report_unprobed_tasks
         assert json.loads(out.read_text()) == stage[task], task  # every number, interval and p-value
     printed = capsys.readouterr().out
     assert "colour: accuracy" in printed and "linear probe not probed: 1 of the 4 classes" in printed
+
+
+def test_evaluate_notebook_renders_intervals_tests_and_unprobed_tasks(tmp_path):
+    from clapkit.notebooks import run_notebook
+
+    words = ["red", "green", "blue", "circle", "square", "yellow"]
+    oracle = Oracle(words)
+    clips = corpus_clips(words[:5])
+    clips.append(("clip99", "test", {"colour": "yellow", "shape": "circle"}, ["a yellow circle"], ["yellow", "circle"]))
+    prepared = write_prepared(tmp_path / "prepared", oracle, clips)
+    cfg = EvaluateConfig(prepared=str(prepared), results=str(tmp_path / "results"), plots=str(tmp_path / "plots"),
+                         metrics=str(tmp_path / "metrics.json"), cache_dir=None, timings=None, probe_train_per_class=3)
+    run_stage(cfg, embedder=oracle, progress=False)
+    out = run_notebook("notebooks/04_evaluate.ipynb", tmp_path / "04.ipynb",
+                       {"results_dir": cfg.results, "metrics_path": cfg.metrics, "plots_dir": cfg.plots,
+                        "tsne_iterations": 50})
+    text = out.read_text()
+    assert "Traceback" not in out.with_suffix(".html").read_text()
+    lo13 = 13 / (13 + 1.959964 ** 2)  # Wilson lower bound of 13 of 13
+    assert f"1.000 [{lo13:.3f}, 1.000]" in text  # colour zero-shot: every test clip right, with its interval
+    assert "exact one-sided binomial test" in text and "✓" in text
+    assert "colour: linear probe not probed: 1 of the 4 classes" in text
+    assert "corpus_retrieval a2t" in text and "(R@1 [" in text

@@ -107,3 +107,42 @@ def test_accuracy_claim_and_the_pretraining_claims():
     # gender: 144 of 150 against chance 0.5 and the commonest answer's 0.54
     claims = exact_task_claims(144, 150, 0.5, 0.54)
     assert claims["significant"] and claims["above_audio_blind"] and claims["ci95"][0] > 0.9
+
+
+def test_pretrain_notebook_shows_wilson_intervals_and_exact_p_values(tmp_path):
+    """notebooks/02_pretrain.ipynb on a metrics/pretrain.json fixture: each task's interval and both exact tests,
+    and where the stage's normal-approximation flags differ from them."""
+    import json
+
+    from clapkit.notebooks import run_notebook
+
+    def task(accuracy, clips, classes, blind, significant, above_blind):
+        return {"accuracy": accuracy, "chance": round(1 / classes, 4), "free_accuracy": accuracy, "classes": classes,
+                "clips": clips, "answer_seen_in_train": 1.0, "significant": significant, "audio_blind": blind,
+                "above_audio_blind": above_blind}
+
+    # instrument as in the 2400-step run: 4 of 150, 151 classes, blind answer never right; the normal
+    # approximation called it above both, the exact tests do not (p = 0.018 against the uniform guess)
+    metrics = {"mode": "all", "num_tasks": 2, "steps": 10, "mean_accuracy": 0.4933, "mean_chance": 0.2533,
+               "tasks_significant": 2, "tasks_above_audio_blind": 2, "final_loss": 1.0,
+               "tasks": {"gender": task(0.96, 150, 2, 0.54, True, True),
+                         "instrument": task(0.0267, 150, 151, 0.0, True, True)}}
+    (tmp_path / "out").mkdir()
+    (tmp_path / "metrics.json").write_text(json.dumps(metrics))
+    (tmp_path / "out" / "config.json").write_text(json.dumps({
+        "mode": "all", "model_config": "test", "steps": 10, "tasks": ["gender", "instrument"],
+        "prompts": {"gender": "question: who speaks? answer:", "instrument": "question: what plays? answer:"},
+        "output_vocab_size": 100}))
+    (tmp_path / "out" / "generations.json").write_text("[]")
+    (tmp_path / "loss.csv").write_text("step,loss,gender,instrument\n5,2.0,1.5,2.5\n10,1.0,0.8,1.2\n")
+    out = run_notebook("notebooks/02_pretrain.ipynb", tmp_path / "02.ipynb",
+                       {"out_dir": str(tmp_path / "out"), "metrics_path": str(tmp_path / "metrics.json"),
+                        "loss_log": str(tmp_path / "loss.csv")})
+    text = "".join("".join(o.get("text", "")) for c in json.loads(out.read_text())["cells"]
+                   for o in c.get("outputs", []))
+    lo, hi = wilson_interval(144, 150)
+    assert f"[{lo:.3f}, {hi:.3f}]" in text and "Traceback" not in text
+    p = exact_task_claims(4, 150, 0.0066, 0.0)["p_value_chance"]
+    assert f"{p:9.2g}" in text and 0.01 < p < 0.03
+    assert "1 of 2 tasks above chance, 1 above the audio-blind answer" in text
+    assert "differ on: instrument (True / True)" in text
