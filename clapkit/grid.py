@@ -11,7 +11,10 @@ exactly what ``dvc exp run -S key=value ...`` changes; the workspace's own param
   then ``dvc queue start -j 2`` runs them (``make grid`` does all of it, see the Makefile).
 * ``clapkit grid wait``: until the queue is empty.
 * ``clapkit grid collect``: ``dvc exp show --json`` -> ``reports/ablations.json`` (committed; the notebook reads
-  only this file, so it renders on a fresh clone, where DVC experiments, which live in local git refs, are absent).
+  only this file, so it renders on a fresh clone, where DVC experiments, which live in local git refs, are absent),
+  with the statistics of ``clapkit.grid_summary``: per row a t interval over seeds, and the paper's claims as
+  paired t-tests of two rows over their common seeds (degrees of freedom, p-value).
+* ``clapkit grid recompute``: those statistics again from the per-seed results a summary stores (nothing reruns).
 * ``--tiny`` (plan / queue / collect): the same grid at a few optimiser steps per stage (``TINY``, as
   tests/test_pipeline_e2e.py), experiments named ``tiny-*``, summary ``reports/ablations-tiny.json``: a check
   that every row runs end to end (minutes), not a result.  ``--set key=value`` adds overrides of your own.
@@ -34,19 +37,18 @@ overrides counts too.  Experiments with other params (your own ablations) are li
 from __future__ import annotations
 
 import json
-import math
 import subprocess
 import sys
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Iterable, Mapping, Sequence
+from typing import Any, Mapping, Sequence
 
 from .text import atomic_write_text
 
-__all__ = ["ROWS", "Experiment", "GridRow", "experiments", "summarise", "parse_exp_show"]
+__all__ = ["ROWS", "Experiment", "GridRow", "experiments"]  # the summary: clapkit.grid_summary
 
-FORMAT = "clapkit-ablations/1"
+FORMAT = "clapkit-ablations/2"  # 2: per-row t intervals and the paired tests of `comparisons`
 SUMMARY = "reports/ablations.json"
 # params.yaml keys that define a row (the grid's knobs); a row's values are params.yaml's with its overrides
 KNOBS = ("model.audio_encoder", "model.text_encoder", "pretrain.tasks", "train.temperature",
@@ -57,7 +59,7 @@ TINY = {
     "pretrain.log_every": 1, "pretrain.eval_clips_per_task": 8, "pretrain.examples_per_task": 1,
     "train.max_steps": 4, "train.batch_size": 8, "train.warmup_steps": 1, "train.checkpoint_every": 2,
     "train.log_every": 1, "train.val_max_clips": 48,
-    "evaluate.test_clips_per_task": 20, "evaluate.probe_train_per_task": 10, "evaluate.retrieval_clips": 50,
+    "evaluate.test_clips_per_task": 20, "evaluate.probe_train_per_class": 3, "evaluate.retrieval_clips": 50,
     "evaluate.map_clips_per_task": 10,
 }
 # None = the preset's own tower, which for the embedded preset is HTSAT / GPT-2
@@ -200,123 +202,6 @@ def _get(tree: Mapping[str, Any], dotted: str, default: Any = None) -> Any:
     return node
 
 
-def _entries(node: Any) -> Iterable[dict[str, Any]]:
-    """Every {rev, name, data: {params, metrics}} record anywhere in ``dvc exp show --json`` output (the
-    baseline commits and the experiments under them, whatever the nesting of this DVC version)."""
-    if isinstance(node, list):
-        for item in node:
-            yield from _entries(item)
-    elif isinstance(node, dict):
-        state = (node.get("executor") or {}).get("state")
-        if state in ("queued", "running", "failed"):
-            # an unfinished experiment shows the files of its temporary copy: until its stages rewrite them,
-            # those are the baseline's metrics under the experiment's params (a failed one never finished)
-            return
-        data = node.get("data")
-        if isinstance(data, dict) and ("params" in data or "metrics" in data):
-            yield {"rev": node.get("rev") or data.get("rev"), "name": node.get("name"), "data": data,
-                   "error": node.get("error")}
-        for key in ("experiments", "revs"):
-            if key in node:
-                yield from _entries(node[key])
-
-
-def parse_exp_show(records: Any, params_file: str = "params.yaml",
-                   metrics_file: str = "metrics/evaluate.json") -> list[dict[str, Any]]:
-    """Flat list of {name, rev, params, metrics} for entries with evaluate metrics (finished runs)."""
-    out = []
-    for entry in _entries(records):
-        params = ((entry["data"].get("params") or {}).get(params_file) or {}).get("data") or {}
-        metrics = (entry["data"].get("metrics") or {}).get(metrics_file, {}).get("data")
-        if not metrics or not params:
-            continue
-        extra = {f: (m or {}).get("data") for f, m in (entry["data"].get("metrics") or {}).items()}
-        out.append({"name": entry["name"] or entry["rev"], "rev": entry["rev"],
-                    "timestamp": entry["data"].get("timestamp"), "params": params,
-                    "metrics": metrics, "all_metrics": extra})
-    return out
-
-
-def knobs_of(params: Mapping[str, Any]) -> dict[str, Any]:
-    return normalise_knobs({k: _get(params, k) for k in KNOBS})
-
-
-def _mean_std(values: Sequence[float]) -> tuple[float, float | None]:
-    m = sum(values) / len(values)
-    if len(values) < 2:
-        return m, None
-    return m, math.sqrt(sum((v - m) ** 2 for v in values) / (len(values) - 1))
-
-
-def _newness(rec: Mapping[str, Any]) -> str:
-    """Sort key of a run's age: its commit timestamp (ISO text); the uncommitted workspace is newest."""
-    if rec.get("rev") == "workspace":
-        return "~"  # after every digit: later than any timestamp
-    return rec.get("timestamp") or ""
-
-
-def summarise(records: Sequence[Mapping[str, Any]], base: Mapping[str, Any],
-              rows: Sequence[GridRow] = ROWS) -> dict[str, Any]:
-    """Rows of the grid with every seed found, per-task zero-shot means, mean +- sample std over seeds.
-    ``base``: the knob values the rows start from (``base_knobs``)."""
-    from .tasks import PAPER_TASKS, TABLE1_MODELS
-
-    check_rows(rows, base)
-
-    # (row index, seed) -> record: the newest run (commit timestamp) wins, e.g. a rerun after a retune.  The
-    # workspace (no timestamp) is the newest of all: `make grid` reproduces it before queueing, so where the code
-    # changed since HEAD, HEAD's committed metrics are stale and the workspace holds the current run.
-    by_key: dict[tuple[int, int], dict[str, Any]] = {}
-    other = []
-    for rec in records:
-        knobs, seed = knobs_of(rec["params"]), int(rec["params"].get("seed", 0))
-        idx = next((i for i, r in enumerate(rows) if r.knobs(base) == knobs), None)
-        if idx is None:
-            other.append({"name": rec["name"], "knobs": knobs, "seed": seed,
-                          "zero_shot_score": rec["metrics"].get("embedded_zero_shot_score")})
-            continue
-        old = by_key.get((idx, seed))
-        if old is None or _newness(rec) > _newness(old):
-            by_key[(idx, seed)] = rec
-    tasks = sorted({t for rec in by_key.values() for t in rec["metrics"].get("zero_shot", {})})
-    table = []
-    for i, row in enumerate(rows):
-        found = sorted((seed, rec) for (j, seed), rec in by_key.items() if j == i)
-        runs = []
-        for seed, rec in found:
-            m = rec["metrics"]
-            pre = (rec.get("all_metrics") or {}).get("metrics/pretrain.json") or {}
-            runs.append({"experiment": rec["name"], "rev": rec["rev"], "seed": seed,
-                         "pretrain_steps": _get(rec["params"], "pretrain.steps"),
-                         "zero_shot_score": m.get("embedded_zero_shot_score"),
-                         "linear_probe_score": m.get("embedded_linear_probe_score"),
-                         "zero_shot": {t: m.get("zero_shot", {}).get(t) for t in tasks},
-                         "pretrain_tasks_above_chance": pre.get("tasks_significant"),
-                         "pretrain_tasks_above_audio_blind": pre.get("tasks_above_audio_blind")})
-        entry: dict[str, Any] = {"row": row.name, "slug": row.slug, "table1": row.table1, "knobs": row.knobs(base),
-                                 "seeds_planned": list(row.seeds), "runs": runs}
-        if runs:
-            scores = [r["zero_shot_score"] for r in runs]
-            entry["zero_shot_score_mean"], entry["zero_shot_score_std"] = _mean_std(scores)
-            probes = [r["linear_probe_score"] for r in runs if r["linear_probe_score"] is not None]
-            entry["linear_probe_score_mean"] = _mean_std(probes)[0] if probes else None
-            entry["zero_shot_mean"] = {t: _mean_std([r["zero_shot"][t] for r in runs
-                                                     if r["zero_shot"][t] is not None])[0] for t in tasks}
-        table.append(entry)
-    paper = {}
-    for model in TABLE1_MODELS:
-        per_task = {t.title: t.table1[model] for t in PAPER_TASKS.values() if model in t.table1}
-        paper[model] = {"average": sum(per_task.values()) / len(per_task), "tasks": per_task}
-    # the budget the rows were pretrained with: one value, unless runs from different params.yaml were collected
-    # (e.g. a row that failed in a rerun of the grid, so an older run at another budget filled in)
-    steps = sorted({r["pretrain_steps"] for row in table for r in row["runs"] if r["pretrain_steps"] is not None})
-    return {"format": FORMAT, "source": "dvc exp show --json", "tasks": tasks, "rows": table, "other": other,
-            "pretrain_steps": steps,
-            "paper_table1": paper,
-            "note": "paper_table1.average is the mean of the 16 per-task numbers of Table 1 (the paper prints the "
-                    "same values, except 0.469 for HTSAT-22+CLIP where the cells give 0.465)"}
-
-
 # --- commands -------------------------------------------------------------------------------------------------------
 
 def _dvc(*args: str, capture: bool = True) -> str:
@@ -395,6 +280,8 @@ def _cmd_plan(args) -> int:
 
 
 def _cmd_queue(args) -> int:
+    from .grid_summary import parse_exp_show
+
     exps, _ = _grid(args)
     done = {r["name"] for r in parse_exp_show(exp_show_json())}
     queued = 0
@@ -430,6 +317,7 @@ def _cmd_wait(args) -> int:
 
 def _cmd_collect(args) -> int:
     from .config import load_params
+    from .grid_summary import parse_exp_show, summarise
 
     extra, _ = _overrides(args)
     base = base_knobs(load_params(args.params), extra)
@@ -439,12 +327,25 @@ def _cmd_collect(args) -> int:
         records = exp_show_json(args.rev or grid_baselines())
     summary = summarise(parse_exp_show(records), base)
     out = Path(args.out or (SUMMARY.replace(".json", "-tiny.json") if args.tiny else SUMMARY))
-    out.parent.mkdir(parents=True, exist_ok=True)
-    atomic_write_text(out, json.dumps(summary, indent=1) + "\n")
+    _write_summary(summary, out)
     if len(summary["pretrain_steps"]) > 1:
         print(f"warning: the rows were pretrained for different numbers of steps {summary['pretrain_steps']} (runs "
-              f"from an older params.yaml were collected; see pretrain_steps per run in {args.out or SUMMARY})",
-              file=sys.stderr)
+              f"from an older params.yaml were collected; see pretrain_steps per run in {out})", file=sys.stderr)
+    return 0
+
+
+def _cmd_recompute(args) -> int:
+    """The summary's statistics again, from the per-seed results it stores (nothing rerun, no DVC)."""
+    from .grid_summary import add_statistics
+
+    path = Path(args.summary)
+    _write_summary(add_statistics(json.loads(path.read_text(encoding="utf-8"))), path)
+    return 0
+
+
+def _write_summary(summary: dict[str, Any], out: Path) -> None:
+    out.parent.mkdir(parents=True, exist_ok=True)
+    atomic_write_text(out, json.dumps(summary, indent=1) + "\n")
     for row in summary["rows"]:
         if row["runs"]:
             std = row["zero_shot_score_std"]
@@ -452,8 +353,14 @@ def _cmd_collect(args) -> int:
                   + f"  ({len(row['runs'])} seed(s))")
         else:
             print(f"{row['row']:44s} not run")
+    for c in summary["comparisons"]:
+        if c["test"] is None:
+            print(f"{c['a']} - {c['b']}: {c.get('mean_difference', float('nan')):+.3f} ({c['note']})")
+        else:
+            print(f"{c['a']} - {c['b']}: {c['mean_difference']:+.3f} over {len(c['seeds'])} seeds, paired "
+                  f"t({c['df']}) = {c['t']:.2f}, p = {c['p_value']:.3f}"
+                  + (" (significant)" if c["significant"] else " (not significant)"))
     print(f"summary in {out}")
-    return 0
 
 
 def _grid_options(p) -> None:
@@ -487,3 +394,7 @@ def register(subparsers) -> None:
                    "and every commit that holds an experiment of the grid, from `dvc exp list -A`; where the same "
                    "row and seed ran on several, the newest baseline's counts)")
     c.set_defaults(func=_cmd_collect)
+    r = sub.add_parser("recompute", help="the statistics of a stored summary again, from its per-seed results "
+                                         "(paired t-tests of the rows over seeds; nothing rerun)")
+    r.add_argument("--summary", default=SUMMARY)
+    r.set_defaults(func=_cmd_recompute)

@@ -175,12 +175,12 @@ EMBEDDED_RETRIEVAL = "corpus_retrieval"
 
 def embedded_tasks(prepared_dir: str | Path) -> dict[str, Task]:
     """One classification task per entry of ``<prepared_dir>/tasks.json``, plus caption retrieval on its test clips."""
-    from .data.captions import TASK_TEMPLATES
+    from .zeroshot import embedded_task_prompt  # the prompt rule train's validation uses too
 
     tasks_json = json.loads((Path(prepared_dir) / "tasks.json").read_text(encoding="utf-8"))
     out: dict[str, Task] = {}
     for name, info in sorted(tasks_json.items()):
-        template = TASK_TEMPLATES.get(name, [MSCLAP_PROMPT])[0]  # the canonical wording the captions start from
+        template = embedded_task_prompt(name)  # the canonical wording the captions start from
         out[name] = Task(name=name, kind=CLASSIFICATION, metric="mAP" if info.get("multi_label") else "accuracy",
                          domain="embedded corpus", title=name, label_key=name,
                          multi_label=bool(info.get("multi_label")),

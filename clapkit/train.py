@@ -20,7 +20,8 @@ What happens, top to bottom of this file:
    OpenCLIP's two-pass form (``train_step``).
 4. The loop, with a budget in optimiser *steps* (``max_steps``): checkpoints every ``checkpoint_every`` steps,
    at each epoch end and at the end (``clapkit.checkpointing``); validation (loss + zero-shot accuracy per task
-   of the corpus on the ``val`` split, shared across ranks: ``clapkit.validation``) at each epoch end and at the
+   of the corpus on the ``val`` split, shared across ranks: ``clapkit.validation``, in the evaluate stage's
+   precision ``evaluate.precision``, with its zero-shot function ``clapkit.zeroshot``) at each epoch end and at the
    end; dvclive logs (loss, lr, temperature, clips/s, validation metrics) in ``train.live_dir``.
 5. The final model through ``CLAP.save_pretrained`` into ``train.out`` (``models/clap``); ``metrics/train.json``.
 
@@ -59,6 +60,7 @@ from torch import nn
 from .checkpointing import (corpus_hash, find_resumable, load_checkpoint, model_fingerprint, run_directory,
                             run_identity, save_checkpoint, unwrap)
 from .config import dataclass_from_dict, load_params, model_config_from_params
+from .zeroshot import DEFAULT_PRECISION as DEFAULT_EVAL_PRECISION
 from .losses import ClipLoss, clamp_logit_scale
 from .text import atomic_write_text
 from .training import (DEVICES, PRECISIONS, SCHEDULES, LRSchedule, Precision, RngReplay, Runtime, ScheduleConfig,
@@ -417,18 +419,22 @@ def _in_step(loader: Iterable, runtime: Runtime) -> Iterator:
 
 
 def _identity(cfg: TrainConfig, model_config: Mapping[str, Any], seed: int, world: int,
-              initial_weights: str) -> dict[str, Any]:
+              initial_weights: str, eval_precision: str) -> dict[str, Any]:
     memo = Path(cfg.checkpoint_dir) / "corpus-hashes.json"
     corpus = corpus_hash(cfg.prepared, memo)
     if cfg.shards:
         corpus += "+" + corpus_hash(cfg.shards, memo.with_name("shard-hashes.json"))
-    return run_identity({"train": cfg.identity_params(), "model": dict(model_config), "seed": seed},
+    # the validation precision is part of a run: the validation loss drives the plateau schedule
+    return run_identity({"train": cfg.identity_params(), "model": dict(model_config), "seed": seed,
+                         "eval_precision": eval_precision},
                         corpus=corpus, initial_weights=initial_weights, world=world)
 
 
 def train(cfg: TrainConfig, model_config: Mapping[str, Any], seed: int = 0, resume: str = "latest",
-          progress: bool = True, allow_other_identity: bool = False) -> dict[str, Any]:
-    """Run the stage; returns the metrics written to ``cfg.metrics``."""
+          progress: bool = True, allow_other_identity: bool = False,
+          eval_precision: str = DEFAULT_EVAL_PRECISION) -> dict[str, Any]:
+    """Run the stage; returns the metrics written to ``cfg.metrics``.  ``eval_precision``: the precision of the
+    validation (params.yaml ``evaluate.precision``: validation is the evaluate stage's zero-shot protocol)."""
     from .data.loader import ClipCaptionDataset, EpochBatches, make_loader
     from .data.prepare import PreparedCorpus
     from .validation import validate
@@ -451,7 +457,8 @@ def train(cfg: TrainConfig, model_config: Mapping[str, Any], seed: int = 0, resu
 
     clap, init_report = build_model(cfg, model_config, seed)
     model = clap.model
-    identity = _identity(cfg, clap.model.config, seed, world, model_fingerprint({}, model.state_dict()))
+    identity = _identity(cfg, clap.model.config, seed, world, model_fingerprint({}, model.state_dict()),
+                         Precision(eval_precision, device).name)
     model = model.to(device)
     clap.device = device
     if world > 1 and cfg.sync_batchnorm:
@@ -459,6 +466,7 @@ def train(cfg: TrainConfig, model_config: Mapping[str, Any], seed: int = 0, resu
         clap.model = model
     set_train_mode(model, cfg)
     precision = Precision(cfg.precision, device)
+    eval_prec = Precision(eval_precision, device)
     optimizer = make_optimizer(param_groups(model, cfg.weight_decay), cfg.optimizer, cfg.lr, cfg.betas, cfg.eps,
                                device)
     schedule = LRSchedule(optimizer, cfg.schedule_config())
@@ -512,7 +520,7 @@ def train(cfg: TrainConfig, model_config: Mapping[str, Any], seed: int = 0, resu
         runtime.barrier()
 
     def run_validation() -> dict[str, Any]:
-        result = validate(clap, corpus, val_idx, tasks, cfg.val_batch_size, runtime, precision)
+        result = validate(clap, corpus, val_idx, tasks, cfg.val_batch_size, runtime, eval_prec)
         set_train_mode(model, cfg)
         return result
 
@@ -619,7 +627,8 @@ def _cmd_train(args) -> int:
     params = load_params(args.params)
     cfg = TrainConfig.from_params(params)
     train(cfg, model_config_from_params(params)[1], seed=int(params.get("seed", 0)), resume=args.resume,
-          progress=not args.no_progress, allow_other_identity=args.resume_any_identity)
+          progress=not args.no_progress, allow_other_identity=args.resume_any_identity,
+          eval_precision=(params.get("evaluate") or {}).get("precision", DEFAULT_EVAL_PRECISION))
     if dist.is_initialized():
         dist.destroy_process_group()
     return 0

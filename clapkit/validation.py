@@ -24,15 +24,19 @@ __all__ = ["validate"]
 def validate(clap, corpus, indices: Sequence[int], tasks: Mapping[str, Any], batch_size: int, runtime: Runtime,
              precision: Precision) -> dict[str, Any]:
     """Contrastive loss over batches of ``indices`` (centre crops, first captions) and zero-shot accuracy per task
-    of the corpus, prompt = the task's canonical caption template.  Returns
+    of the corpus, by the evaluate stage's zero-shot function and prompt rule (``clapkit.zeroshot``) and its tie
+    rule (``clapkit.metrics.accuracy``).  ``precision``: the evaluation precision (``evaluate.precision``, not the
+    training's), the autocast of both towers here.  Returns
     ``{"loss", "zeroshot": {task: {"accuracy", "chance", "classes", "clips"}}, "mean_accuracy"}``."""
-    from .data.captions import TASK_TEMPLATES
     from .data.loader import ClipCaptionDataset, make_collate
+    from .metrics import accuracy
+    from .zeroshot import ClapEmbedder, embedded_task_prompt, zero_shot_logits
 
     model = clap.model
     runtime.broadcast_buffers(model)  # one model on every rank: rank 0's BatchNorm statistics (DDP syncs them lazily)
     was_training = model.training
     model.eval()
+    embedder = ClapEmbedder(clap, batch_size, precision.name)
     # The split lists clips source by source; batches of neighbours (one speaker, one kit) have near-identical
     # captions and would make the loss meaningless.  A fixed permutation mixes them, the same for every run.
     order = [indices[k] for k in torch.randperm(len(indices), generator=torch.Generator().manual_seed(0))]
@@ -43,7 +47,7 @@ def validate(clap, corpus, indices: Sequence[int], tasks: Mapping[str, Any], bat
     mine = []
     for b in range(runtime.rank, len(starts), runtime.world):
         batch = collate([dataset[i] for i in range(starts[b], min(starts[b] + batch_size, len(dataset)))])
-        with precision.autocast():
+        with embedder.autocast():
             a = model.encode_audio(batch["wave"].to(device))
             t = model.encode_text(batch["input_ids"].to(device), batch["attention_mask"].to(device))
         a, t = F.normalize(a.float(), dim=-1), F.normalize(t.float(), dim=-1)
@@ -63,11 +67,9 @@ def validate(clap, corpus, indices: Sequence[int], tasks: Mapping[str, Any], bat
         rows = [(j, label) for j, label in rows if label in classes]
         if len(classes) < 2 or not rows:
             continue
-        template = TASK_TEMPLATES.get(task, ["this is the sound of {}"])[0]
-        result = clap.zero_shot_from_embeddings(audio_all[[j for j, _ in rows]].to(device), classes, template)
-        predicted = result.ranking[:, 0].cpu()
+        logits = zero_shot_logits(embedder, audio_all[[j for j, _ in rows]], classes, embedded_task_prompt(task))
         truth = torch.tensor([classes.index(label) for _, label in rows])
-        results[task] = {"accuracy": float((predicted == truth).float().mean()), "chance": 1.0 / len(classes),
+        results[task] = {"accuracy": accuracy(logits, truth), "chance": 1.0 / len(classes),
                          "classes": len(classes), "clips": len(rows)}
     model.train(was_training)
     loss = sum(l * w for l, w in weighted) / max(1, sum(w for _, w in weighted))

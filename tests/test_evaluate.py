@@ -8,6 +8,7 @@ shows up as a lower number.
 """
 
 import hashlib
+import itertools
 import json
 import re
 from pathlib import Path
@@ -19,23 +20,81 @@ import torch
 from clapkit.audio import fit_length, mix_down, read_audio, resample
 from clapkit.data.adapters import TASK_CLASSES
 from clapkit.evaluate import (
-    EvaluateConfig, RetrievalMetrics, accuracy, average_precision, confusion_matrix, evaluate_dataset_task, f1_micro,
-    linear_probe, mean_average_precision, pca, positive_ranks, run_stage, top_k_multi_hot, tsne,
+    EvaluateConfig, RetrievalMetrics, accuracy, average_precision, caption_positives, confusion_matrix,
+    evaluate_dataset_task, f1_micro, linear_probe, mean_average_precision, pca, positive_ranks, run_stage,
+    top_classes, top_k_shares, tsne,
 )  # fmt: skip
+from clapkit.metrics import tie_groups
 from clapkit.tasks import CAPTIONING, CLASSIFICATION, PAPER_TASKS, RETRIEVAL, TABLE1_MODELS, embedded_tasks
 from dataset_fixtures import write_dataset
 
 SR = 16000
 
 # ---------------------------------------------------------------------------------------------------------------
-# Metrics on hand-made cases
+# Metrics on hand-made cases, and the tie rule against every order of the tied candidates
 
 
-def test_accuracy_perfect_reversed_and_ties():
+def test_accuracy_perfect_reversed_and_ties_share_credit():
     targets = torch.tensor([0, 1, 2])
     assert accuracy(torch.eye(3), targets) == 1.0
     assert accuracy(torch.eye(3).flip(1), targets) == pytest.approx(1 / 3)  # only the middle one survives reversal
-    assert accuracy(torch.zeros(3, 3), targets) == pytest.approx(1 / 3)  # all tied: class 0 is predicted
+    # all tied: each row's truth is one of 3 tied classes, 1/3 each (not "class 0 wins")
+    assert accuracy(torch.zeros(3, 3), targets) == pytest.approx(1 / 3)
+    assert accuracy(torch.zeros(3, 3), torch.tensor([2, 2, 2])) == pytest.approx(1 / 3)
+    # constructed ties: truth in a 2-way tie (1/2), truth below a tie (0), truth in a 2-way tie again (1/2)
+    scores = torch.tensor([[1.0, 1.0, 0.0], [1.0, 1.0, 0.0], [0.0, 2.0, 2.0]])
+    assert accuracy(scores, torch.tensor([0, 2, 1])) == pytest.approx((1 / 2 + 0 + 1 / 2) / 3)
+    # the order the classes are listed in does not matter
+    perm = torch.tensor([2, 0, 1])
+    assert accuracy(scores[:, perm], torch.tensor([1, 0, 0])) == accuracy(scores, torch.tensor([0, 2, 1]))
+    assert top_classes(scores) == [[0, 1], [0, 1], [1, 2]]
+    # the confusion matrix shares a tied clip between its classes: each row still sums to its clips
+    m = confusion_matrix(top_classes(scores), [0, 2, 1], 3)
+    assert m.tolist() == [[0.5, 0.5, 0.0], [0.0, 0.5, 0.5], [0.5, 0.5, 0.0]]
+    assert np.trace(m) / m.sum() == pytest.approx(accuracy(scores, torch.tensor([0, 2, 1])))
+
+
+def _orders_of_ties(scores):
+    """Every ranking of ``scores`` that breaks its ties, each a list of candidate indices, best first."""
+    groups = [[i for i in range(len(scores)) if scores[i] == v] for v in sorted(set(scores), reverse=True)]
+    for parts in itertools.product(*(itertools.permutations(g) for g in groups)):
+        yield [i for part in parts for i in part]
+
+
+def _ap_of_order(order, positives, cutoff=None):
+    hits, total = 0, 0.0
+    for rank, i in enumerate(order, 1):
+        if positives[i]:
+            hits += 1
+            if cutoff is None or rank <= cutoff:
+                total += hits / rank
+    return total / sum(positives)
+
+
+def test_tie_rule_is_the_average_over_every_order_of_the_tied_candidates():
+    rng = np.random.default_rng(0)
+    for trial in range(60):
+        n = int(rng.integers(2, 8))
+        scores = rng.integers(0, 3, n).astype(float).tolist()  # few distinct values: many ties
+        positives = (rng.random(n) < 0.4).tolist()
+        if not any(positives):
+            positives[int(rng.integers(n))] = True
+        orders = list(_orders_of_ties(scores))
+        g = tie_groups(np.array(scores), np.array(positives))
+        for k in (1, 2, 3):
+            assert g.recall_at(k) == pytest.approx(np.mean([any(positives[i] for i in o[:k]) for o in orders]))
+        assert g.first_positive_rank() == pytest.approx(
+            np.mean([min(r for r, i in enumerate(o, 1) if positives[i]) for o in orders]))
+        assert average_precision(torch.tensor(scores), torch.tensor(positives)) == pytest.approx(
+            np.mean([_ap_of_order(o, positives) for o in orders]))
+        assert g.precision_sum(3) / sum(positives) == pytest.approx(
+            np.mean([_ap_of_order(o, positives, 3) for o in orders]))
+        for k in (1, 2):
+            share = np.mean([[i in o[:k] for i in range(n)] for o in orders], axis=0)
+            assert top_k_shares(torch.tensor([scores]), k)[0] == pytest.approx(share)
+        mean_ranks = np.mean([[o.index(i) + 1 for i in range(n)] for o in orders], axis=0)
+        assert positive_ranks(torch.tensor([scores]), torch.tensor([positives]))[0].tolist() == pytest.approx(
+            sorted(mean_ranks[np.array(positives)]))
 
 
 def test_average_precision_known_values_and_ties():
@@ -43,10 +102,10 @@ def test_average_precision_known_values_and_ties():
     assert average_precision(scores, torch.tensor([1, 0, 1, 0])) == pytest.approx((1 + 2 / 3) / 2)
     assert average_precision(scores, torch.tensor([1, 1, 0, 0])) == 1.0  # perfect
     assert average_precision(scores, torch.tensor([0, 0, 1, 1])) == pytest.approx((1 / 3 + 2 / 4) / 2)  # reversed
-    assert average_precision(torch.ones(4), torch.tensor([0, 1, 0, 1])) == pytest.approx(0.5)  # all tied = prevalence
-    # a tie between a positive and a negative counts as one threshold: precision 1/2 at recall 1/2
-    assert average_precision(torch.tensor([0.9, 0.9, 0.1]), torch.tensor([0, 1, 1])) == pytest.approx(
-        0.5 * 0.5 + 0.5 * (2 / 3))
+    # all tied, 2 positives of 4: the mean AP of the 6 orders (1, 5/6, 3/4, 7/12, 1/2, 5/12) = 49/72
+    assert average_precision(torch.ones(4), torch.tensor([0, 1, 0, 1])) == pytest.approx(49 / 72)
+    # a positive tied with a negative: AP 7/12 or 5/6 by the order, 17/24 on average
+    assert average_precision(torch.tensor([0.9, 0.9, 0.1]), torch.tensor([0, 1, 1])) == pytest.approx(17 / 24)
     assert np.isnan(average_precision(scores, torch.zeros(4)))
 
 
@@ -64,25 +123,32 @@ def test_mean_average_precision_skips_classes_without_positives():
 def test_f1_top_k_and_confusion():
     scores = torch.tensor([[0.9, 0.5, 0.1], [0.2, 0.3, 0.8]])
     targets = torch.tensor([[1, 1, 0], [0, 0, 1]], dtype=torch.bool)
-    top1 = top_k_multi_hot(scores, 1)
-    assert top1.tolist() == [[True, False, False], [False, False, True]]
+    top1 = top_k_shares(scores, 1)
+    assert top1.tolist() == [[1, 0, 0], [0, 0, 1]]
     assert f1_micro(top1, targets) == pytest.approx(2 * 2 / (2 * 2 + 0 + 1))  # tp 2, fp 0, fn 1
-    assert f1_micro(top_k_multi_hot(scores, 2), targets) == pytest.approx(2 * 3 / (2 * 3 + 1 + 0))
-    assert confusion_matrix(torch.tensor([0, 2, 2, 1]), torch.tensor([0, 2, 1, 1]), 3).tolist() == [
-        [1, 0, 0], [0, 1, 1], [0, 0, 1]]
+    assert f1_micro(top_k_shares(scores, 2), targets) == pytest.approx(2 * 3 / (2 * 3 + 1 + 0))
+    # a tie across the cut at k = 1: half of each tied class is predicted
+    tied = torch.tensor([[0.9, 0.9, 0.1]])
+    assert top_k_shares(tied, 1).tolist() == [[0.5, 0.5, 0.0]]
+    assert f1_micro(top_k_shares(tied, 1), torch.tensor([[1, 0, 0]], dtype=torch.bool)) == pytest.approx(
+        2 * 0.5 / (2 * 0.5 + 0.5 + 0.5))
+    assert confusion_matrix([[0], [2], [2], [1]], [0, 2, 1, 1], 3).tolist() == [[1, 0, 0], [0, 1, 1], [0, 0, 1]]
 
 
 def test_retrieval_perfect_reversed_constant_and_random():
     n = 20
     eye = torch.eye(n, dtype=torch.bool)
     perfect = RetrievalMetrics.from_scores(torch.eye(n), eye)
-    assert (perfect.r1, perfect.r5, perfect.r10, perfect.map10, perfect.mean_rank) == (1, 1, 1, 1, 1)
+    assert (perfect.r1, perfect.r5, perfect.r10, perfect.map10, perfect.map, perfect.mean_rank) == (1, 1, 1, 1, 1, 1)
     # reversed: every positive is ranked last
     reversed_ = RetrievalMetrics.from_scores(-torch.eye(n), eye)
     assert (reversed_.r1, reversed_.r10, reversed_.map10, reversed_.mean_rank) == (0, 0, 0, n)
-    # all tied: ties rank the positive last, so a constant model gets nothing
+    assert reversed_.map == pytest.approx(1 / n)
+    # all tied: exactly what a random order scores on average: R@k = k/N, rank (N + 1) / 2
     constant = RetrievalMetrics.from_scores(torch.zeros(n, n), eye)
-    assert (constant.r1, constant.r10, constant.mean_rank) == (0, 0, n)
+    assert constant.r1 == pytest.approx(1 / n) and constant.r10 == pytest.approx(10 / n)
+    assert constant.mean_rank == pytest.approx((n + 1) / 2) and constant.map10 == pytest.approx(
+        sum(1 / r for r in range(1, 11)) / n)
     # random scores: R@k ~ k / N
     g = torch.Generator().manual_seed(0)
     big = 400
@@ -91,44 +157,60 @@ def test_retrieval_perfect_reversed_constant_and_random():
 
 
 def test_retrieval_map10_with_several_captions_matches_laion_definition():
-    # one audio query, 5 positive captions among 20: positives at 0-based ranks 0, 2, 11, 12, 13
+    # one audio query, 5 positive captions among 20: positives at ranks 1, 3, 12, 13, 14
     scores = -torch.arange(20, dtype=torch.float32)[None]
     positives = torch.zeros(1, 20, dtype=torch.bool)
     positives[0, [0, 2, 11, 12, 13]] = True
     m = RetrievalMetrics.from_scores(scores, positives)
     assert m.map10 == pytest.approx((1 / 1 + 2 / 3) / 5) and m.r1 == 1.0
-    assert [r.tolist() for r in positive_ranks(scores, positives)] == [[0, 2, 11, 12, 13]]
-    # a negative tied with the best positive goes first
+    assert m.map == pytest.approx((1 / 1 + 2 / 3 + 3 / 12 + 4 / 13 + 5 / 14) / 5)
+    assert [r.tolist() for r in positive_ranks(scores, positives)] == [[1, 3, 12, 13, 14]]
+    # a negative tied with the best positive: both take the tie group's mean rank, 1.5; R@1 is 1/2
     scores[0, 1] = scores[0, 0]
-    assert positive_ranks(scores, positives)[0].tolist() == [1, 2, 11, 12, 13]
+    assert positive_ranks(scores, positives)[0].tolist() == [1.5, 3, 12, 13, 14]
+    assert RetrievalMetrics.from_scores(scores, positives).r1 == pytest.approx(0.5)
 
 
-def test_linear_probe_separates_and_is_deterministic():
-    g = torch.Generator().manual_seed(0)
-    centers = torch.randn(3, 8, generator=g) * 4
-    y = torch.arange(60) % 3
-    x = centers[y] + torch.randn(60, 8, generator=g) * 0.3
-    scores = linear_probe(x[:45], y[:45], x[45:], 3, multi_label=False, steps=50)
-    assert accuracy(scores, y[45:]) == 1.0
-    assert torch.equal(scores, linear_probe(x[:45], y[:45], x[45:], 3, multi_label=False, steps=50))
-    multi = torch.nn.functional.one_hot(y, 3).bool() | (torch.arange(60) % 2 == 0)[:, None] & (torch.arange(3) == 0)
-    x_multi = x + (torch.arange(60) % 2 == 0)[:, None] * torch.full((8,), 5.0)
-    s = linear_probe(x_multi[:45], multi[:45], x_multi[45:], 3, multi_label=True, steps=50)
-    assert mean_average_precision(s, multi[45:]) == 1.0
+def test_repeated_captions_are_positives_of_every_clip_that_has_them():
+    captions = [["a dog barks", "a dog"], ["a dog barks", "rain"], ["thunder"]]
+    p = caption_positives(captions)
+    # flat captions: "a dog barks"(clip 0), "a dog", "a dog barks"(clip 1), "rain", "thunder"
+    assert p.tolist() == [[True, True, True, False, False],
+                          [True, False, True, True, False],
+                          [False, False, False, False, True]]
+    # two clips that sound alike share their captions' texts; a perfect model embeds equal texts equally, so every
+    # query's positives tie at the top and it scores 1.0 (with positives by owner, as before, clip 1's copy of
+    # "a dog barks" was a negative of clip 0 tied with its positive: R@1 0)
+    captions = [["a dog barks", "dog barks"], ["a dog barks", "dog barks"], ["thunder", "thunder rumbles"],
+                ["rain", "rain falls"]]
+    oracle = Oracle(["dog", "barks", "rain", "thunder"])
+    audio = oracle.text([caps[0] for caps in captions])  # each clip sounds like what its captions name
+    flat = [c for caps in captions for c in caps]
+    p = caption_positives(captions)
+    logits = oracle.logits(audio, oracle.text(flat))
+    for m in (RetrievalMetrics.from_scores(logits, p), RetrievalMetrics.from_scores(logits.T, p.T)):
+        assert (m.r1, m.r5, m.map10, m.mean_rank) == (1.0, 1.0, 1.0, 1.0)
 
 
-def test_pca_and_tsne():
-    x = np.array([[0.0, 0.0, 0.0], [2.0, 0.0, 0.0], [4.0, 0.0, 0.1]])
-    p = pca(x, 1)
-    assert np.allclose(np.abs(p[:, 0]), [2.0, 0.0, 2.0], atol=0.01) and p[2, 0] > 0
-    rng = np.random.default_rng(0)
-    a, b = rng.normal(0, 0.1, (25, 6)), rng.normal(3, 0.1, (25, 6))
-    y = tsne(np.vstack([a, b]), perplexity=8, iterations=300)
-    d = np.square(y[:, None] - y[None]).sum(-1)
-    np.fill_diagonal(d, np.inf)
-    cluster = np.repeat([0, 1], 25)
-    assert (cluster[d.argmin(1)] == cluster).mean() >= 0.9  # a point's nearest neighbour on the map is its own kind
-    assert np.array_equal(y, tsne(np.vstack([a, b]), perplexity=8, iterations=300))
+def test_probe_training_clips_per_class_and_the_rule_for_unprobed_tasks():
+    from clapkit.probe import hash_order, select_per_class, unprobed_reason
+
+    ids = [f"c{i}" for i in range(12)]
+    labels = ["a"] * 6 + ["b"] * 2 + ["c"] + [["a", "d"]] * 3  # three multi-label clips: a and d
+    picked = select_per_class(ids, labels, 2)
+    taken = [ids[i] for i in picked]
+    # per class the first 2 in hash order (a multi-label clip counts for both of its classes); c has only 1
+    by_hash = sorted(ids, key=hash_order)
+    for cls in ("b", "c", "d"):
+        have = [c for c in by_hash if cls in (labels[ids.index(c)] if isinstance(labels[ids.index(c)], list)
+                                               else [labels[ids.index(c)]])]
+        assert set(have[:2]) <= set(taken)
+    assert sum(1 for i in picked if labels[i] == "b") == 2 and sum(1 for i in picked if labels[i] == "c") == 1
+    assert select_per_class(ids, labels, 2) == picked  # no randomness
+    train = [labels[i] for i in picked]
+    assert unprobed_reason(train, ["a", "b"]) is None
+    assert unprobed_reason(train, ["a", "c", "e"]) == ("not probed: 2 of the 3 classes of the test clips have fewer "
+                                                      "than 2 training clips: c (1), e (0)")
 
 
 # ---------------------------------------------------------------------------------------------------------------
@@ -264,7 +346,7 @@ def test_every_paper_task_end_to_end_on_its_format_fixture(task, tmp_path):
         zs = res["zero_shot"]
         assert set(words) <= set(zs.classes)
         if not task.multi_label:
-            assert zs.predictions == zs.targets and len(zs.targets) == len(clips)
+            assert zs.predictions == [[t] for t in zs.targets] and len(zs.targets) == len(clips)
     # a wrong model (labels shuffled) scores less: the metric is not trivially 1
     if task.kind == CLASSIFICATION and not task.multi_label:
         wrong = Oracle(words)
@@ -341,18 +423,28 @@ def test_stage_on_a_prepared_corpus_is_perfect_with_the_oracle_and_deterministic
     def cfg(out):
         return EvaluateConfig(prepared=str(prepared), results=str(out / "results"), plots=str(out / "plots"),
                               metrics=str(out / "metrics.json"), cache_dir=str(tmp_path / "cache"), timings=None,
-                              probe_train_per_task=50, retrieval_examples=2)  # fmt: skip
+                              probe_train_per_class=50, retrieval_examples=2)  # fmt: skip
 
     metrics = run_stage(cfg(tmp_path / "a"), embedder=oracle, progress=False)
     assert metrics["zero_shot"] == {"colour": 1.0, "shape": 1.0}
     assert metrics["linear_probe"] == {"colour": 1.0, "shape": 1.0}
     assert metrics["embedded_zero_shot_score"] == 1.0 and metrics["paper_tasks_evaluated"] == 0
-    # each test clip shares its colour+shape pair (and so its captions' words) with one other test clip: its two
-    # captions tie with the other clip's two, and ties rank the positives last
-    a2t = metrics["retrieval"]["corpus_retrieval"]["a2t"]
-    assert a2t["R@10"] == 1.0 and a2t["R@1"] == 0.0
+    # each test clip shares its colour+shape pair, and so its captions' texts, with one other test clip: those
+    # captions are positives of both clips, and the oracle scores 1.0 both ways
+    for direction in ("a2t", "t2a"):
+        r = metrics["retrieval"]["corpus_retrieval"][direction]
+        assert (r["R@1"], r["R@10"], r["mAP@10"], r["mAP"], r["mean_rank"]) == (1.0, 1.0, 1.0, 1.0, 1.0), direction
     results = json.loads((tmp_path / "a" / "results" / "results.json").read_text())
     assert {r["task"] for r in results["rows"]} == {"colour", "shape", "corpus_retrieval"}
+    # every accuracy carries its Wilson interval and exact test against chance: 12 of 12 at chance 1/3 and 1/2
+    colour = next(r for r in results["rows"] if r["task"] == "colour")
+    assert colour["chance"] == pytest.approx(1 / 3, abs=1e-4) and colour["clips"] == 12
+    assert colour["zero_shot_ci95"] == pytest.approx([12 / (12 + 1.959964 ** 2), 1.0], abs=1e-4)
+    assert colour["zero_shot_p_value"] == pytest.approx((1 / 3) ** 12, rel=1e-2)  # P(12 of 12 by chance)
+    assert colour["zero_shot_significant"] and colour["linear_probe_significant"]
+    shape = next(r for r in results["rows"] if r["task"] == "shape")
+    assert shape["zero_shot_p_value"] == pytest.approx(0.5 ** 12, rel=1e-2) and shape["zero_shot_significant"]
+    assert metrics["embedded_zero_shot_tasks_above_chance"] == 2 and metrics["significance_alpha"] == 0.00135
     confusion = (tmp_path / "a" / "plots" / "confusion_colour.csv").read_text().splitlines()
     assert confusion[0] == "actual,predicted" and len(confusion) == 1 + 12
     assert all(a == p for a, p in (line.split(",") for line in confusion[1:]))
@@ -387,3 +479,71 @@ def test_cli_one_task_on_a_users_dataset_with_a_real_tiny_clap(tmp_path, capsys)
         main(["evaluate", "--model", str(model), "--task", "esc-50", "--data", str(root)])
     with pytest.raises(SystemExit, match="not supported"):
         main(["evaluate", "--model", str(model), "--task", "clotho_captioning", "--data", str(root)])
+
+
+# ---------------------------------------------------------------------------------------------------------------
+# One source for every default: the stage and `clapkit evaluate --task` score a task alike
+
+
+def test_evaluate_config_defaults_are_params_yaml():
+    import yaml
+
+    params = yaml.safe_load((Path(__file__).resolve().parents[1] / "params.yaml").read_text())
+    assert EvaluateConfig() == EvaluateConfig.from_params(params)
+
+
+def test_stage_and_one_task_cli_give_identical_numbers_and_report_unprobed_tasks(tmp_path, capsys):
+    import yaml
+
+    from clapkit import CLAP
+    from clapkit.cli import main
+
+    words = ["red", "green", "blue", "circle", "square", "yellow"]
+    oracle = Oracle(words)
+    clips = corpus_clips(words[:5])
+    clips.append(("clip99", "test", {"colour": "yellow", "shape": "circle"}, ["a yellow circle"], ["yellow", "circle"]))
+    prepared = write_prepared(tmp_path / "prepared", oracle, clips)
+    model = CLAP.from_config("clap-tiny-htsat-gpt2", seed=0).save_pretrained(tmp_path / "model")
+    block = {"model": str(model), "prepared": str(prepared), "results": str(tmp_path / "results"),
+             "plots": str(tmp_path / "plots"), "metrics": str(tmp_path / "metrics.json"), "timings": None,
+             "cache_dir": str(tmp_path / "cache"), "probe_train_per_class": 3, "retrieval_examples": 2}
+    (tmp_path / "params.yaml").write_text(yaml.safe_dump({"evaluate": block}))
+    assert main(["evaluate", "--params", str(tmp_path / "params.yaml")]) == 0
+    stage = json.loads((tmp_path / "results" / "results.json").read_text())["tasks"]
+    assert set(stage) == {"colour", "shape", "corpus_retrieval"}
+    # yellow has a test clip and no training clip: colour is not probed, and says why; shape is probed
+    assert "probe_value" not in stage["colour"]
+    assert stage["colour"]["probe_note"] == ("not probed: 1 of the 4 classes of the test clips have fewer than 2 "
+                                             "training clips: yellow (0)")
+    assert stage["shape"]["probe_value"] is not None and stage["shape"]["probe_train_clips"] == 6
+    metrics = json.loads((tmp_path / "metrics.json").read_text())
+    assert set(metrics["linear_probe"]) == {"shape"} and metrics["embedded_linear_probe_tasks"] == 1
+    for task in ("colour", "shape", "corpus_retrieval"):
+        out = tmp_path / f"{task}.json"
+        assert main(["evaluate", "--params", str(tmp_path / "params.yaml"), "--task", task, "--out", str(out)]) == 0
+        assert json.loads(out.read_text()) == stage[task], task  # every number, interval and p-value
+    printed = capsys.readouterr().out
+    assert "colour: accuracy" in printed and "linear probe not probed: 1 of the 4 classes" in printed
+
+
+def test_evaluate_notebook_renders_intervals_tests_and_unprobed_tasks(tmp_path):
+    from clapkit.notebooks import run_notebook
+
+    words = ["red", "green", "blue", "circle", "square", "yellow"]
+    oracle = Oracle(words)
+    clips = corpus_clips(words[:5])
+    clips.append(("clip99", "test", {"colour": "yellow", "shape": "circle"}, ["a yellow circle"], ["yellow", "circle"]))
+    prepared = write_prepared(tmp_path / "prepared", oracle, clips)
+    cfg = EvaluateConfig(prepared=str(prepared), results=str(tmp_path / "results"), plots=str(tmp_path / "plots"),
+                         metrics=str(tmp_path / "metrics.json"), cache_dir=None, timings=None, probe_train_per_class=3)
+    run_stage(cfg, embedder=oracle, progress=False)
+    out = run_notebook("notebooks/04_evaluate.ipynb", tmp_path / "04.ipynb",
+                       {"results_dir": cfg.results, "metrics_path": cfg.metrics, "plots_dir": cfg.plots,
+                        "tsne_iterations": 50})
+    text = out.read_text()
+    assert "Traceback" not in out.with_suffix(".html").read_text()
+    lo13 = 13 / (13 + 1.959964 ** 2)  # Wilson lower bound of 13 of 13
+    assert f"1.000 [{lo13:.3f}, 1.000]" in text  # colour zero-shot: every test clip right, with its interval
+    assert "exact one-sided binomial test" in text and "✓" in text
+    assert "colour: linear probe not probed: 1 of the 4 classes" in text
+    assert "corpus_retrieval a2t" in text and "(R@1 [" in text

@@ -256,7 +256,7 @@ def test_queue_order_runs_each_pretraining_once():
 
 
 def test_grid_summary_matches_rows_by_params():
-    from clapkit.grid import parse_exp_show, summarise
+    from clapkit.grid_summary import parse_exp_show, summarise
 
     records = parse_exp_show(exp_show_fixture())
     assert {r["name"] for r in records} == {"workspace", "main", "0ld", "htsat22-gpt2-s1", "htsat22-gpt2-s2",
@@ -280,6 +280,45 @@ def test_grid_summary_matches_rows_by_params():
     assert s["paper_table1"]["CNN14+BERT"]["average"] == pytest.approx(0.4275, abs=1e-4)  # printed 0.428
 
 
+def test_grid_comparisons_are_paired_t_tests_over_common_seeds(tmp_path, capsys):
+    from clapkit.cli import main
+    from clapkit.grid_summary import SEED_TEST_ALPHA, parse_exp_show, summarise
+
+    s = summarise(parse_exp_show(exp_show_fixture()), base())
+    head = next(r for r in s["rows"] if r["slug"] == "htsat22-gpt2")
+    # t interval of the mean over 3 seeds (0.36, 0.32, 0.34): 0.34 +- t(0.975, 2) 0.02 / sqrt 3
+    half = 4.302652729749462 * 0.02 / math.sqrt(3)
+    assert head["zero_shot_score_ci95"] == pytest.approx([0.34 - half, 0.34 + half])
+    c = next(c for c in s["comparisons"] if c["b"] == "HTSAT + GPT-2")
+    # common seeds 0 and 1: differences 0.36 - 0.20 and 0.32 - 0.22; t = 0.13 / (0.0424 / sqrt 2) = 4.33 with
+    # 1 degree of freedom, whose two-sided p is 1 - 2 atan(t) / pi (the Cauchy distribution)
+    assert c["seeds"] == [0, 1] and c["differences"] == pytest.approx([0.16, 0.10])
+    assert c["mean_difference"] == pytest.approx(0.13) and c["df"] == 1
+    t = 0.13 / (math.sqrt(0.0018) / math.sqrt(2))
+    assert c["t"] == pytest.approx(t) and c["p_value"] == pytest.approx(1 - 2 * math.atan(t) / math.pi)
+    assert c["test"] == "paired t-test (two-sided)" and c["significant"] is False and c["alpha"] == SEED_TEST_ALPHA
+    assert c["paper_difference"] == pytest.approx(0.480 - 0.435, abs=6e-4)
+    assert [x["b"] for x in s["comparisons"]] == ["HTSAT + GPT-2"]  # the other rows did not run
+    # one common seed: no test, and the summary says why
+    one = copy.deepcopy(s)
+    row = next(r for r in one["rows"] if r["slug"] == "htsat-gpt2")
+    row["runs"] = row["runs"][:1]
+    from clapkit.grid_summary import add_statistics
+
+    single = add_statistics(one)["comparisons"][0]
+    assert single["test"] is None and "a paired test needs 2" in single["note"]
+    # `clapkit grid recompute` rebuilds the statistics from the runs a stored summary holds
+    stripped = copy.deepcopy(s)
+    del stripped["comparisons"]
+    for r in stripped["rows"]:
+        r.pop("zero_shot_score_ci95", None)
+    path = tmp_path / "ablations.json"
+    path.write_text(json.dumps(stripped))
+    assert main(["grid", "recompute", "--summary", str(path)]) == 0
+    assert json.loads(path.read_text()) == json.loads(json.dumps(s))
+    assert "paired t(1) = 4.33" in capsys.readouterr().out
+
+
 def test_baselines_from_dvc_exp_list():
     from clapkit.grid import parse_exp_list
 
@@ -290,7 +329,8 @@ def test_baselines_from_dvc_exp_list():
 
 def test_tiny_grid_and_set_overrides(tmp_path, capsys):
     from clapkit.cli import main
-    from clapkit.grid import ROWS, TINY, base_knobs, experiments, parse_exp_show, parse_set, summarise
+    from clapkit.grid import ROWS, TINY, base_knobs, experiments, parse_set
+    from clapkit.grid_summary import parse_exp_show, summarise
 
     assert parse_set(["train.max_steps=3", 'model.text_encoder="bert"', "train.temperature=null"]) == {
         "train.max_steps": 3, "model.text_encoder": "bert", "train.temperature": None}
@@ -320,7 +360,7 @@ def test_tiny_grid_and_set_overrides(tmp_path, capsys):
 
 
 def test_ablation_notebook_renders_from_a_summary(tmp_path):
-    from clapkit.grid import parse_exp_show, summarise
+    from clapkit.grid_summary import parse_exp_show, summarise
     from clapkit.notebooks import run_notebook
 
     path = tmp_path / "ablations.json"
@@ -330,6 +370,7 @@ def test_ablation_notebook_renders_from_a_summary(tmp_path):
     assert "seed 0: HTSAT-22 0.360  HTSAT 0.200  difference +0.160" in text  # the workspace's run at seed 0
     assert "seed 1: HTSAT-22 0.320  HTSAT 0.220  difference +0.100" in text
     assert "mean difference +0.130" in text and "not run yet: ['HTSAT-22 + RoBERTa'" in text
+    assert "paired t(1) = 4.33, two-sided p = 0.144: not significant at 0.05" in text  # the test, stated
     assert out.with_suffix(".html").is_file()
 
 

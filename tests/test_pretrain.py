@@ -340,6 +340,17 @@ def test_encoder_probe_compares_pretrained_initial_and_mean_logmel(prepared, tmp
         assert r["test_clips"] > 0 and r["chance"] == pytest.approx(1 / r["classes"], abs=1e-4)
     # a sine, white noise and a square wave have unmistakable spectra: the time-averaged log-mel separates them
     assert results["tone"]["mean_logmel"] == 1.0
+    # the evaluate stage's probe and its training clips per class (params.yaml evaluate.probe_train_per_class)
+    from collections import Counter
+
+    from clapkit.evaluate import EvaluateConfig
+
+    few = probe_encoder(prepared, FRONTEND, ENCODER, tmp_path / "out", seed=4,
+                        probe=EvaluateConfig(probe_train_per_class=2))
+    assert few["tone"]["train_clips"] == 3 * 2 and few["register"]["train_clips"] == 2 * 2
+    per_class = Counter(r["labels"]["tone"] for r in PreparedCorpus(prepared).rows if r["split"] == "train")
+    assert results["tone"]["train_clips"] == sum(min(n, EvaluateConfig().probe_train_per_class)
+                                                 for n in per_class.values())
     # "pretrained" is the saved file whatever the seed; "initial" follows the seed (same seed, same numbers)
     again = probe_encoder(prepared, FRONTEND, ENCODER, tmp_path / "out", seed=4, tasks=["tone"])
     assert again["tone"] == results["tone"]

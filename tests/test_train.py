@@ -348,6 +348,47 @@ def test_interrupted_and_resumed_run_equals_uninterrupted(prepared, tmp_path):
     assert other["step"] == 2
 
 
+def test_validation_scores_zero_shot_with_the_evaluate_stage_function_and_tie_rule(prepared):
+    """Validation's zero-shot accuracy is clapkit.zeroshot's classifier (the evaluate stage's prompt rule) scored
+    by clapkit.metrics.accuracy: a model whose class prompts all embed alike scores exactly chance (ties share
+    credit), not the share of the first class."""
+    from clapkit.api import CLAP
+    from clapkit.data.loader import ClipCaptionDataset
+    from clapkit.data.prepare import PreparedCorpus
+    from clapkit.metrics import accuracy
+    from clapkit.training import Runtime
+    from clapkit.validation import validate
+    from clapkit.zeroshot import ClapEmbedder, embedded_task_prompt, zero_shot_logits
+
+    corpus = PreparedCorpus(prepared)
+    val = corpus.split("val")
+    tasks = {k: v for k, v in corpus.tasks.items() if len(v.get("classes", [])) >= 2}
+    clap = CLAP.from_config(deterministic_tiny_config(), seed=0)
+    runtime = Runtime(0, 1, torch.device("cpu"))
+    result = validate(clap, corpus, val, tasks, 4, runtime, CPU_FP32)
+    # the same clips through the evaluate stage's zero-shot function (validation permutes them: same accuracy)
+    clap.model.eval()
+    waves = torch.stack([ClipCaptionDataset(corpus, val, clap.clip_samples, train=False)[i]["wave"]
+                         for i in range(len(val))])
+    embedder = ClapEmbedder(clap, 4, "fp32")
+    audio = embedder.audio(waves)
+    classes = list(tasks["tone"]["classes"])
+    truth = torch.tensor([classes.index(corpus.rows[i]["labels"]["tone"]) for i in val])
+    expected = accuracy(zero_shot_logits(embedder, audio, classes, embedded_task_prompt("tone")), truth)
+    assert result["zeroshot"]["tone"]["accuracy"] == pytest.approx(expected, abs=1e-9)
+    assert result["zeroshot"]["tone"]["clips"] == len(val)
+    # text tower's output zeroed: every prompt embeds alike, all 4 classes tie for every clip
+    with torch.no_grad():
+        for p in clap.model.text.projection.parameters():
+            p.zero_()
+    # (on these clips only one is of the first class: the old rule, class 0 wins ties, would have scored 1/n)
+    first = [i for i in val if corpus.rows[i]["labels"]["tone"] == classes[0]]
+    unbalanced = [i for i in val if i not in first[1:]]
+    tied = validate(clap, corpus, unbalanced, tasks, 4, runtime, CPU_FP32)
+    assert tied["zeroshot"]["tone"]["accuracy"] == pytest.approx(1 / 4, abs=1e-12)
+    assert 1 / len(unbalanced) < 0.2
+
+
 def test_new_initial_weights_start_afresh_instead_of_resuming(prepared, tmp_path):
     """``audio_init`` names a path: when the file behind it changes (the pretrain stage reran), the finished run
     of the old weights must not be resumed (and kept as the result)."""

@@ -1,0 +1,101 @@
+"""Embedding clips for evaluation, and keeping the embeddings: ``embed_items`` (batches, unreadable clips reported
+and skipped), ``EmbeddingCache`` (on disk per model and clip set), ``write_json`` / ``atomic_write`` (outputs
+appear whole or not at all)."""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+import sys
+import tempfile
+from pathlib import Path
+from typing import Any, Callable, Sequence
+
+import numpy as np
+import torch
+
+from .zeroshot import Embedder
+
+__all__ = ["atomic_write", "write_json", "EmbeddingCache", "embed_items"]
+
+
+def atomic_write(path: Path, write: Callable[[str], None]) -> None:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
+    os.close(fd)
+    try:
+        write(tmp)
+        os.chmod(tmp, 0o644)  # mkstemp makes the file private; outputs are ordinary files
+        os.replace(tmp, path)
+    except BaseException:
+        Path(tmp).unlink(missing_ok=True)
+        raise
+
+
+def write_json(path: str | Path, obj: Any) -> None:
+    text = json.dumps(obj, indent=2, sort_keys=False, allow_nan=False) + "\n"
+    atomic_write(Path(path), lambda tmp: Path(tmp).write_text(text, encoding="utf-8"))
+
+
+class EmbeddingCache:
+    """Audio embeddings on disk: ``<root>/<model key[:20]>/<name>-<hash of the clips' identities>.npz``.
+
+    A clip's identity says what its audio is (corpus: id + cached-waveform offset/length + the waveform file's
+    size; a dataset file: path + size + mtime), so a changed clip or a different list is a miss, never a stale hit.
+    """
+
+    def __init__(self, root: str | Path | None, model_key: str):
+        self.dir = Path(root) / model_key[:20] if root else None
+
+    @staticmethod
+    def _hash(identities: Sequence[str]) -> str:
+        return hashlib.sha256("\n".join(identities).encode()).hexdigest()
+
+    def get(self, name: str, identities: Sequence[str],
+            compute: Callable[[], tuple[torch.Tensor, list[int], list[str]]]):  # fmt: skip
+        """(embeddings, kept positions, problems) of ``identities``, from disk or ``compute()`` (then saved).
+
+        ``problems`` (clips skipped as unreadable) are stored too, so a cache hit reports them again."""
+        want = self._hash(identities)
+        # the clip set's hash in the name: another selection (the one-task CLI's, the stage's) gets its own file
+        # instead of overwriting this one
+        path = self.dir / f"{name}-{want[:12]}.npz" if self.dir else None
+        if path is not None and path.is_file():
+            with np.load(path) as z:
+                if str(z["identities"]) == want:
+                    return torch.from_numpy(z["embeddings"].copy()), z["kept"].tolist(), json.loads(str(z["problems"]))
+        emb, kept, problems = compute()
+        if path is not None:
+            def write(tmp: str) -> None:
+                with open(tmp, "wb") as f:
+                    np.savez(f, embeddings=emb.numpy(), kept=np.asarray(kept, dtype=np.int64), identities=want,
+                             problems=json.dumps(problems))
+
+            atomic_write(path, write)
+        return emb, kept, problems
+
+
+def embed_items(embedder: Embedder, items: Sequence[Any], batch_size: int,
+                sample_rate: int | None = None) -> tuple[torch.Tensor, list[int], list[str]]:  # fmt: skip
+    """Embed clips (file paths or waveforms) a batch at a time; an unreadable clip is reported and skipped.
+
+    Returns the (K, D) embeddings, the positions in ``items`` of the K clips kept, and the problems met.
+    """
+    from .audio import AudioReadError
+
+    chunks, kept, problems = [], [], []
+    for start in range(0, len(items), batch_size):
+        waves = []
+        for i in range(start, min(start + batch_size, len(items))):
+            try:
+                waves.append(embedder.load(items[i], sample_rate))
+                kept.append(i)
+            except (AudioReadError, ValueError) as err:  # one bad clip never stops the evaluation
+                problems.append(f"skipped {err}")
+                print(f"clapkit evaluate: skipped {err}", file=sys.stderr)
+        if waves:
+            chunks.append(embedder.audio(torch.stack(waves)))
+    if not chunks:
+        raise ValueError("no clip could be read")
+    return torch.cat(chunks), kept, problems
