@@ -11,7 +11,6 @@
 
 from __future__ import annotations
 
-import math
 import random
 import re
 from dataclasses import dataclass
@@ -21,6 +20,7 @@ import torch
 
 from .audio import fit_length
 from .text import GPT2_EOT_ID, gpt2_bpe
+from .stats import exact_task_claims
 from .training import Precision
 
 __all__ = ["LABEL_QUESTIONS", "MODES", "Examples", "Task", "TaskSampler", "answer_trie", "answer_vocabulary",
@@ -265,11 +265,11 @@ def evaluate_generation(model, corpus, tasks: Sequence[Task], examples: Examples
     decoding over the whole output vocabulary.
 
     Up to ``eval_clips_per_task`` clips per task, drawn with a fixed seed; the yes/no questions are drawn with it
-    too, so every run asks the same questions.  Chance = 1 / distinct answers (classes).  ``significant``: the
-    accuracy exceeds chance by more than 3 binomial standard errors of chance on that many clips.
-    ``audio_blind``: the accuracy of always giving the task's most frequent training answer (what a model that
-    ignores the audio and knows only the answer prior scores on these clips); ``above_audio_blind`` when the
-    accuracy beats it by more than 3 standard errors of it, the stricter test on unbalanced tasks.
+    too, so every run asks the same questions.  Chance = 1 / distinct answers (classes).  ``audio_blind``: the
+    accuracy of always giving the task's most frequent training answer (what a model that ignores the audio and
+    knows only the answer prior scores on these clips).  ``significant`` / ``above_audio_blind``: exact one-sided
+    binomial tests against chance and against the audio-blind rate at one-sided 3 sigma, with the Wilson 95%
+    interval and both p-values (``clapkit.stats.exact_task_claims``).
     """
     model.eval()
     rng = random.Random(f"{seed}-eval")
@@ -339,14 +339,11 @@ def evaluate_generation(model, corpus, tasks: Sequence[Task], examples: Examples
             prior = {"yes": sum(acc == ["yes"] for _, _, acc in queries), "no": sum(acc == ["no"] for _, _, acc in queries)}
         commonest = min(prior, key=lambda a: (-prior[a], a))  # ties: alphabetical, so the baseline is fixed
         blind = sum(any(normalize_answer(a) == commonest for a in acc) for _, _, acc in queries) / n
-        blind_margin = 3 * math.sqrt(max(blind * (1 - blind), 1.0 / n) / n)  # >= 1 clip's worth when blind is 0
         seen = sum(any(normalize_answer(a) in train_answers[t.name] for a in acc) for _, _, acc in queries) / n
         metrics[t.name] = {"accuracy": round(accuracy, 4), "chance": round(chance, 4),
                            "free_accuracy": round(free_correct / n, 4), "classes": t.classes,
                            "clips": n, "answer_seen_in_train": round(seen, 4),
-                           "significant": bool(accuracy > chance + 3 * math.sqrt(chance * (1 - chance) / n)),
-                           "audio_blind": round(blind, 4),
-                           "above_audio_blind": bool(accuracy > blind + blind_margin)}
+                           "audio_blind": round(blind, 4), **exact_task_claims(correct, n, chance, blind)}
     return metrics, generations
 
 
