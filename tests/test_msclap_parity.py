@@ -32,6 +32,7 @@ from clapkit.audio import FrontendConfig, mel_filterbank
 from clapkit.checkpoints import AUDIO_PREFIX, AUDIOSET_HEAD_DROPPED, CheckpointError, hann_dft_kernels, load_msclap
 from clapkit.models import build_audio_encoder
 from clapkit.models.clap import CLAPModel, load_model_config
+from msclap_fixtures import tiny_as_msclap  # shared with test_mteb_model
 
 pytestmark = pytest.mark.filterwarnings("ignore:torch.meshgrid:UserWarning")  # raised inside msclap's HTSAT
 
@@ -313,39 +314,6 @@ def test_torchlibrosa_stft_kernels_are_the_analytic_hann_dft(msclap):
 
 TINY = load_model_config("clap-tiny-htsat-gpt2")
 TINY["audio_encoder"] = {**TINY["audio_encoder"], "depths": [2, 2]}  # shifted windows
-
-
-def tiny_as_msclap(model: CLAPModel) -> dict:
-    """A tiny CLAPModel's weights under msclap 2023's key names, with the STFT kernels, derived buffers and a
-    527-class AudioSet head (taken from a standalone HTSAT of the same geometry built with one)."""
-    prefix = AUDIO_PREFIX["2023"]
-    sd = {}
-    for key, t in model.state_dict().items():
-        if key == "audio.frontend.mel_fb":
-            sd[prefix + "logmel_extractor.melW"] = t
-        elif key.startswith("audio.encoder."):
-            sd[prefix + key[len("audio.encoder."):]] = t
-        elif key.startswith("audio.projection."):
-            sd["audio_encoder.projection." + key[len("audio.projection."):]] = t
-        elif key.startswith("text.encoder.transformer."):
-            sd["caption_encoder.base." + key[len("text.encoder.transformer."):]] = t
-        elif key.startswith("text.projection."):
-            sd["caption_encoder.projection." + key[len("text.projection."):]] = t
-        else:
-            sd[key] = t
-    for name, b in model.audio.encoder.named_buffers():
-        if name.endswith(("attn_mask", "relative_position_index")):
-            sd[prefix + name] = b.float()
-    cfg = model.audio.frontend.cfg
-    real, imag = hann_dft_kernels(cfg.n_fft, cfg.win_length)
-    sd[prefix + "spectrogram_extractor.stft.conv_real.weight"] = real.float()
-    sd[prefix + "spectrogram_extractor.stft.conv_imag.weight"] = imag.float()
-    with torch.random.fork_rng(devices=[]):
-        torch.manual_seed(3)
-        headed = build_audio_encoder({**model.config["audio_encoder"], "num_classes": 527})
-    for k in HEAD_KEYS["2023"]:
-        sd[prefix + k] = headed.state_dict()[k]
-    return sd
 
 
 @pytest.fixture()

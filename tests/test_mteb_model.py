@@ -23,11 +23,10 @@ import torch.nn.functional as F
 
 from clapkit.api import CLAP
 from clapkit.audio import mix_down, resample
-from clapkit.checkpoints import AUDIO_PREFIX, hann_dft_kernels
-from clapkit.models import build_audio_encoder
 from clapkit.models.clap import CLAPModel, load_model_config
 from clapkit.mteb_model import (EMBEDDED_CORPUS, MSCLAP_2023_TRAINING_TASKS, ClapkitMTEBEncoder, main,
                                 run_benchmark)
+from msclap_fixtures import tiny_as_msclap  # shared with test_msclap_parity
 
 try:  # clapkit[mteb], in the locked dev install: CI runs every test here
     import mteb
@@ -52,33 +51,6 @@ LABELS = ["a dog barks", "rain falls on a roof", "a bell rings"]
 
 
 # --------------------------------------------------------------------------------------------- the two encoders
-
-
-def tiny_as_msclap(model: CLAPModel) -> dict:
-    """A tiny CLAPModel's weights under msclap 2023's key names, as the official file holds them."""
-    prefix = AUDIO_PREFIX["2023"]
-    renames = {"audio.encoder.": prefix, "audio.projection.": "audio_encoder.projection.",
-               "text.encoder.transformer.": "caption_encoder.base.", "text.projection.": "caption_encoder.projection."}
-    sd = {}
-    for key, t in model.state_dict().items():
-        if key == "audio.frontend.mel_fb":
-            sd[prefix + "logmel_extractor.melW"] = t
-            continue
-        old = next((o for o in renames if key.startswith(o)), None)
-        sd[renames[old] + key[len(old):] if old else key] = t
-    for name, b in model.audio.encoder.named_buffers():
-        if name.endswith(("attn_mask", "relative_position_index")):
-            sd[prefix + name] = b.float()
-    cfg = model.audio.frontend.cfg
-    real, imag = hann_dft_kernels(cfg.n_fft, cfg.win_length)
-    sd[prefix + "spectrogram_extractor.stft.conv_real.weight"] = real.float()
-    sd[prefix + "spectrogram_extractor.stft.conv_imag.weight"] = imag.float()
-    with torch.random.fork_rng(devices=[]):
-        torch.manual_seed(3)
-        headed = build_audio_encoder({**model.config["audio_encoder"], "num_classes": 527}).state_dict()
-    for k in ("tscam_conv.weight", "tscam_conv.bias", "head.weight", "head.bias"):
-        sd[prefix + k] = headed[k]
-    return {k: v.float() for k, v in sd.items()}  # the 2023 file holds only FloatStorage
 
 
 @pytest.fixture(scope="module")
