@@ -87,7 +87,8 @@ def test_two_gloo_processes_equal_one_process(tmp_path):
         assert ddp["loss"] == pytest.approx(single_loss, rel=1e-5), variant
         assert ddp["grads"].keys() == single.keys() and "logit_scale" in single
         for name, grad in single.items():
-            torch.testing.assert_close(ddp["grads"][name], grad, rtol=1e-4, atol=1e-6, msg=f"{variant}: {name}")
+            torch.testing.assert_close(ddp["grads"][name], grad, rtol=1e-4, atol=3e-4 * float(grad.abs().max()),
+                                       msg=f"{variant}: {name}")  # fp32 noise scales with the tensor's largest gradient
 
 
 def _run_workers(tmp_path):

@@ -302,8 +302,8 @@ def test_gradient_accumulation_equals_one_big_batch():
     g2 = _grads(model)
     assert loss1 == pytest.approx(loss2, rel=1e-5)
     assert g1.keys() == g2.keys() and len(g1) > 20
-    for name in g1:
-        torch.testing.assert_close(g1[name], g2[name], rtol=1e-4, atol=1e-6, msg=name)
+    for name in g1:  # fp32 sums in another order: noise ~1e-4 of the tensor's largest gradient, elementwise
+        torch.testing.assert_close(g1[name], g2[name], rtol=1e-4, atol=3e-4 * float(g1[name].abs().max()), msg=name)
 
 
 # --- whole runs ----------------------------------------------------------------------------------------------------
