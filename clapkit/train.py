@@ -338,8 +338,11 @@ def train_step(model: nn.Module, batch: Mapping[str, torch.Tensor], loss_fn: Cli
                 a, t, scale = _features(model, mb)
             audio = torch.cat(cached_audio[:i] + [a] + cached_audio[i + 1:])
             text = torch.cat(cached_text[:i] + [t] + cached_text[i + 1:])
-            # Every pass computes the whole batch's loss: the temperature's gradient is taken from one of them.
-            loss = loss_fn(audio, text, scale if i == 0 else scale.detach())
+            # Every pass computes the whole batch's loss: the temperature's gradient is taken from one of them, the
+            # last, because DDP reduces gradients in that pass only and waits there for every parameter's: taken
+            # from the first, the temperature had none in the last pass, its bucket (and every later one) was never
+            # averaged, and each rank stepped on its own gradients (tests/test_ddp.py, 2 ranks x 2 micro-batches).
+            loss = loss_fn(audio, text, scale if i == accum_steps - 1 else scale.detach())
             precision.backward(loss)
         loss_value = float(loss.detach())
     after.restore()
