@@ -61,7 +61,7 @@ from .checkpointing import (corpus_hash, find_resumable, load_checkpoint, model_
                             run_identity, save_checkpoint, unwrap)
 from .config import dataclass_from_dict, load_params, model_config_from_params
 from .zeroshot import DEFAULT_PRECISION as DEFAULT_EVAL_PRECISION
-from .losses import ClipLoss, clamp_logit_scale
+from .losses import POSITIVES, ClipLoss, clamp_logit_scale, make_loss
 from .text import atomic_write_text
 from .training import (DEVICES, PRECISIONS, SCHEDULES, LRSchedule, Precision, RngReplay, Runtime, ScheduleConfig,
                        frozen_batchnorm_statistics, make_optimizer, maybe_compile, param_groups, setup_runtime)
@@ -115,6 +115,7 @@ class TrainConfig:
     local_loss: bool = False
     gather_with_grad: bool = True
     sync_batchnorm: bool = False
+    positives: str = "pair"  # pair | caption: every clip of an identical caption text is a positive (losses.py)
 
     def __post_init__(self):
         self.betas = tuple(float(b) for b in self.betas)
@@ -125,6 +126,8 @@ class TrainConfig:
             problems.append(f"schedule must be one of {SCHEDULES}, got {self.schedule!r}")
         if self.precision not in PRECISIONS:
             problems.append(f"precision must be one of {PRECISIONS}, got {self.precision!r}")
+        if self.positives not in POSITIVES:
+            problems.append(f"positives must be one of {POSITIVES}, got {self.positives!r}")
         if self.device not in DEVICES:
             problems.append(f"device must be one of {DEVICES}, got {self.device!r}")
         if self.temperature is not None and not 0 < self.temperature <= 1:
@@ -292,6 +295,10 @@ def train_step(model: nn.Module, batch: Mapping[str, torch.Tensor], loss_fn: Cli
                precision: Precision) -> float:
     """Forward + backward of one optimiser step (no optimiser call); returns this rank's loss.
 
+    A loss with ``uses_groups`` (caption positives) also gets ``batch["caption_ids"]``: those of the rank's whole
+    batch, never of one micro-batch, because every pass below scores the whole batch, so the positives are counted
+    over the same clips as the negatives (and the loss gathers them over the ranks as it gathers the features).
+
     With ``accum_steps = k > 1`` the rank's batch is cut into k micro-batches, OpenCLIP-style: pass 1 embeds
     every micro-batch without gradients; pass 2 re-embeds each with gradients and computes the loss of the whole
     batch with the other micro-batches' features as constants, and backpropagates it.  The summed gradients equal
@@ -303,10 +310,11 @@ def train_step(model: nn.Module, batch: Mapping[str, torch.Tensor], loss_fn: Cli
     """
     device = precision.device
     batch = {k: v.to(device, non_blocking=True) for k, v in batch.items() if torch.is_tensor(v)}
+    groups = (batch["caption_ids"],) if loss_fn.uses_groups else ()
     if accum_steps == 1:
         with precision.autocast():
             audio, text, scale = _features(model, batch)
-        loss = loss_fn(audio, text, scale)
+        loss = loss_fn(audio, text, scale, *groups)
         precision.backward(loss)
         return float(loss.detach())
     n = batch["wave"].shape[0]
@@ -342,7 +350,7 @@ def train_step(model: nn.Module, batch: Mapping[str, torch.Tensor], loss_fn: Cli
             # last, because DDP reduces gradients in that pass only and waits there for every parameter's: taken
             # from the first, the temperature had none in the last pass, its bucket (and every later one) was never
             # averaged, and each rank stepped on its own gradients (tests/test_ddp.py, 2 ranks x 2 micro-batches).
-            loss = loss_fn(audio, text, scale if i == accum_steps - 1 else scale.detach())
+            loss = loss_fn(audio, text, scale if i == accum_steps - 1 else scale.detach(), *groups)
             precision.backward(loss)
         loss_value = float(loss.detach())
     after.restore()
@@ -473,7 +481,7 @@ def train(cfg: TrainConfig, model_config: Mapping[str, Any], seed: int = 0, resu
     optimizer = make_optimizer(param_groups(model, cfg.weight_decay), cfg.optimizer, cfg.lr, cfg.betas, cfg.eps,
                                device)
     schedule = LRSchedule(optimizer, cfg.schedule_config())
-    loss_fn = ClipLoss(local_loss=cfg.local_loss, gather_with_grad=cfg.gather_with_grad)
+    loss_fn = make_loss(cfg.positives, local_loss=cfg.local_loss, gather_with_grad=cfg.gather_with_grad)
     wrapped = nn.parallel.DistributedDataParallel(model, device_ids=[device.index] if device.type == "cuda" else None) \
         if world > 1 else model
     wrapped = maybe_compile(wrapped, cfg.compile)

@@ -28,13 +28,23 @@ from torch.utils.data import DataLoader, Dataset
 from ..audio import fit_length
 from ..text import TextTokenizer
 
-__all__ = ["ClipCaptionDataset", "EpochBatches", "clip_seed", "make_collate", "make_loader", "make_stream_loader", "steps_per_epoch"]
+__all__ = ["ClipCaptionDataset", "EpochBatches", "caption_group_ids", "clip_seed", "make_collate", "make_loader",
+           "make_stream_loader", "steps_per_epoch"]
 
 
 def clip_seed(seed: int, epoch: int, key: int | str) -> int:
     """A 63-bit seed for one clip (its id) in one epoch (stable across Python runs, unlike ``hash``)."""
     digest = hashlib.blake2b(f"{seed}:{epoch}:{key}".encode(), digest_size=8).digest()
     return int.from_bytes(digest, "little") & ((1 << 63) - 1)
+
+
+def caption_group_ids(captions: Sequence[str]) -> torch.Tensor:
+    """(n,) int64: one id per caption, equal exactly when the texts are equal (a 63-bit hash of the text, so every
+    rank and worker gives the same text the same id without talking to the others; a collision between two texts
+    of a corpus has probability about (texts^2) / 2^64).  The multi-positive loss reads these, never strings."""
+    ids = [int.from_bytes(hashlib.blake2b(c.encode(), digest_size=8, person=b"caption").digest(), "little")
+           & ((1 << 63) - 1) for c in captions]
+    return torch.tensor(ids, dtype=torch.long)
 
 
 class ClipCaptionDataset(Dataset):
@@ -87,6 +97,7 @@ def make_collate(tokenizer: TextTokenizer):
             "input_ids": tokens["input_ids"],
             "attention_mask": tokens["attention_mask"],
             "captions": [it["caption"] for it in items],
+            "caption_ids": caption_group_ids([it["caption"] for it in items]),
             "index": torch.tensor([it["index"] for it in items], dtype=torch.long),
         }
 
