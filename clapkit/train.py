@@ -599,6 +599,12 @@ def train(cfg: TrainConfig, model_config: Mapping[str, Any], seed: int = 0, resu
                    "val_zeroshot": final["zeroshot"], "init": init_report}
         if skipped:
             metrics["fp16_skipped_steps"] = skipped
+        if not cfg.shards:  # a shard stream's order comes from its shuffle buffers: no replay from the rows
+            from .data.loader import caption_repeats
+
+            # the false negatives plain InfoNCE met in this run's batches (whichever `positives` trained)
+            metrics["caption_repeats"] = caption_repeats(corpus, train_idx, cfg.batch_size, seed, clap.clip_samples,
+                                                         step)
         clap.model = unwrap(model).to("cpu").eval()
         clap.device = torch.device("cpu")
         clap.save_pretrained(cfg.out)
@@ -645,7 +651,27 @@ def _cmd_train(args) -> int:
     return 0
 
 
+def _cmd_caption_repeats(args) -> int:
+    from .config import frontend_config
+    from .data.loader import caption_repeats
+    from .data.prepare import PreparedCorpus
+
+    params = load_params(args.params)
+    cfg = TrainConfig.from_params(params)
+    corpus = PreparedCorpus(args.prepared or cfg.prepared)
+    result = caption_repeats(corpus, corpus.split("train"), cfg.batch_size, int(params.get("seed", 0)),
+                             frontend_config(params).clip_samples, args.steps or cfg.max_steps)
+    print(json.dumps(result, indent=2))
+    return 0
+
+
 def register(subparsers) -> None:
+    q = subparsers.add_parser("caption-repeats",
+                              help="how often the train stage's batches hold identical captions (false negatives)")
+    q.add_argument("--params", default="params.yaml")
+    q.add_argument("--prepared", default=None, help="default: params.yaml train.prepared")
+    q.add_argument("--steps", type=int, default=None, help="batches to replay (default: train.max_steps)")
+    q.set_defaults(func=_cmd_caption_repeats)
     p = subparsers.add_parser("train", help="stage train: contrastive training (torchrun for several processes)")
     p.add_argument("--params", default="params.yaml")
     p.add_argument("--resume", default="latest",

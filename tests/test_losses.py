@@ -1,4 +1,5 @@
-"""clapkit.losses' caption positives (MultiPositiveClipLoss); the 2-process equivalence is in tests/test_ddp.py."""
+"""clapkit.losses' caption positives (MultiPositiveClipLoss) and how often captions repeat in training batches
+(clapkit.data.loader.caption_repeats); the 2-process equivalence is in tests/test_ddp.py."""
 
 from __future__ import annotations
 
@@ -151,6 +152,59 @@ def test_accumulation_keeps_positives_across_micro_batches():
     assert abs(ClipLoss()(out["audio_embeds"], out["text_embeds"], out["logit_scale"]).item() - reference) > 1e-4
 
 
+# --- how often captions repeat -----------------------------------------------------------------------------------------
+
+class _Rows:
+    """A corpus stand-in: rows with one caption each, so the captions of a batch are known."""
+
+    def __init__(self, captions):
+        self.rows = [{"id": f"c{i}", "length": 100, "captions": [c]} for i, c in enumerate(captions)]
+
+
+def test_caption_repeats_counts_by_hand():
+    from clapkit.data.loader import caption_repeats
+
+    corpus = _Rows(["a", "a", "b", "c", "d", "d", "d", "e"])
+    got = caption_repeats(corpus, list(range(8)), batch_size=8, seed=0, clip_samples=100, steps=3)
+    # every batch holds all 8 clips: a x2, d x3 -> 2 + 6 ordered identical pairs of 8 x 7; 5 clips have a twin
+    assert got == {"batches": 3, "batch_size": 8, "batches_with_repeat": 3, "batches_with_repeat_fraction": 1.0,
+                   "false_negative_fraction": 8 / 56, "false_negatives_per_clip": 1.0,
+                   "clips_with_twin_fraction": 5 / 8, "max_same_caption": 3}
+    none = caption_repeats(_Rows(list("abcdefgh")), list(range(8)), batch_size=4, seed=0, clip_samples=100, steps=5)
+    assert none["batches"] == 5 and none["batches_with_repeat"] == 0 and none["false_negative_fraction"] == 0.0
+    with pytest.raises(ValueError, match="at least one batch"):
+        caption_repeats(corpus, list(range(8)), batch_size=16, seed=0, clip_samples=100, steps=1)
+
+
+def test_caption_repeats_replays_the_training_loader(prepared):  # noqa: F811
+    """The replay from the rows equals counting the captions of the batches the training loader yields, over an
+    epoch boundary (crops drawn before captions on the long clips, none on the short ones)."""
+    from clapkit.data.loader import ClipCaptionDataset, EpochBatches, caption_repeats, make_loader
+    from clapkit.data.prepare import PreparedCorpus
+    from clapkit.text import TextTokenizer
+
+    corpus = PreparedCorpus(prepared)
+    idx = corpus.split("train")
+    dataset = ClipCaptionDataset(corpus, idx, 16000, train=True, seed=3)
+    tok = TextTokenizer.from_spec({"kind": "gpt2", "max_length": 32})
+    per_epoch, steps = len(idx) // 8, len(idx) // 8 + 2
+    pairs = fn = clips = twins = repeated = 0
+    for step in range(steps):
+        epoch, b = divmod(step, per_epoch)
+        dataset.set_epoch(epoch)
+        batch = next(iter(make_loader(dataset, EpochBatches(len(idx), 8, 3, epoch, start=b), tok)))
+        same = batch["caption_ids"][:, None] == batch["caption_ids"][None, :]
+        fn += int(same.sum()) - 8
+        pairs += 8 * 7
+        clips += 8
+        twins += int((same.sum(1) > 1).sum())
+        repeated += bool(same.sum() > 8)
+    got = caption_repeats(corpus, idx, 8, 3, 16000, steps)
+    assert got["batches"] == steps and got["batches_with_repeat"] == repeated > 0
+    assert got["false_negative_fraction"] == fn / pairs and got["clips_with_twin_fraction"] == twins / clips
+    assert got["false_negatives_per_clip"] == fn / clips
+
+
 # --- the train stage's knob ------------------------------------------------------------------------------------------
 
 def test_positives_knob_is_checked_and_part_of_the_run_identity(tmp_path):
@@ -167,9 +221,10 @@ def test_positives_knob_is_checked_and_part_of_the_run_identity(tmp_path):
 
 def test_training_with_caption_positives(prepared, tmp_path, monkeypatch):  # noqa: F811
     """``positives: caption`` trains on the multi-positive loss with the batch's caption ids (the first step's
-    logged loss is that loss of the first batch, recomputed here)."""
+    logged loss is that loss of the first batch, recomputed here) and metrics/train.json reports how often the run's
+    batches repeated a caption."""
     import clapkit.train
-    from clapkit.data.loader import ClipCaptionDataset, EpochBatches, make_loader
+    from clapkit.data.loader import ClipCaptionDataset, EpochBatches, caption_repeats, make_loader
     from clapkit.data.prepare import PreparedCorpus
     from clapkit.train import build_model, train
     from tests.test_train import _tsv_values, train_config
@@ -182,7 +237,8 @@ def test_training_with_caption_positives(prepared, tmp_path, monkeypatch):  # no
     assert [type(m) for m in made] == [MultiPositiveClipLoss]
     corpus = PreparedCorpus(prepared)
     idx = corpus.split("train")
-    assert metrics["step"] == 5
+    assert metrics["caption_repeats"] == caption_repeats(corpus, idx, 8, 3, 16000, 5)
+    assert metrics["caption_repeats"]["batches"] == 5 and metrics["caption_repeats"]["batches_with_repeat"] > 0
 
     clap, _ = build_model(cfg, model_cfg, seed=3)  # the run's initial weights
     dataset = ClipCaptionDataset(corpus, idx, clap.clip_samples, train=True, seed=3)
@@ -196,3 +252,21 @@ def test_training_with_caption_positives(prepared, tmp_path, monkeypatch):  # no
     assert step == "1" and float(logged) == pytest.approx(multi, abs=1e-5)
     # without dropout, identical captions embed identically: the plain loss is the same (module docstring)
     assert ClipLoss()(*features).item() == pytest.approx(multi, abs=1e-6)
+
+
+def test_caption_repeats_command_reads_params(prepared, tmp_path, capsys):  # noqa: F811
+    """``clapkit caption-repeats`` replays the batches params.yaml's train block would train on."""
+    import json
+
+    import yaml
+
+    from clapkit.cli import main
+    from clapkit.data.loader import caption_repeats
+    from clapkit.data.prepare import PreparedCorpus
+
+    params = {"preset": "embedded", "seed": 3, "frontend": {"embedded": {"sample_rate": 16000, "clip_seconds": 1.0}},
+              "train": {"prepared": str(prepared), "batch_size": 8, "max_steps": 6}}
+    (tmp_path / "params.yaml").write_text(yaml.safe_dump(params))
+    assert main(["caption-repeats", "--params", str(tmp_path / "params.yaml")]) == 0
+    corpus = PreparedCorpus(prepared)
+    assert json.loads(capsys.readouterr().out) == caption_repeats(corpus, corpus.split("train"), 8, 3, 16000, 6)
