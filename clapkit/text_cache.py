@@ -3,16 +3,17 @@
 With ``train.freeze_text: true`` the text encoder (e.g. the pretrained ``minilm`` tower) stays in eval mode with
 fixed weights: its pooled output is a function of a caption's token ids alone.  ``caption_feature_cache`` computes
 that output for every distinct caption of the corpus' training and validation clips (fp32, shortest first in
-batches) and keeps it in ``<train.text_cache_dir>/captions-<key>.safetensors``; the key is the sha256 of the
+batches) and keeps it in ``<train.text_cache_dir>/captions-<key>.safetensors``, by default under ``~/.cache`` so
+that DVC experiments (each in its own temporary workspace) and other clones share it.  The key is the sha256 of the
 encoder's weights and config (``clapkit.checkpointing.model_fingerprint``), the tokenizer (its whole
 ``tokenizer.json``) and the sorted caption texts, so another corpus, other weights or another vocabulary never read
 a stale file.  The file is written atomically (a temp file beside it, then ``os.replace``); every process that
 finds it missing computes it itself (no collective: a long build cannot time out the others) and an equal file
 replaces an equal file.
 
-The text encoder's ``attach_cache`` (``clapkit.models.text_encoders``) then answers ``forward`` from it: rows whose ids are in the cache are looked up,
-others (zero-shot prompts in validation) run through the encoder; ``hits`` / ``misses`` count rows.  The
-projection after the encoder still trains on the looked-up features.
+The text encoder's ``attach_cache`` (``clapkit.models.text_encoders``) then answers ``forward`` from it: rows whose
+ids are in the cache are looked up, others (zero-shot prompts in validation) run through the encoder; ``hits`` /
+``misses`` count rows.  The projection after the encoder still trains on the looked-up features.
 """
 
 from __future__ import annotations
@@ -152,7 +153,7 @@ def caption_feature_cache(encoder, tokenizer: TextTokenizer, texts: Iterable[str
     Returns it (features on ``device``) and a report ``{"file", "captions", "built", "seconds"}``."""
     texts = list(texts)
     key = caption_cache_key(encoder, tokenizer, texts)
-    path = Path(cache_dir) / f"captions-{key[:24]}.safetensors"
+    path = Path(cache_dir).expanduser() / f"captions-{key[:24]}.safetensors"
     t0 = time.perf_counter()
     cache = _load(path, key) if path.is_file() else None
     built = cache is None

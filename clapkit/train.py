@@ -114,7 +114,7 @@ class TrainConfig:
     freeze_audio: bool = False
     freeze_text: bool = False
     text_lr_scale: float = 1.0  # the text encoder's lr = lr * this (its projection keeps lr)
-    text_cache_dir: str | None = ".cache/clapkit/text-features"  # frozen text: caption features per corpus; None = off
+    text_cache_dir: str | None = "~/.cache/clapkit/text-features"  # frozen text's caption features; None = off
     temperature: float | None = None  # initial softmax temperature; None = the model config's (msclap: 0.07)
     learn_temperature: bool = True  # False: keep it fixed
     local_loss: bool = False

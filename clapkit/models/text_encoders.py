@@ -33,8 +33,8 @@ import torch
 from torch import nn
 from transformers import BertConfig, BertModel, GPT2Config, GPT2Model, RobertaConfig, RobertaModel
 
-__all__ = ["BertTextEncoder", "GPT2TextEncoder", "POOLINGS", "RobertaTextEncoder", "TEXT_ENCODERS", "build_text_encoder",
-           "last_real_index", "mean_pool"]
+__all__ = ["BertTextEncoder", "GPT2TextEncoder", "POOLINGS", "RobertaTextEncoder", "TEXT_ENCODERS",
+           "build_text_encoder", "last_real_index", "mean_pool"]
 
 POOLINGS = ("first", "mean")  # what BERT / RoBERTa may be configured with (GPT-2 always pools its last real token)
 
