@@ -196,3 +196,23 @@ def test_transfer_scores_go_through_the_one_zero_shot_function(tmp_path, monkeyp
     assert ("the sound of {}", ("dog bark", "rain", "thunder")) in seen
     assert ("a {} voice", ("lady's", "gentleman's")) in seen and ("a {} voice", ("female", "male")) in seen
     assert len(seen) == 4
+
+
+def test_evaluate_notebook_shows_the_transfer_test_first(tmp_path):
+    from clapkit.notebooks import run_notebook
+
+    oracle = AliasOracle(WORDS)
+    prepared = write_prepared(tmp_path / "prepared", oracle, clips())
+    cfg = config(tmp_path, prepared)
+    run_stage(cfg, embedder=oracle, progress=False)
+    out = run_notebook("notebooks/04_evaluate.ipynb", tmp_path / "04.ipynb",
+                       {"results_dir": cfg.results, "metrics_path": cfg.metrics, "plots_dir": cfg.plots,
+                        "tsne_iterations": 50})
+    html = out.with_suffix(".html").read_text()
+    assert "Traceback" not in html
+    text = out.read_text()
+    lo12 = round(12 / (12 + Z**2), 4)  # Wilson lower bound of 12 of 12, as results.json rounds it
+    assert "transfer zero-shot score 1.000 with the held-out wordings, 1.000 with the training wordings" in text
+    assert f"1.000 [{lo12:.3f}, 1.000]" in text and "the sound of a canine yelping / the sound of dog bark" in text
+    assert "not scored: debian:tiny sound_event: 3 covered clip(s) < transfer_min_clips 10" in text
+    assert html.index("Transfer test (the headline)") < html.index("Results table")
