@@ -15,8 +15,10 @@ the task's first caption template; ties share credit) over the whole vocabulary,
 
 The difference between the two separates what the new words cost from what the new audio costs.  Each accuracy
 carries its Wilson 95% interval and exact one-sided binomial p-value against chance (1 / vocabulary size;
-``clapkit.stats``).  A source and task with fewer than ``transfer_min_clips`` covered clips, or a vocabulary of fewer
-than two labels, is listed with the reason and not scored.
+``clapkit.stats``).  A source and task is listed with the reason and not scored when it has fewer than
+``transfer_min_clips`` covered clips, a vocabulary of fewer than two labels, or clips that all carry one label: there
+a model that always gives that answer, whatever it hears, scores 1.0, and the test against a uniform guess would
+call it far above chance (one speaker's clips, all "male"; one language).
 """
 
 from __future__ import annotations
@@ -88,10 +90,13 @@ def _entries(corpus, spec: dict[str, Any], min_clips: int) -> tuple[list[dict[st
                 continue  # the source has no clip of this task
             entry = {"source": source, "task": task, "clips": len(idx), "classes": len(classes),
                      "outside_vocabulary": outside}  # fmt: skip
+            present = sorted({corpus.rows[i]["labels"][task] for i in idx})
             if len(classes) < 2:
                 skipped.append(dict(entry, reason=f"a vocabulary of {len(classes)} label(s) with training clips"))
             elif len(idx) < min_clips:
                 skipped.append(dict(entry, reason=f"{len(idx)} covered clip(s) < transfer_min_clips {min_clips}"))
+            elif len(present) < 2:
+                skipped.append(dict(entry, reason=f"every clip is {present[0]!r}: a constant answer would score 1"))
             else:
                 todo.append(dict(entry, indices=idx))
     return todo, skipped

@@ -36,7 +36,8 @@ class AliasOracle(Oracle):
 
 def clips():
     """(id, split, source, labels, heard): training clips of every label but owl hoot; held-out source env (12
-    covered clips, 2 outside the vocabulary), source voice (10 gender clips), source tiny (3 clips)."""
+    covered clips, 2 outside the vocabulary), source voice (10 gender clips), source tiny (3 clips), source mono
+    (10 clips of one speaker: one gender)."""
     out = []
     for i in range(12):
         label = ["dog bark", "rain", "thunder"][i % 3]
@@ -53,10 +54,13 @@ def clips():
         out.append((f"voice/h{i}", TRANSFER, "synth:voice", {"gender": g}, [g]))
     for i in range(3):
         out.append((f"tiny/h{i}", TRANSFER, "debian:tiny", {"sound_event": "rain"}, ["rain"]))
+    for i in range(10):
+        out.append((f"mono/h{i}", TRANSFER, "synth:mono", {"gender": "male"}, ["male"]))
     return out
 
 
-def write_prepared(root: Path, oracle: Oracle, rows_in, held=("debian:env", "synth:voice", "debian:tiny")) -> Path:
+def write_prepared(root: Path, oracle: Oracle, rows_in,
+                   held=("debian:env", "synth:voice", "debian:tiny", "synth:mono")) -> Path:
     import numpy as np
 
     root.mkdir(parents=True)
@@ -106,8 +110,10 @@ def test_an_oracle_of_both_wordings_is_perfect_and_one_of_training_words_is_at_c
         assert env[key]["p_value"] == pytest.approx((1 / 3) ** 12, rel=1e-2)
     assert got["synth:voice", "gender"]["heldout_wordings"]["accuracy"] == 1.0
     assert got["synth:voice", "gender"]["example"]["heldout_wordings"] == "a lady's voice"
-    (tiny,) = result["skipped"]
-    assert tiny["source"] == "debian:tiny" and tiny["reason"] == "3 covered clip(s) < transfer_min_clips 10"
+    # too few clips; one label only (a constant "male" would score 1.0 there): listed, not scored
+    assert [(e["source"], e["task"], e["reason"]) for e in result["skipped"]] == [
+        ("debian:tiny", "sound_event", "3 covered clip(s) < transfer_min_clips 10"),
+        ("synth:mono", "gender", "every clip is 'male': a constant answer would score 1")]
 
     # the same clips and prompts, a model that has never read the held-out wordings
     blind = Oracle(WORDS)
