@@ -13,7 +13,10 @@ Where the parts live (their names are re-exported here):
   is reported as not probed);
 * ``clapkit.stats``: each accuracy's Wilson 95% interval and exact one-sided binomial test against chance,
   "significant" below ``THREE_SIGMA`` (P(Z > 3) = 0.00135);
-* ``clapkit.embeddings`` (batches, the embedding cache), ``clapkit.embedding_map`` (the notebook's t-SNE).
+* ``clapkit.embeddings`` (batches, the embedding cache), ``clapkit.embedding_map`` (the notebook's t-SNE);
+* ``clapkit.transfer``: the transfer test, the embedded model's headline: the clips of the sources ``prepare`` held
+  out of training, scored zero-shot with label wordings no training text uses (and, beside them, the training
+  wordings), per source and task.
 
 This module: ``EvaluateConfig`` (params.yaml's ``evaluate`` block: its defaults are that block's values), the
 stage (``run_stage``: metrics, results, confusion matrices, plots) and the command line, whose one-task form reads
@@ -46,6 +49,7 @@ from .scoring import (ClassificationResult, caption_positives, evaluate_corpus, 
                       zero_shot_classification)
 from .stats import THREE_SIGMA, significant_digits
 from .tasks import CLASSIFICATION, EMBEDDED_RETRIEVAL, PAPER_TASKS
+from .transfer import evaluate_transfer, transfer_metrics
 from .zeroshot import DEFAULT_PRECISION, ClapEmbedder, Embedder, class_prompts
 
 __all__ = [
@@ -88,6 +92,8 @@ class EvaluateConfig:
     f1_top_k: int = 1  # DCASE 2017 Task 4 F1: each clip's k best classes are its predictions
     confusion_max_classes: int = 30  # confusion matrices for tasks with at most this many classes
     map_clips_per_task: int = 40  # test clips per task in the embedding map sample
+    transfer: bool = True  # the transfer test on prepared/transfer.json's held-out sources (clapkit.transfer)
+    transfer_min_clips: int = 10  # fewer covered clips: a source x task is listed, not scored
 
     def __post_init__(self):
         from .training import PRECISIONS
@@ -96,6 +102,8 @@ class EvaluateConfig:
             raise ValueError(f"evaluate.precision must be one of {PRECISIONS}, got {self.precision!r}")
         if self.probe_train_per_class < MIN_TRAIN_PER_CLASS:
             raise ValueError(f"evaluate.probe_train_per_class must be at least {MIN_TRAIN_PER_CLASS}")
+        if self.transfer_min_clips < 1:
+            raise ValueError("evaluate.transfer_min_clips must be at least 1")
 
     @classmethod
     def from_params(cls, params: dict[str, Any]) -> "EvaluateConfig":
@@ -200,6 +208,8 @@ def run_stage(cfg: EvaluateConfig, embedder: Embedder | None = None, progress: b
 
         embedder = ClapEmbedder(CLAP.from_pretrained(cfg.model), cfg.batch_size, cfg.precision)
     cache = EmbeddingCache(cfg.cache_dir, embedder.key)
+    transfer = evaluate_transfer(embedder, cfg, cache) if cfg.transfer else \
+        {"entries": [], "skipped": [], "note": "no transfer test: evaluate.transfer is false"}
     corpus_results = evaluate_corpus(embedder, cfg, cache)
     paper_results: dict[str, Any] = {}
     for adapter, root in sorted(cfg.datasets.items()):
@@ -209,11 +219,13 @@ def run_stage(cfg: EvaluateConfig, embedder: Embedder | None = None, progress: b
         for name in names:
             paper_results[name] = evaluate_dataset_task(embedder, PAPER_TASKS[name], root, cfg, cache)
     metrics, rows = summarise(corpus_results, paper_results)
+    metrics = {**transfer_metrics(transfer), **metrics}  # the headline first
 
     results_dir, plots_dir = Path(cfg.results), Path(cfg.plots)
     results_dir.mkdir(parents=True, exist_ok=True)
     write_json(results_dir / "results.json", {"model_key": embedder.key[:20], "significance": SIGNIFICANCE,
-                                              "rows": rows, "tasks": _entries({**corpus_results, **paper_results})})
+                                              "transfer": transfer, "rows": rows,
+                                              "tasks": _entries({**corpus_results, **paper_results})})
     confusion = {}
     for name, r in list(corpus_results.items()) + list(paper_results.items()):
         zs = r.get("zero_shot") if isinstance(r, dict) else None
@@ -235,7 +247,9 @@ def run_stage(cfg: EvaluateConfig, embedder: Embedder | None = None, progress: b
     if cfg.timings:
         write_json(cfg.timings, {"seconds": round(seconds, 1), "tasks": len(rows)})
     if progress:
-        print(f"evaluate: {len(rows)} tasks in {seconds:.0f} s -> {cfg.metrics}, {results_dir}, {plots_dir}")
+        print(f"evaluate: {len(rows)} tasks in {seconds:.0f} s -> {cfg.metrics}, {results_dir}, {plots_dir}; "
+              f"transfer test {metrics['transfer_zero_shot_score']} over {metrics['transfer_entries']} source x task "
+              f"(chance {metrics['transfer_chance']})")
     return metrics
 
 
