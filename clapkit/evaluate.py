@@ -14,7 +14,7 @@ Where the parts live (their names are re-exported here):
 * ``clapkit.stats``: each accuracy's Wilson 95% interval and exact one-sided binomial test against chance,
   "significant" below ``THREE_SIGMA`` (P(Z > 3) = 0.00135);
 * ``clapkit.embeddings`` (batches, the embedding cache), ``clapkit.embedding_map`` (the notebook's t-SNE);
-* ``clapkit.transfer``: the transfer test, the embedded model's headline: the clips of the sources ``prepare`` held
+* ``clapkit.transfer_eval``: the transfer test, the embedded model's headline: the clips of the sources ``prepare`` held
   out of training, scored zero-shot with label wordings no training text uses (and, beside them, the training
   wordings), per source and task.
 
@@ -49,7 +49,7 @@ from .scoring import (ClassificationResult, caption_positives, evaluate_corpus, 
                       zero_shot_classification)
 from .stats import THREE_SIGMA, significant_digits
 from .tasks import CLASSIFICATION, EMBEDDED_RETRIEVAL, PAPER_TASKS
-from .transfer import evaluate_transfer, transfer_metrics
+from .transfer_eval import evaluate_transfer, transfer_metrics
 from .zeroshot import DEFAULT_PRECISION, ClapEmbedder, Embedder, class_prompts
 
 __all__ = [
@@ -92,7 +92,7 @@ class EvaluateConfig:
     f1_top_k: int = 1  # DCASE 2017 Task 4 F1: each clip's k best classes are its predictions
     confusion_max_classes: int = 30  # confusion matrices for tasks with at most this many classes
     map_clips_per_task: int = 40  # test clips per task in the embedding map sample
-    transfer: bool = True  # the transfer test on prepared/transfer.json's held-out sources (clapkit.transfer)
+    transfer: bool = True  # the transfer test on prepared/transfer.json's held-out sources (clapkit.transfer_eval)
     transfer_min_clips: int = 10  # fewer covered clips: a source x task is listed, not scored
 
     def __post_init__(self):

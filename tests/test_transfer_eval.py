@@ -1,4 +1,4 @@
-"""The evaluate stage's transfer test (clapkit/transfer.py) on a tiny prepared corpus with known models: an oracle
+"""The evaluate stage's transfer test (clapkit/transfer_eval.py) on a tiny prepared corpus with known models: an oracle
 that knows the held-out wordings scores 1.0 with both wordings; one that knows only the training words scores 1.0
 with those and exactly chance with the held-out ones (every prompt embeds alike, so every class ties), which is
 only possible if the held-out wordings are what it was given."""
@@ -11,9 +11,9 @@ from pathlib import Path
 import pytest
 
 from clapkit.data.prepare import summarise_tasks
-from clapkit.data.transfer import TRANSFER, transfer_summary
+from clapkit.data.holdout import TRANSFER, transfer_summary
 from clapkit.evaluate import EvaluateConfig, run_stage
-from clapkit.transfer import evaluate_transfer, transfer_metrics
+from clapkit.transfer_eval import evaluate_transfer, transfer_metrics
 from test_evaluate import Oracle
 
 WORDINGS = {"sound_event": {"dog bark": "a canine yelping", "rain": "a downpour", "thunder": "a storm's booming peal",

@@ -1,5 +1,5 @@
 """The transfer split of stage prepare: whole sources held out of training, held-out wordings kept out of every
-training caption, and the transfer vocabulary the evaluate stage scores (clapkit/data/transfer.py)."""
+training caption, and the transfer vocabulary the evaluate stage scores (clapkit/data/holdout.py)."""
 
 import json
 from collections import Counter
@@ -13,7 +13,7 @@ from clapkit.audio import FrontendConfig
 from clapkit.data.captions import COMBINED_TEMPLATES, TASK_TEMPLATES, label_phrases
 from clapkit.data.prepare import PrepareConfig, PreparedCorpus, prepare
 from clapkit.data.records import ClipRecord, write_jsonl
-from clapkit.data.transfer import (DEFAULT_WORDINGS, TRANSFER, check_split, find_leaks, load_wordings, normalise,
+from clapkit.data.holdout import (DEFAULT_WORDINGS, TRANSFER, check_split, find_leaks, load_wordings, normalise,
                                    wording_core)
 
 FRONTEND = FrontendConfig(sample_rate=16000, clip_seconds=0.5)

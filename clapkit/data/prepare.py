@@ -20,7 +20,7 @@ by a salted hash, so no recording identity is in two splits; a dataset's own spl
 of every task is its ``test`` clips, fixed by the salt, independent of the training seed.  Every clip of a source
 named in ``transfer_sources`` goes to the ``transfer`` split instead (whole sources held out of training and
 validation: the transfer test), and no held-out label wording may occur in a train or val clip's text
-(``clapkit.data.transfer``: the stage raises on either violation).
+(``clapkit.data.holdout``: the stage raises on either violation).
 """
 
 from __future__ import annotations
@@ -47,7 +47,7 @@ from ..audio import FrontendConfig, mix_down, resample
 from ..config import dataclass_from_dict, frontend_config, load_params
 from .captions import make_captions
 from .records import ClipRecord, read_jsonl
-from .transfer import (DEFAULT_WORDINGS, TRANSFER, check_no_leaks, check_sources, check_split, load_wordings,
+from .holdout import (DEFAULT_WORDINGS, TRANSFER, check_no_leaks, check_sources, check_split, load_wordings,
                        transfer_summary)
 
 __all__ = ["PrepareConfig", "PreparedCorpus", "check_clip", "prepare", "assign_split"]

@@ -3,7 +3,7 @@
 ``prepare.transfer_sources`` names sources by the id every clip record carries (``debian:<package>``,
 ``synth:<tool>``, ``dataset:<name>``).  Their clips go to the ``transfer`` split only: no train, val or test clip
 comes from them, whatever their recording identity (``check_split`` raises otherwise).  The evaluate stage scores
-them zero-shot (``clapkit.transfer``) with a second wording of each label (``transfer_wordings.yaml`` beside this
+them zero-shot (``clapkit.transfer_eval``) with a second wording of each label (``transfer_wordings.yaml`` beside this
 module) that no training text uses (``find_leaks``: prepare raises on any).
 
 What the evaluate stage needs is written to ``prepared/transfer.json`` (``transfer_summary``): the held-out

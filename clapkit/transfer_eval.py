@@ -3,7 +3,7 @@ used.  Its score is the headline number of the embedded model.
 
 ``prepare`` holds whole sources out of training and validation (``prepare.transfer_sources``; their clips are the
 ``transfer`` split) and checks that a second wording of each label (``clapkit/data/transfer_wordings.yaml``) occurs
-in no train or val caption, text or label phrase (``clapkit.data.transfer``).  ``prepared/transfer.json`` carries
+in no train or val caption, text or label phrase (``clapkit.data.holdout``).  ``prepared/transfer.json`` carries
 each task's *transfer vocabulary* (the labels with a held-out wording that training clips carry) and the wordings.
 
 Here, per held-out source and task, the source's clips whose label is in the task's vocabulary are scored zero-shot
@@ -42,7 +42,7 @@ if TYPE_CHECKING:
 
 __all__ = ["TRANSFER_FILE", "load_spec", "transfer_task", "evaluate_transfer", "transfer_metrics"]
 
-TRANSFER_FILE = "transfer.json"  # written by prepare (clapkit.data.transfer.transfer_summary)
+TRANSFER_FILE = "transfer.json"  # written by prepare (clapkit.data.holdout.transfer_summary)
 HELDOUT, TRAINING = "heldout_wordings", "training_wordings"
 
 
