@@ -127,6 +127,20 @@ def _claim_fields(prefix: str, claim: dict[str, Any] | None) -> dict[str, Any]:
             f"{prefix}_significant": claim.get("significant")}
 
 
+def _interval_scalars(row: dict[str, Any]) -> dict[str, Any]:
+    """A task's clips, chance, and each score's Wilson 95% interval and p-value against chance, as scalars
+    (``dvc metrics show`` drops lists; README's tables are generated from these, scripts/readme_results.py)."""
+    out: dict[str, Any] = {"clips": row["clips"], "chance": row["chance"]}
+    for prefix in ("zero_shot", "linear_probe"):
+        ci = row[f"{prefix}_ci95"]
+        if ci is not None:
+            out.update({f"{prefix}_ci95_low": _round(ci[0]), f"{prefix}_ci95_high": _round(ci[1]),
+                        f"{prefix}_p_value": significant_digits(row[f"{prefix}_p_value"])})
+    if row["linear_probe_note"]:
+        out["linear_probe_note"] = row["linear_probe_note"]
+    return out
+
+
 def summarise(corpus_results: dict[str, Any], paper_results: dict[str, Any]) -> tuple[dict[str, Any], list[dict]]:
     """(dvc metrics, one table row per task: ours, with interval and test against chance, next to the paper's)."""
     metrics: dict[str, Any] = {"zero_shot": {}, "linear_probe": {}, "retrieval": {}}
@@ -151,6 +165,7 @@ def summarise(corpus_results: dict[str, Any], paper_results: dict[str, Any]) -> 
                      "paper": task.paper.get(task.metric) if task else None,
                      "benchmark": task.benchmark.get(task.metric) if task else None})  # fmt: skip
     embedded = [r for r in rows if r["source"] == "embedded" and r["task"] != EMBEDDED_RETRIEVAL]
+    metrics["tasks"] = {r["task"]: _interval_scalars(r) for r in rows if r["chance"] is not None}
     metrics["embedded_zero_shot_score"] = _round(_mean([r["zero_shot"] for r in embedded]))
     metrics["embedded_zero_shot_tasks_above_chance"] = sum(bool(r["zero_shot_significant"]) for r in embedded)
     probed = [r for r in embedded if r["linear_probe"] is not None]
