@@ -317,7 +317,7 @@ def _check_tokenizer(model: CLAPModel, tokenizer: TextTokenizer) -> None:
     """Refuse a tokenizer the text encoder cannot use (wrong pooling end, ids or lengths out of range)."""
     encoder = model.text.encoder
     problems = []
-    if tokenizer.pooling != encoder.pooling:
+    if encoder.pooling != "mean" and tokenizer.pooling != encoder.pooling:  # mean pooling reads every real token
         problems.append(
             f"the {type(encoder).__name__} pools the {encoder.pooling} token, a {tokenizer.kind} tokenizer is "
             f"built for pooling the {tokenizer.pooling} one"

@@ -13,7 +13,10 @@ Where the parts live (their names are re-exported here):
   is reported as not probed);
 * ``clapkit.stats``: each accuracy's Wilson 95% interval and exact one-sided binomial test against chance,
   "significant" below ``THREE_SIGMA`` (P(Z > 3) = 0.00135);
-* ``clapkit.embeddings`` (batches, the embedding cache), ``clapkit.embedding_map`` (the notebook's t-SNE).
+* ``clapkit.embeddings`` (batches, the embedding cache), ``clapkit.embedding_map`` (the notebook's t-SNE);
+* ``clapkit.transfer_eval``: the transfer test, the embedded model's headline: the clips of the sources ``prepare`` held
+  out of training, scored zero-shot with label wordings no training text uses (and, beside them, the training
+  wordings), per source and task.
 
 This module: ``EvaluateConfig`` (params.yaml's ``evaluate`` block: its defaults are that block's values), the
 stage (``run_stage``: metrics, results, confusion matrices, plots) and the command line, whose one-task form reads
@@ -46,6 +49,7 @@ from .scoring import (ClassificationResult, caption_positives, evaluate_corpus, 
                       zero_shot_classification)
 from .stats import THREE_SIGMA, significant_digits
 from .tasks import CLASSIFICATION, EMBEDDED_RETRIEVAL, PAPER_TASKS
+from .transfer_eval import evaluate_transfer, transfer_metrics
 from .zeroshot import DEFAULT_PRECISION, ClapEmbedder, Embedder, class_prompts
 
 __all__ = [
@@ -88,6 +92,8 @@ class EvaluateConfig:
     f1_top_k: int = 1  # DCASE 2017 Task 4 F1: each clip's k best classes are its predictions
     confusion_max_classes: int = 30  # confusion matrices for tasks with at most this many classes
     map_clips_per_task: int = 40  # test clips per task in the embedding map sample
+    transfer: bool = True  # the transfer test on prepared/transfer.json's held-out sources (clapkit.transfer_eval)
+    transfer_min_clips: int = 10  # fewer covered clips: a source x task is listed, not scored
 
     def __post_init__(self):
         from .training import PRECISIONS
@@ -96,6 +102,8 @@ class EvaluateConfig:
             raise ValueError(f"evaluate.precision must be one of {PRECISIONS}, got {self.precision!r}")
         if self.probe_train_per_class < MIN_TRAIN_PER_CLASS:
             raise ValueError(f"evaluate.probe_train_per_class must be at least {MIN_TRAIN_PER_CLASS}")
+        if self.transfer_min_clips < 1:
+            raise ValueError("evaluate.transfer_min_clips must be at least 1")
 
     @classmethod
     def from_params(cls, params: dict[str, Any]) -> "EvaluateConfig":
@@ -117,6 +125,20 @@ def _claim_fields(prefix: str, claim: dict[str, Any] | None) -> dict[str, Any]:
     claim = claim or {}
     return {f"{prefix}_ci95": claim.get("ci95"), f"{prefix}_p_value": claim.get("p_value"),
             f"{prefix}_significant": claim.get("significant")}
+
+
+def _interval_scalars(row: dict[str, Any]) -> dict[str, Any]:
+    """A task's clips, chance, and each score's Wilson 95% interval and p-value against chance, as scalars
+    (``dvc metrics show`` drops lists; README's tables are generated from these, scripts/readme_results.py)."""
+    out: dict[str, Any] = {"clips": row["clips"], "chance": row["chance"]}
+    for prefix in ("zero_shot", "linear_probe"):
+        ci = row[f"{prefix}_ci95"]
+        if ci is not None:
+            out.update({f"{prefix}_ci95_low": _round(ci[0]), f"{prefix}_ci95_high": _round(ci[1]),
+                        f"{prefix}_p_value": significant_digits(row[f"{prefix}_p_value"])})
+    if row["linear_probe_note"]:
+        out["linear_probe_note"] = row["linear_probe_note"]
+    return out
 
 
 def summarise(corpus_results: dict[str, Any], paper_results: dict[str, Any]) -> tuple[dict[str, Any], list[dict]]:
@@ -143,6 +165,7 @@ def summarise(corpus_results: dict[str, Any], paper_results: dict[str, Any]) -> 
                      "paper": task.paper.get(task.metric) if task else None,
                      "benchmark": task.benchmark.get(task.metric) if task else None})  # fmt: skip
     embedded = [r for r in rows if r["source"] == "embedded" and r["task"] != EMBEDDED_RETRIEVAL]
+    metrics["tasks"] = {r["task"]: _interval_scalars(r) for r in rows if r["chance"] is not None}
     metrics["embedded_zero_shot_score"] = _round(_mean([r["zero_shot"] for r in embedded]))
     metrics["embedded_zero_shot_tasks_above_chance"] = sum(bool(r["zero_shot_significant"]) for r in embedded)
     probed = [r for r in embedded if r["linear_probe"] is not None]
@@ -200,6 +223,8 @@ def run_stage(cfg: EvaluateConfig, embedder: Embedder | None = None, progress: b
 
         embedder = ClapEmbedder(CLAP.from_pretrained(cfg.model), cfg.batch_size, cfg.precision)
     cache = EmbeddingCache(cfg.cache_dir, embedder.key)
+    transfer = evaluate_transfer(embedder, cfg, cache) if cfg.transfer else \
+        {"entries": [], "skipped": [], "note": "no transfer test: evaluate.transfer is false"}
     corpus_results = evaluate_corpus(embedder, cfg, cache)
     paper_results: dict[str, Any] = {}
     for adapter, root in sorted(cfg.datasets.items()):
@@ -209,11 +234,13 @@ def run_stage(cfg: EvaluateConfig, embedder: Embedder | None = None, progress: b
         for name in names:
             paper_results[name] = evaluate_dataset_task(embedder, PAPER_TASKS[name], root, cfg, cache)
     metrics, rows = summarise(corpus_results, paper_results)
+    metrics = {**transfer_metrics(transfer), **metrics}  # the headline first
 
     results_dir, plots_dir = Path(cfg.results), Path(cfg.plots)
     results_dir.mkdir(parents=True, exist_ok=True)
     write_json(results_dir / "results.json", {"model_key": embedder.key[:20], "significance": SIGNIFICANCE,
-                                              "rows": rows, "tasks": _entries({**corpus_results, **paper_results})})
+                                              "transfer": transfer, "rows": rows,
+                                              "tasks": _entries({**corpus_results, **paper_results})})
     confusion = {}
     for name, r in list(corpus_results.items()) + list(paper_results.items()):
         zs = r.get("zero_shot") if isinstance(r, dict) else None
@@ -235,7 +262,9 @@ def run_stage(cfg: EvaluateConfig, embedder: Embedder | None = None, progress: b
     if cfg.timings:
         write_json(cfg.timings, {"seconds": round(seconds, 1), "tasks": len(rows)})
     if progress:
-        print(f"evaluate: {len(rows)} tasks in {seconds:.0f} s -> {cfg.metrics}, {results_dir}, {plots_dir}")
+        print(f"evaluate: {len(rows)} tasks in {seconds:.0f} s -> {cfg.metrics}, {results_dir}, {plots_dir}; "
+              f"transfer test {metrics['transfer_zero_shot_score']} over {metrics['transfer_entries']} source x task "
+              f"(chance {metrics['transfer_chance']})")
     return metrics
 
 

@@ -20,6 +20,32 @@ the features are all-gathered first.  Two ways, as in OpenCLIP's ``ClipLoss``:
 loss is the part of the global loss that belongs to its own pairs, their average over ranks is the global loss,
 and the gradients are again exact after DDP's average (memory O(N) per rank instead of O(N^2)).
 
+Caption positives (``MultiPositiveClipLoss``, params.yaml ``train.positives: caption``): template captions repeat,
+so a batch can hold several clips with the same caption text, and plain InfoNCE counts as negatives of a clip the
+other copies of its own caption (false negatives).  The multi-positive loss takes every pair whose caption
+text is identical as a positive: per row, the target distribution is uniform over that row's positives,
+
+    P[i, j] = (group_i == group_j),   target[i] = P[i] / sum_j P[i, j]
+    loss    = (CE(logits, target) + CE(logits.T, target)) / 2          (soft-target cross-entropy)
+
+i.e. the mean over a row's positives of -log softmax.
+
+What it changes, exactly: when identical captions have identical text embeddings (a deterministic text tower:
+eval mode, no dropout, or a frozen tower's cached embeddings), this loss IS plain InfoNCE, value and gradient.  In a
+group G of one caption the |G| text columns are equal, so each audio row gives all of them one probability p and
+``mean over G of -log p = -log p``; and the |G| equal text rows give the same softmax q over the audio, so
+``sum_i -log q_i`` is the same whether row i counts audio i alone or all of G uniformly.  Plain InfoNCE already caps
+each of them at 1 / |G|; nothing is pushed apart that the target keeps together.  The two differ only where the
+copies of one caption embed differently: dropout in the text tower or its projection (train mode), where plain
+InfoNCE makes each noisy copy a negative of the other copies' clips and the multi-positive target pulls every copy
+toward every clip of its caption (tests/test_losses.py shows both).
+
+Caption identity enters as one integer per sample
+(``clapkit.data.loader.caption_group_ids``, a hash of the text), gathered across ranks like the features, so the
+positives are defined over exactly the set the negatives are: the global batch.  Without a repeated caption P is the
+identity and the loss is ClipLoss's, number for number.  With repeats, both losses have the floor mean log |G| > 0.
+Validation keeps the pair loss; it runs in eval mode, where the two are equal anyway.
+
 The temperature is clamped as CLIP does: ``clamp_logit_scale`` keeps ``logit_scale`` in [0, ln 100] after each
 optimiser step, so the scale never exceeds 100 (temperature >= 0.01).
 """
@@ -33,7 +59,8 @@ import torch.distributed as dist
 import torch.nn.functional as F
 from torch import nn
 
-__all__ = ["ClipLoss", "LOGIT_SCALE_MAX", "clamp_logit_scale", "gather_features"]
+__all__ = ["ClipLoss", "LOGIT_SCALE_MAX", "MultiPositiveClipLoss", "clamp_logit_scale", "gather_features",
+           "gather_ids", "make_loss", "POSITIVES"]
 
 LOGIT_SCALE_MAX = math.log(100.0)  # CLIP: the learned scale exp(logit_scale) is capped at 100
 
@@ -59,8 +86,21 @@ def gather_features(features: torch.Tensor, gather_with_grad: bool = True) -> to
     return torch.cat(parts, dim=0)
 
 
+def gather_ids(ids: torch.Tensor) -> torch.Tensor:
+    """(n_local,) integer ids on every rank -> (world * n_local,), ranks in order, in the order gather_features
+    puts the features (ids carry no gradient)."""
+    rank, world = _world()
+    if world == 1:
+        return ids
+    parts = [torch.empty_like(ids) for _ in range(world)]
+    dist.all_gather(parts, ids.contiguous())
+    return torch.cat(parts)
+
+
 class ClipLoss(nn.Module):
     """Symmetric InfoNCE over (audio, text) embeddings; see the module docstring for the distributed variants."""
+
+    uses_groups = False  # train_step passes the caption group ids only to a loss that asks for them
 
     def __init__(self, local_loss: bool = False, gather_with_grad: bool = True):
         super().__init__()
@@ -86,6 +126,44 @@ class ClipLoss(nn.Module):
         """``audio``, ``text``: (n_local, d) L2-normalised; ``scale`` = exp(logit_scale).  Computed in float32."""
         per_audio, per_text, labels = self.logits(audio.float(), text.float(), scale.float())
         return (F.cross_entropy(per_audio, labels) + F.cross_entropy(per_text, labels)) / 2
+
+
+class MultiPositiveClipLoss(ClipLoss):
+    """Symmetric InfoNCE in which every pair with an identical caption is a positive (module docstring); the same
+    ``local_loss`` / ``gather_with_grad`` variants as ``ClipLoss``.  ``groups``: (n_local,) integer ids, equal
+    exactly when the captions are equal."""
+
+    uses_groups = True
+
+    def forward(self, audio: torch.Tensor, text: torch.Tensor, scale: torch.Tensor,
+                groups: torch.Tensor) -> torch.Tensor:
+        if groups.shape != (audio.shape[0],) or groups.is_floating_point():
+            raise ValueError(f"groups must be ({audio.shape[0]},) integer ids, got {tuple(groups.shape)} "
+                             f"{groups.dtype}")
+        per_audio, per_text, _ = self.logits(audio.float(), text.float(), scale.float())
+        groups = groups.to(audio.device)
+        all_groups = gather_ids(groups)
+        # The rows of this rank's loss: every sample (global loss) or this rank's own (local loss); the columns are
+        # always the whole gathered batch, so positives and negatives come from the same set.
+        rows = groups if self.local_loss else all_groups
+        positives = (rows[:, None] == all_groups[None, :]).float()
+        # each row holds its own pair, so no row sums to 0
+        target = positives / positives.sum(dim=1, keepdim=True)
+        # equal captions are an equivalence relation, so text i's positives among the audio are audio i's among
+        # the texts: the one target serves both directions
+        return (F.cross_entropy(per_audio, target) + F.cross_entropy(per_text, target)) / 2
+
+
+POSITIVES = ("pair", "caption")
+
+
+def make_loss(positives: str = "pair", local_loss: bool = False, gather_with_grad: bool = True) -> ClipLoss:
+    """The training loss of params.yaml ``train.positives``: ``pair`` (each clip's own caption only, plain
+    InfoNCE) or ``caption`` (every clip of an identical caption text)."""
+    if positives not in POSITIVES:
+        raise ValueError(f"positives must be one of {POSITIVES}, got {positives!r}")
+    cls = MultiPositiveClipLoss if positives == "caption" else ClipLoss
+    return cls(local_loss=local_loss, gather_with_grad=gather_with_grad)
 
 
 @torch.no_grad()

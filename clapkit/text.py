@@ -282,9 +282,18 @@ class TextTokenizer:
         """Build from a model config's ``tokenizer`` block.
 
         ``{"kind": "gpt2", "max_length": 77}`` needs nothing else; other kinds name their vocabulary:
-        ``"file"`` (a tokenizer.json) or, for wordpiece, ``"vocab"`` (a BERT vocab.txt, with ``"lowercase"``).
+        ``"file"`` (a tokenizer.json) or, for wordpiece, ``"vocab"`` (a BERT vocab.txt, with ``"lowercase"``) or
+        ``"packaged"`` (the vocab.txt of a ``clapkit.pretrained.PACKAGED`` model, e.g. ``"minilm"``, uncased).
         """
         kind, max_length = spec.get("kind", "gpt2"), int(spec.get("max_length", 77))
+        if spec.get("packaged"):
+            from .pretrained import packaged_vocab
+
+            if kind != "wordpiece":
+                raise ValueError(f"a packaged vocabulary is a BERT vocab.txt: kind must be wordpiece, not {kind!r}")
+            # its own vocab.txt rather than its tokenizer.json, which pads and truncates every text to 128 ids
+            return cls(wordpiece_from_vocab(packaged_vocab(spec["packaged"]), spec.get("lowercase", True)),
+                       kind=kind, max_length=max_length)
         if spec.get("file"):
             return cls(Tokenizer.from_file(str(spec["file"])), kind=kind, max_length=max_length)
         if kind == "gpt2":

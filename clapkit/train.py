@@ -10,8 +10,11 @@ What happens, top to bottom of this file:
    ``frontend.<preset>``.  The model's frontend is always the params one.
 2. ``build_model``: a seeded CLAP of that config; the audio encoder initialised from the pretrain stage
    (``audio_init: pretrain`` reads ``models/pretrain/``), from a file/directory, or left random (``none``);
-   the same for the text encoder (``text_init``).  ``freeze_audio`` / ``freeze_text`` fix an encoder (its
-   projection still trains) and keep it in eval mode.  The encoders carry no AudioSet head, so every
+   the same for the text encoder (``text_init``; a pretrained tower such as ``minilm`` starts from its packaged,
+   sha256-verified weights, ``clapkit.pretrained``).  ``freeze_audio`` / ``freeze_text`` fix an encoder (its
+   projection still trains) and keep it in eval mode; a frozen text encoder answers from caption features
+   computed once per corpus (``text_cache_dir``, ``clapkit.text_cache``), so a step runs no text transformer.  A
+   trained text encoder runs at ``lr * text_lr_scale``.  The encoders carry no AudioSet head, so every
    parameter gets a gradient (DDP needs no ``find_unused_parameters``).
 3. The shared training support (``clapkit.training``): device (``device: auto|cpu|cuda``), process group,
    optimiser (Adam or AdamW; no weight decay on biases, norms, embeddings and the temperature), the schedule
@@ -61,7 +64,7 @@ from .checkpointing import (corpus_hash, find_resumable, load_checkpoint, model_
                             run_identity, save_checkpoint, unwrap)
 from .config import dataclass_from_dict, load_params, model_config_from_params
 from .zeroshot import DEFAULT_PRECISION as DEFAULT_EVAL_PRECISION
-from .losses import ClipLoss, clamp_logit_scale
+from .losses import POSITIVES, ClipLoss, clamp_logit_scale, make_loss
 from .text import atomic_write_text
 from .training import (DEVICES, PRECISIONS, SCHEDULES, LRSchedule, Precision, RngReplay, Runtime, ScheduleConfig,
                        frozen_batchnorm_statistics, make_optimizer, maybe_compile, param_groups, setup_runtime)
@@ -107,14 +110,17 @@ class TrainConfig:
     val_batch_size: int = 64
     audio_init: str = "pretrain"  # none | pretrain | <path>
     pretrain_dir: str = "models/pretrain"
-    text_init: str = "none"  # none | <path>
+    text_init: str = "none"  # none (the tower's own: random, or its packaged pretrained weights) | <path>
     freeze_audio: bool = False
     freeze_text: bool = False
+    text_lr_scale: float = 1.0  # the text encoder's lr = lr * this (its projection keeps lr)
+    text_cache_dir: str | None = "~/.cache/clapkit/text-features"  # frozen text's caption features; None = off
     temperature: float | None = None  # initial softmax temperature; None = the model config's (msclap: 0.07)
     learn_temperature: bool = True  # False: keep it fixed
     local_loss: bool = False
     gather_with_grad: bool = True
     sync_batchnorm: bool = False
+    positives: str = "pair"  # pair | caption: every clip of an identical caption text is a positive (losses.py)
 
     def __post_init__(self):
         self.betas = tuple(float(b) for b in self.betas)
@@ -125,10 +131,14 @@ class TrainConfig:
             problems.append(f"schedule must be one of {SCHEDULES}, got {self.schedule!r}")
         if self.precision not in PRECISIONS:
             problems.append(f"precision must be one of {PRECISIONS}, got {self.precision!r}")
+        if self.positives not in POSITIVES:
+            problems.append(f"positives must be one of {POSITIVES}, got {self.positives!r}")
         if self.device not in DEVICES:
             problems.append(f"device must be one of {DEVICES}, got {self.device!r}")
         if self.temperature is not None and not 0 < self.temperature <= 1:
             problems.append(f"temperature must be in (0, 1] or null, got {self.temperature}")
+        if self.text_lr_scale < 0:
+            problems.append(f"text_lr_scale must be >= 0, got {self.text_lr_scale}")
         if self.max_steps < 1 or self.batch_size < 2 or self.accum_steps < 1:
             problems.append("max_steps >= 1, batch_size >= 2 and accum_steps >= 1 are required")
         if problems:
@@ -147,7 +157,7 @@ class TrainConfig:
         """The fields that change what a run computes (paths, logging, threads and the device do not)."""
         c = asdict(self)
         for key in ("threads", "checkpoint_every", "keep_checkpoints", "log_every", "out", "metrics", "live_dir",
-                    "checkpoint_dir", "prepared", "shards", "timings", "device", "compile"):
+                    "checkpoint_dir", "prepared", "shards", "timings", "device", "compile", "text_cache_dir"):
             c.pop(key)
         if not self.shards:  # indexed batches do not depend on the workers; a shard stream's order does
             c.pop("num_workers")
@@ -228,13 +238,14 @@ def check_pretrain_config(directory: Path, model_config: Mapping[str, Any]) -> N
 def corpus_tokenizer(model_config: Mapping[str, Any], prepared: str | Path):
     """The tokenizer of a BERT (WordPiece) or RoBERTa (byte-level BPE) text tower that names no vocabulary file,
     trained on the captions of the corpus' training split with the tower's ``vocab_size`` (deterministic: the
-    same corpus gives the same ids); None for GPT-2 (the real BPE ships with clapkit) or a given vocabulary."""
+    same corpus gives the same ids); None for GPT-2 (the real BPE ships with clapkit) or a given or packaged
+    vocabulary."""
     from .data.prepare import PreparedCorpus
     from .text import TextTokenizer, train_bytelevel_bpe, train_wordpiece
 
     spec = model_config["tokenizer"]
     kind = spec.get("kind", "gpt2")
-    if kind == "gpt2" or spec.get("file") or spec.get("vocab"):
+    if kind == "gpt2" or spec.get("file") or spec.get("vocab") or spec.get("packaged"):
         return None
     texts = [c for r in PreparedCorpus(prepared).rows if r["split"] == "train" for c in r.get("captions", [])]
     if not texts:
@@ -261,6 +272,10 @@ def build_model(cfg: TrainConfig, model_config: Mapping[str, Any], seed: int):
         report.append(load_encoder_weights(model.audio.encoder, audio_init, "audio"))
     if cfg.text_init != "none":
         report.append(load_encoder_weights(model.text.encoder, cfg.text_init, "text"))
+    elif model.text.encoder.pretrained:  # a pretrained tower (minilm) starts from its packaged, verified weights
+        from .pretrained import load_packaged_text_encoder
+
+        report.append(load_packaged_text_encoder(model.text.encoder, model.text.encoder.pretrained))
     for frozen, encoder in ((cfg.freeze_audio, model.audio.encoder), (cfg.freeze_text, model.text.encoder)):
         if frozen:
             encoder.requires_grad_(False)
@@ -269,6 +284,36 @@ def build_model(cfg: TrainConfig, model_config: Mapping[str, Any], seed: int):
             model.logit_scale.fill_(math.log(1.0 / cfg.temperature))
     model.logit_scale.requires_grad_(cfg.learn_temperature)
     return clap, report
+
+
+def text_lr_scale(cfg: TrainConfig):
+    """``param_groups``' lr rule: the text encoder at ``lr * text_lr_scale`` (fine-tuning a pretrained tower gently),
+    everything else (projections, audio tower, temperature) at ``lr``."""
+    return lambda name: cfg.text_lr_scale if name.startswith("text.encoder.") else 1.0
+
+
+def attach_text_cache(cfg: TrainConfig, model: nn.Module, tokenizer, corpus, indices, device) -> dict | None:
+    """A frozen text encoder answers from caption features computed once per corpus (``clapkit.text_cache``) when
+    ``text_cache_dir`` is set; returns the cache's report (None when there is none)."""
+    if not (cfg.freeze_text and cfg.text_cache_dir):
+        return None
+    from .text_cache import caption_feature_cache, corpus_captions
+
+    encoder = unwrap(model).text.encoder
+    cache, report = caption_feature_cache(encoder, tokenizer, corpus_captions(corpus, indices), cfg.text_cache_dir,
+                                          device)
+    encoder.attach_cache(cache)
+    return report
+
+
+def detach_text_cache(model: nn.Module, report: dict | None) -> dict | None:
+    """Detach the cache; the report gains its row counts (``hits`` looked up, ``misses`` computed)."""
+    encoder = unwrap(model).text.encoder
+    cache = encoder.feature_cache
+    encoder.attach_cache(None)
+    if report is None or cache is None:
+        return report
+    return {**report, "hits": cache.hits, "misses": cache.misses}
 
 
 def set_train_mode(model: nn.Module, cfg: TrainConfig) -> None:
@@ -292,6 +337,10 @@ def train_step(model: nn.Module, batch: Mapping[str, torch.Tensor], loss_fn: Cli
                precision: Precision) -> float:
     """Forward + backward of one optimiser step (no optimiser call); returns this rank's loss.
 
+    A loss with ``uses_groups`` (caption positives) also gets ``batch["caption_ids"]``: those of the rank's whole
+    batch, never of one micro-batch, because every pass below scores the whole batch, so the positives are counted
+    over the same clips as the negatives (and the loss gathers them over the ranks as it gathers the features).
+
     With ``accum_steps = k > 1`` the rank's batch is cut into k micro-batches, OpenCLIP-style: pass 1 embeds
     every micro-batch without gradients; pass 2 re-embeds each with gradients and computes the loss of the whole
     batch with the other micro-batches' features as constants, and backpropagates it.  The summed gradients equal
@@ -303,10 +352,11 @@ def train_step(model: nn.Module, batch: Mapping[str, torch.Tensor], loss_fn: Cli
     """
     device = precision.device
     batch = {k: v.to(device, non_blocking=True) for k, v in batch.items() if torch.is_tensor(v)}
+    groups = (batch["caption_ids"],) if loss_fn.uses_groups else ()
     if accum_steps == 1:
         with precision.autocast():
             audio, text, scale = _features(model, batch)
-        loss = loss_fn(audio, text, scale)
+        loss = loss_fn(audio, text, scale, *groups)
         precision.backward(loss)
         return float(loss.detach())
     n = batch["wave"].shape[0]
@@ -338,8 +388,11 @@ def train_step(model: nn.Module, batch: Mapping[str, torch.Tensor], loss_fn: Cli
                 a, t, scale = _features(model, mb)
             audio = torch.cat(cached_audio[:i] + [a] + cached_audio[i + 1:])
             text = torch.cat(cached_text[:i] + [t] + cached_text[i + 1:])
-            # Every pass computes the whole batch's loss: the temperature's gradient is taken from one of them.
-            loss = loss_fn(audio, text, scale if i == 0 else scale.detach())
+            # Every pass computes the whole batch's loss: the temperature's gradient is taken from one of them, the
+            # last, because DDP reduces gradients in that pass only and waits there for every parameter's: taken
+            # from the first, the temperature had none in the last pass, its bucket (and every later one) was never
+            # averaged, and each rank stepped on its own gradients (tests/test_ddp.py, 2 ranks x 2 micro-batches).
+            loss = loss_fn(audio, text, scale if i == accum_steps - 1 else scale.detach(), *groups)
             precision.backward(loss)
         loss_value = float(loss.detach())
     after.restore()
@@ -465,12 +518,13 @@ def train(cfg: TrainConfig, model_config: Mapping[str, Any], seed: int = 0, resu
         model = nn.SyncBatchNorm.convert_sync_batchnorm(model)
         clap.model = model
     set_train_mode(model, cfg)
+    text_cache = attach_text_cache(cfg, model, clap.tokenizer, corpus, train_idx + val_idx, device)
     precision = Precision(cfg.precision, device)
     eval_prec = Precision(eval_precision, device)
-    optimizer = make_optimizer(param_groups(model, cfg.weight_decay), cfg.optimizer, cfg.lr, cfg.betas, cfg.eps,
-                               device)
+    optimizer = make_optimizer(param_groups(model, cfg.weight_decay, text_lr_scale(cfg)), cfg.optimizer, cfg.lr,
+                               cfg.betas, cfg.eps, device)
     schedule = LRSchedule(optimizer, cfg.schedule_config())
-    loss_fn = ClipLoss(local_loss=cfg.local_loss, gather_with_grad=cfg.gather_with_grad)
+    loss_fn = make_loss(cfg.positives, local_loss=cfg.local_loss, gather_with_grad=cfg.gather_with_grad)
     wrapped = nn.parallel.DistributedDataParallel(model, device_ids=[device.index] if device.type == "cuda" else None) \
         if world > 1 else model
     wrapped = maybe_compile(wrapped, cfg.compile)
@@ -543,7 +597,7 @@ def train(cfg: TrainConfig, model_config: Mapping[str, Any], seed: int = 0, resu
             if not precision.step(optimizer, trainable, cfg.grad_clip_norm):
                 skipped += 1  # fp16 overflow: the scaler lowered its scale; the step still counts, as in OpenCLIP
             clamp_logit_scale(unwrap(model).logit_scale)
-            lr = optimizer.param_groups[0]["lr"]
+            lr = schedule.lr()  # the base rate of this step (groups run at lr * their lr_scale)
             schedule.step()
             step += 1
             batch_in_epoch += 1
@@ -579,6 +633,7 @@ def train(cfg: TrainConfig, model_config: Mapping[str, Any], seed: int = 0, resu
     if last_eval_step != step:
         history.append(_log_validation(live, step, epoch, run_validation(), progress and rank == 0))
     checkpoint(finished=True)
+    text_cache = detach_text_cache(model, text_cache)
     metrics = {}
     if rank == 0:
         final = history[-1]
@@ -588,6 +643,12 @@ def train(cfg: TrainConfig, model_config: Mapping[str, Any], seed: int = 0, resu
                    "val_zeroshot": final["zeroshot"], "init": init_report}
         if skipped:
             metrics["fp16_skipped_steps"] = skipped
+        if not cfg.shards:  # a shard stream's order comes from its shuffle buffers: no replay from the rows
+            from .data.loader import caption_repeats
+
+            # the false negatives plain InfoNCE met in this run's batches (whichever `positives` trained)
+            metrics["caption_repeats"] = caption_repeats(corpus, train_idx, cfg.batch_size, seed, clap.clip_samples,
+                                                         step)
         clap.model = unwrap(model).to("cpu").eval()
         clap.device = torch.device("cpu")
         clap.save_pretrained(cfg.out)
@@ -599,6 +660,8 @@ def train(cfg: TrainConfig, model_config: Mapping[str, Any], seed: int = 0, resu
                       "resumed_from_step": start_step, "world": world, "threads": torch.get_num_threads(),
                       "clips_per_s": round((step - start_step) * cfg.batch_size / max(seconds, 1e-9), 1),
                       "precision": precision.name, "device": str(device), "compile": cfg.compile}
+            if text_cache is not None:
+                timing["text_cache"] = text_cache
             if device.type == "cuda":
                 timing["peak_gpu_memory_gib"] = round(torch.cuda.max_memory_allocated(device) / 2**30, 3)
             Path(cfg.timings).parent.mkdir(parents=True, exist_ok=True)
@@ -634,7 +697,27 @@ def _cmd_train(args) -> int:
     return 0
 
 
+def _cmd_caption_repeats(args) -> int:
+    from .config import frontend_config
+    from .data.loader import caption_repeats
+    from .data.prepare import PreparedCorpus
+
+    params = load_params(args.params)
+    cfg = TrainConfig.from_params(params)
+    corpus = PreparedCorpus(args.prepared or cfg.prepared)
+    result = caption_repeats(corpus, corpus.split("train"), cfg.batch_size, int(params.get("seed", 0)),
+                             frontend_config(params).clip_samples, args.steps or cfg.max_steps)
+    print(json.dumps(result, indent=2))
+    return 0
+
+
 def register(subparsers) -> None:
+    q = subparsers.add_parser("caption-repeats",
+                              help="how often the train stage's batches hold identical captions (false negatives)")
+    q.add_argument("--params", default="params.yaml")
+    q.add_argument("--prepared", default=None, help="default: params.yaml train.prepared")
+    q.add_argument("--steps", type=int, default=None, help="batches to replay (default: train.max_steps)")
+    q.set_defaults(func=_cmd_caption_repeats)
     p = subparsers.add_parser("train", help="stage train: contrastive training (torchrun for several processes)")
     p.add_argument("--params", default="params.yaml")
     p.add_argument("--resume", default="latest",

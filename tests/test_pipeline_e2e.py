@@ -21,6 +21,9 @@ TINY = {
     "data.synth": {"espeak": {"n_clips": 24}, "flite": {"n_clips": 12}, "fluidsynth": {"n_clips": 24},
                    "sox": {"n_clips": 16}},
     "prepare.limit_per_source": 25,
+    # the transfer test on sources of the slice (the default ones are not in it): an environmental package and a
+    # speech synthesiser (its gender, 2 labels) held out of training
+    "prepare.transfer_sources": ["debian:xemacs21-basesupport", "synth:flite"],
     # a few optimiser steps per training stage (the tiny grid's): every stage runs and hands over its output
     **TINY_STAGES,
 }
@@ -96,11 +99,21 @@ def test_pipeline_end_to_end_on_a_tiny_slice(tmp_path):
     assert set(em["zero_shot"]) == set(tasks)
     assert all(0 <= v <= 1 for v in em["zero_shot"].values())
     assert "embedded_zero_shot_score" in em
+    # the transfer test: the held-out sources reach only the transfer split, and lead the stage's metrics
+    held = set(TINY["prepare.transfer_sources"])
+    manifest = [json.loads(line) for line in (ws / "prepared/manifest.jsonl").read_text().splitlines()]
+    assert {r["split"] for r in manifest if r["source"] in held} == {"transfer"}
+    assert all(r["split"] != "transfer" for r in manifest if r["source"] not in held)
+    assert list(em)[0] == "transfer_zero_shot_score" and em["transfer_entries"] >= 1
+    assert 0 <= em["transfer_zero_shot_score"] <= 1 and 0 < em["transfer_chance"] < 1
+    for source, per_task in em["transfer"].items():
+        for task, e in per_task.items():
+            assert source in held and e["ci95_low"] <= e["accuracy"] <= e["ci95_high"], (source, task)
     assert 0 <= em["retrieval"]["corpus_retrieval"]["a2t"]["R@1"] <= 1
     confusion = sorted((ws / "plots/evaluate").glob("confusion_*.csv"))
     assert confusion and confusion[0].read_text().splitlines()[0] == "actual,predicted"
     for report, words in [("02_pretrain", []), ("03_train", ["Similarity matrix"]),
-                          ("04_evaluate", ["Results table", "Confusion matrices"])]:
+                          ("04_evaluate", ["Transfer test (the headline)", "Results table", "Confusion matrices"])]:
         html = (ws / f"reports/{report}.html").read_text()
         assert "Traceback" not in html and all(w in html for w in words), report
 
@@ -113,7 +126,8 @@ def test_pipeline_end_to_end_on_a_tiny_slice(tmp_path):
     assert all(p.read_bytes() == b for p, b in notebooks.items())
 
     shown = json.dumps(json.loads(run(["dvc", "metrics", "show", "--json"], ws, env)))
-    for m in ["metrics/data.json", "metrics/pretrain.json", "metrics/train.json", "metrics/evaluate.json"]:
+    for m in ["metrics/data.json", "metrics/pretrain.json", "metrics/train.json", "metrics/evaluate.json",
+              "transfer_zero_shot_score"]:
         assert m in shown, m
 
     # a forced rerun of a finished stage is never answered from the finished run's checkpoint: it trains afresh,

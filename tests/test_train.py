@@ -286,6 +286,16 @@ def _grads(model):
     return {n: p.grad.clone() for n, p in model.named_parameters() if p.grad is not None}
 
 
+def assert_same_gradients(got: dict, expected: dict, what: str) -> None:
+    """Equal up to float32 summation order: noise ~1e-4 of each tensor's largest gradient, elementwise (an entry
+    near 0 carries the rounding of the large terms summed into it, not a rounding of its own size; an absolute
+    1e-6 failed on near-zero entries of GPT-2's biases); a 1% error still fails."""
+    assert got.keys() == expected.keys() and "logit_scale" in expected
+    for name, grad in expected.items():
+        torch.testing.assert_close(got[name], grad, rtol=1e-4, atol=3e-4 * float(grad.abs().max()),
+                                   msg=f"{what}: {name}")
+
+
 def test_gradient_accumulation_equals_one_big_batch():
     from clapkit.api import CLAP
     from clapkit.losses import ClipLoss
@@ -301,9 +311,8 @@ def test_gradient_accumulation_equals_one_big_batch():
     loss2 = train_step(model, batch, ClipLoss(), 2, CPU_FP32)
     g2 = _grads(model)
     assert loss1 == pytest.approx(loss2, rel=1e-5)
-    assert g1.keys() == g2.keys() and len(g1) > 20
-    for name in g1:  # fp32 sums in another order: noise ~1e-4 of the tensor's largest gradient, elementwise
-        torch.testing.assert_close(g1[name], g2[name], rtol=1e-4, atol=3e-4 * float(g1[name].abs().max()), msg=name)
+    assert len(g1) > 20
+    assert_same_gradients(g2, g1, "2 micro-batches")
 
 
 # --- whole runs ----------------------------------------------------------------------------------------------------

@@ -28,13 +28,41 @@ from torch.utils.data import DataLoader, Dataset
 from ..audio import fit_length
 from ..text import TextTokenizer
 
-__all__ = ["ClipCaptionDataset", "EpochBatches", "clip_seed", "make_collate", "make_loader", "make_stream_loader", "steps_per_epoch"]
+__all__ = ["ClipCaptionDataset", "EpochBatches", "caption_group_ids", "caption_repeats", "clip_seed", "make_collate",
+           "make_loader", "make_stream_loader", "steps_per_epoch", "train_draw"]
 
 
 def clip_seed(seed: int, epoch: int, key: int | str) -> int:
     """A 63-bit seed for one clip (its id) in one epoch (stable across Python runs, unlike ``hash``)."""
     digest = hashlib.blake2b(f"{seed}:{epoch}:{key}".encode(), digest_size=8).digest()
     return int.from_bytes(digest, "little") & ((1 << 63) - 1)
+
+
+def caption_group_ids(captions: Sequence[str]) -> torch.Tensor:
+    """(n,) int64: one id per caption, equal exactly when the texts are equal (a 63-bit hash of the text, so every
+    rank and worker gives the same text the same id without talking to the others; a collision between two texts
+    of a corpus has probability about (texts^2) / 2^64).  The multi-positive loss reads these, never strings."""
+    ids = [int.from_bytes(hashlib.blake2b(c.encode(), digest_size=8, person=b"caption").digest(), "little")
+           & ((1 << 63) - 1) for c in captions]
+    return torch.tensor(ids, dtype=torch.long)
+
+
+def train_draw(clip_id: str, length: int, n_captions: int, clip_samples: int, seed: int,
+               epoch: int) -> tuple[int | None, int]:
+    """(crop start, caption index) of one clip in one training epoch: the crop start inside its ``length`` cached
+    samples (None when the clip is not longer than ``clip_samples``: it is used whole or repeat-padded, and no
+    number is drawn), then the caption, from one generator seeded by (seed, epoch, clip id).  The one definition
+    the indexed dataset, the shard stream and ``caption_repeats`` share, so they see the same captions."""
+    gen = torch.Generator().manual_seed(clip_seed(seed, epoch, clip_id))
+    start = None
+    if length > clip_samples:  # fit_length's random crop draws exactly this number
+        start = int(torch.randint(0, length - clip_samples + 1, (1,), generator=gen))
+    return start, int(torch.randint(n_captions, (1,), generator=gen))
+
+
+def train_crop(wave: torch.Tensor, start: int | None, clip_samples: int) -> torch.Tensor:
+    """The training window of ``train_draw``'s ``start`` (repeat-padded like ``fit_length`` when None)."""
+    return fit_length(wave, clip_samples) if start is None else wave[start:start + clip_samples]
 
 
 class ClipCaptionDataset(Dataset):
@@ -67,10 +95,9 @@ class ClipCaptionDataset(Dataset):
         row = self.corpus.rows[index]
         wave = torch.from_numpy(self.corpus.waveform(index))
         if self.train:
-            gen = torch.Generator().manual_seed(clip_seed(self.seed, self.epoch, row["id"]))
-            wave = fit_length(wave, self.clip_samples, crop="random", generator=gen)
-            captions = row["captions"]
-            caption = captions[int(torch.randint(len(captions), (1,), generator=gen))]
+            start, k = train_draw(row["id"], wave.shape[0], len(row["captions"]), self.clip_samples, self.seed,
+                                  self.epoch)
+            wave, caption = train_crop(wave, start, self.clip_samples), row["captions"][k]
         else:
             wave = fit_length(wave, self.clip_samples, crop="center")
             caption = row["captions"][0]
@@ -87,6 +114,7 @@ def make_collate(tokenizer: TextTokenizer):
             "input_ids": tokens["input_ids"],
             "attention_mask": tokens["attention_mask"],
             "captions": [it["caption"] for it in items],
+            "caption_ids": caption_group_ids([it["caption"] for it in items]),
             "index": torch.tensor([it["index"] for it in items], dtype=torch.long),
         }
 
@@ -165,3 +193,42 @@ def make_stream_loader(stream, tokenizer: TextTokenizer, num_workers: int = 0) -
     return DataLoader(stream, batch_size=stream.per_rank_batch, collate_fn=make_collate(tokenizer),
                       num_workers=num_workers, drop_last=False,
                       generator=torch.Generator().manual_seed(clip_seed(stream.seed, stream.epoch, -1)))
+
+
+def caption_repeats(corpus, indices: Sequence[int], batch_size: int, seed: int, clip_samples: int,
+                    steps: int) -> dict[str, Any]:
+    """How often the training batches hold identical captions: the false negatives of plain InfoNCE.
+
+    Replays the first ``steps`` global batches of a training run on the indexed loader (``EpochBatches`` order and
+    ``train_draw`` captions, epoch after epoch, the tail of each epoch dropped), from the corpus rows alone (no
+    audio is read).  Returns
+
+    * ``batches``, ``batches_with_repeat`` and its fraction: batches in which some caption text occurs twice or more;
+    * ``false_negative_fraction``: of the B (B - 1) off-diagonal pairs of each batch's logits (plain InfoNCE's
+      negatives), those whose two captions are identical;
+    * ``false_negatives_per_clip``: the mean number of such negatives of one clip (per direction);
+    * ``clips_with_twin_fraction``: clips whose caption another clip of the same batch shares;
+    * ``max_same_caption``: the most clips of one batch with one caption.
+    """
+    per_epoch = len(indices) // batch_size
+    if per_epoch < 1 or steps < 1:
+        raise ValueError(f"{len(indices)} clips and {steps} steps: need at least one batch of {batch_size}")
+    batches = repeated = false_negatives = twins = 0
+    largest = 1
+    for epoch in range(-(-steps // per_epoch)):
+        for positions in EpochBatches(len(indices), batch_size, seed, epoch).global_batches()[:steps - batches]:
+            counts: dict[str, int] = {}
+            for pos in positions:
+                row = corpus.rows[indices[pos]]
+                _, k = train_draw(row["id"], int(row["length"]), len(row["captions"]), clip_samples, seed, epoch)
+                counts[row["captions"][k]] = counts.get(row["captions"][k], 0) + 1
+            batches += 1
+            repeated += max(counts.values()) > 1
+            false_negatives += sum(c * (c - 1) for c in counts.values())  # ordered pairs i != j, one caption
+            twins += sum(c for c in counts.values() if c > 1)
+            largest = max(largest, *counts.values())
+    negatives = batches * batch_size * (batch_size - 1)
+    return {"batches": batches, "batch_size": batch_size, "batches_with_repeat": repeated,
+            "batches_with_repeat_fraction": repeated / batches, "false_negative_fraction": false_negatives / negatives,
+            "false_negatives_per_clip": false_negatives / (batches * batch_size),
+            "clips_with_twin_fraction": twins / (batches * batch_size), "max_same_caption": largest}

@@ -9,13 +9,18 @@ points ``prepare.datasets`` at (``clapkit.data.adapters``).  Output, all in ``pr
     waveforms.f16     every clip's mono waveform at the model rate, centre window of ``cache_seconds``, float16,
                       concatenated; a row's ``offset``/``length`` (in samples) locate it.  ``PreparedCorpus`` reads it.
     arrays.json       dtype, sample rate, total samples
-    tasks.json        per task: classes, clip counts per split and class, the sources it comes from
+    tasks.json        per task: classes, clip counts per split and class, the sources it comes from (the transfer
+                      split left out: the in-domain tasks are what training sees)
+    transfer.json     the held-out sources and the transfer test's vocabulary and wordings (``.transfer``)
     quarantine.csv    every file that was rejected (action=quarantined) or accepted with a caveat (action=note),
                       with the reason
 
 Splits are drawn per *group* (speaker, drum kit, voice pack, synth program, sentence...: see ``ClipRecord.group``),
 by a salted hash, so no recording identity is in two splits; a dataset's own split is kept.  The evaluation split
-of every task is its ``test`` clips, fixed by the salt, independent of the training seed.
+of every task is its ``test`` clips, fixed by the salt, independent of the training seed.  Every clip of a source
+named in ``transfer_sources`` goes to the ``transfer`` split instead (whole sources held out of training and
+validation: the transfer test), and no held-out label wording may occur in a train or val clip's text
+(``clapkit.data.holdout``: the stage raises on either violation).
 """
 
 from __future__ import annotations
@@ -42,6 +47,8 @@ from ..audio import FrontendConfig, mix_down, resample
 from ..config import dataclass_from_dict, frontend_config, load_params
 from .captions import make_captions
 from .records import ClipRecord, read_jsonl
+from .holdout import (DEFAULT_WORDINGS, TRANSFER, check_no_leaks, check_sources, check_split, load_wordings,
+                       transfer_summary)
 
 __all__ = ["PrepareConfig", "PreparedCorpus", "check_clip", "prepare", "assign_split"]
 
@@ -66,6 +73,27 @@ class PrepareConfig:
     captions_per_clip: int = 8
     limit_per_source: int | None = None  # keep N clips per source (by hashed id): tiny slices for tests
     workers: int = 2
+    # Whole sources held out of training and validation (clip records' `source` ids): their clips form the
+    # `transfer` split, which the evaluate stage scores zero-shot with held-out wordings.  params.yaml names them.
+    transfer_sources: list[str] = field(default_factory=list)
+    transfer_wordings: str | None = None  # task -> label -> held-out wording (YAML); None = the packaged list
+    transfer_min_train_clips: int = 1  # a label joins a task's transfer vocabulary with this many training clips
+
+    def __post_init__(self):
+        if not isinstance(self.transfer_sources, list) or not all(isinstance(s, str) for s in self.transfer_sources):
+            raise ValueError(f"prepare.transfer_sources must be a list of source ids, got {self.transfer_sources!r}")
+        if self.transfer_min_train_clips < 1:
+            raise ValueError("prepare.transfer_min_train_clips must be at least 1")
+
+    @property
+    def wordings_path(self) -> Path:
+        return Path(self.transfer_wordings) if self.transfer_wordings else DEFAULT_WORDINGS
+
+    @property
+    def wordings_name(self) -> str:
+        """How transfer.json names the wordings file (the packaged one relative to the repository: no absolute path
+        in a DVC output)."""
+        return self.transfer_wordings or "clapkit/data/transfer_wordings.yaml"
 
     @classmethod
     def from_params(cls, params: dict[str, Any]) -> "PrepareConfig":
@@ -264,7 +292,10 @@ def prepare(cfg: PrepareConfig, frontend: FrontendConfig, progress: bool = True)
     if cfg.cache_seconds is None:
         cfg = dataclasses.replace(cfg, cache_seconds=frontend.clip_seconds)
     report: list[dict[str, str]] = []
+    wordings = load_wordings(cfg.wordings_path)  # a malformed file fails before any decoding
     records = collect_records(cfg, report)
+    held_out = set(cfg.transfer_sources)
+    check_sources({r.source for r in records}, cfg.transfer_sources, cfg.corpus)
     out, tmp = Path(cfg.out), Path(str(cfg.out) + ".tmp")
     shutil.rmtree(tmp, ignore_errors=True)
     tmp.mkdir(parents=True)
@@ -285,7 +316,8 @@ def prepare(cfg: PrepareConfig, frontend: FrontendConfig, progress: bool = True)
             group = rec.group or rec.id
             # The split key is the group alone (not source+group): a sentence or a word shared by several
             # sources lands in one split everywhere, which is the conservative choice.
-            split = rec.split or assign_split(group, cfg.split_salt, cfg.test_fraction, cfg.val_fraction)
+            split = TRANSFER if rec.source in held_out else \
+                rec.split or assign_split(group, cfg.split_salt, cfg.test_fraction, cfg.val_fraction)
             rows.append({
                 "id": rec.id, "path": rec.path, "duration": round(res.duration, 4), "sample_rate": res.sample_rate,
                 "channels": res.channels, "source": rec.source, "licence": rec.licence, "real": rec.real,
@@ -294,6 +326,8 @@ def prepare(cfg: PrepareConfig, frontend: FrontendConfig, progress: bool = True)
                 "labels": rec.labels, "texts": rec.texts, "offset": offset, "length": int(res.wave.shape[0]),
             })
             offset += int(res.wave.shape[0])
+    check_split(rows, held_out)
+    check_no_leaks(rows, wordings, cfg.wordings_name)
 
     with open(tmp / "manifest.jsonl", "w", encoding="utf-8") as f:
         for row in rows:
@@ -301,7 +335,10 @@ def prepare(cfg: PrepareConfig, frontend: FrontendConfig, progress: bool = True)
     (tmp / "arrays.json").write_text(json.dumps(
         {"waveforms": "waveforms.f16", "dtype": "float16", "sample_rate": sr, "samples": offset,
          "clips": len(rows), "cache_seconds": cfg.cache_seconds, "frontend": frontend.to_dict()}, indent=2) + "\n")
-    tasks = summarise_tasks(rows)
+    tasks = summarise_tasks([r for r in rows if r["split"] != TRANSFER])
+    transfer = transfer_summary(rows, wordings, cfg.transfer_sources, cfg.transfer_min_train_clips,
+                                cfg.wordings_name)
+    (tmp / "transfer.json").write_text(json.dumps(transfer, indent=2, sort_keys=True, ensure_ascii=False) + "\n")
     (tmp / "tasks.json").write_text(json.dumps(tasks, indent=2, sort_keys=True, ensure_ascii=False) + "\n")
     with open(tmp / "quarantine.csv", "w", newline="", encoding="utf-8") as f:
         w = csv.DictWriter(f, fieldnames=["id", "path", "action", "reason"])

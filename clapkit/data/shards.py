@@ -82,7 +82,7 @@ import torch
 from torch.utils.data import IterableDataset, get_worker_info
 
 from ..audio import fit_length
-from .loader import clip_seed
+from .loader import clip_seed, train_crop, train_draw
 
 __all__ = ["BadSampleWarning", "ShardStream", "count_shard_samples", "read_index", "read_shard_sizes", "write_shards"]
 
@@ -361,9 +361,9 @@ class ShardStream(IterableDataset):
         wave = torch.from_numpy(sample["wave"].astype(np.float32))
         captions = sample["captions"]
         if self.train:
-            gen = torch.Generator().manual_seed(clip_seed(self.seed, self.epoch, sample["id"]))
-            wave = fit_length(wave, self.clip_samples, crop="random", generator=gen)
-            caption = captions[int(torch.randint(len(captions), (1,), generator=gen))]
+            start, k = train_draw(sample["id"], wave.shape[0], len(captions), self.clip_samples, self.seed,
+                                  self.epoch)
+            wave, caption = train_crop(wave, start, self.clip_samples), captions[k]
         else:
             wave = fit_length(wave, self.clip_samples, crop="center")
             caption = captions[0]

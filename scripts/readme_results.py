@@ -1,0 +1,165 @@
+"""README's result tables, generated from the metrics files the pipeline writes, so they cannot drift from the runs.
+
+README holds each table between two markers::
+
+    <!-- results:pretrain -->
+    ...generated...
+    <!-- /results:pretrain -->
+
+``python scripts/readme_results.py`` rewrites every block from the committed outputs (after ``dvc repro``);
+``--check`` exits 1 when README differs from what the outputs say (tests/test_readme_results.py runs it in CI).
+Intervals are Wilson 95% and tests exact one-sided binomial (clapkit.stats), as in the stages and notebooks.
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import re
+import sys
+from pathlib import Path
+from typing import Any, Callable
+
+from clapkit.stats import THREE_SIGMA, binomial_tail, wilson_interval
+
+REPO = Path(__file__).resolve().parent.parent
+BLOCK = re.compile(r"(<!-- results:(?P<name>[a-z_]+) -->\n)(?P<body>.*?)(<!-- /results:(?P=name) -->)", re.S)
+
+
+def _load(root: Path, rel: str) -> Any:
+    path = root / rel
+    if not path.exists():
+        raise FileNotFoundError(f"{path}: missing (run `dvc repro` first)")
+    return json.loads(path.read_text())
+
+
+def _ci(acc: float, n: int) -> str:
+    lo, hi = wilson_interval(acc * n, n)
+    return f"{acc:.3f} [{lo:.2f}, {hi:.2f}]"
+
+
+def _p(x: float | None) -> str:
+    return "" if x is None else f"{x:.2g}"
+
+
+def _yes(flag: bool | None) -> str:
+    return "yes" if flag else ""
+
+
+def pretrain_block(root: Path) -> str:
+    m = _load(root, "metrics/pretrain.json")
+    rows = ["| task | classes | test clips | accuracy [95% CI] | chance | audio-blind | p vs chance | p vs audio-blind "
+            "| above chance | above audio-blind |", "|---|---|---|---|---|---|---|---|---|---|"]
+    for name, t in sorted(m["tasks"].items()):
+        rows.append(f"| {name} | {t['classes']} | {t['clips']} | {_ci(t['accuracy'], t['clips'])} | {t['chance']:.3f} "
+                    f"| {t['audio_blind']:.3f} | {_p(t.get('p_value_chance'))} | {_p(t.get('p_value_audio_blind'))} "
+                    f"| {_yes(t['significant'])} | {_yes(t['above_audio_blind'])} |")
+    above = sorted(n for n, t in m["tasks"].items() if t["above_audio_blind"])
+    return "\n".join(rows) + (
+        f"\n\n**{m['tasks_significant']} of {m['num_tasks']} tasks** are above chance and "
+        f"**{m['tasks_above_audio_blind']}** above the audio-blind answer (exact one-sided binomial, "
+        f"p < {THREE_SIGMA:.5f}: {', '.join(above)}); mean "
+        f"accuracy {m['mean_accuracy']:.3f} against a mean chance of {m['mean_chance']:.3f}; {m['steps']} steps, "
+        f"final training loss {m['final_loss']:.3f} (`metrics/pretrain.json`).\n")
+
+
+def train_block(root: Path) -> str:
+    m = _load(root, "metrics/train.json")
+    rows = ["| task | classes | val clips | accuracy [95% CI] | chance | p vs chance |", "|---|---|---|---|---|---|"]
+    above = []
+    for name, t in sorted(m["val_zeroshot"].items()):
+        p = binomial_tail(t["accuracy"] * t["clips"], t["clips"], t["chance"])
+        above += [name] if p < THREE_SIGMA else []
+        rows.append(f"| {name} | {t['classes']} | {t['clips']} | {_ci(t['accuracy'], t['clips'])} | {t['chance']:.3f} "
+                    f"| {_p(p)} |")
+    return "\n".join(rows) + (
+        f"\n\n{m['step']} steps ({m['clips_seen']} clips, {m['epochs']} epochs); validation loss {m['val_loss']:.3f}, "
+        f"temperature {m['temperature']:.3f}, mean zero-shot accuracy {m['val_mean_accuracy']:.3f}; above chance "
+        f"(exact one-sided binomial, p < {THREE_SIGMA:.5f}): {', '.join(above) or 'none'} (`metrics/train.json`).\n")
+
+
+def _cell(value: float | None, ci: list | None) -> str:
+    if value is None:
+        return ""
+    return f"{value:.3f}" + (f" [{ci[0]:.2f}, {ci[1]:.2f}]" if ci and None not in ci else "")
+
+
+def evaluate_block(root: Path) -> str:
+    m = _load(root, "metrics/evaluate.json")
+    rows = ["| task | test clips | zero-shot [95% CI] | p vs chance | linear probe [95% CI] | p vs chance | chance |",
+            "|---|---|---|---|---|---|---|"]
+    for name, t in sorted(m["tasks"].items()):
+        zs = _cell(m["zero_shot"][name], [t["zero_shot_ci95_low"], t["zero_shot_ci95_high"]])
+        probe = _cell(m["linear_probe"].get(name), [t.get("linear_probe_ci95_low"), t.get("linear_probe_ci95_high")]) \
+            or f"not probed ({t.get('linear_probe_note', 'off')})"
+        rows.append(f"| {name} | {t['clips']} | {zs} | {_p(t['zero_shot_p_value'])} | {probe} "
+                    f"| {_p(t.get('linear_probe_p_value'))} | {t['chance']:.3f} |")
+    text = "\n".join(rows) + (
+        f"\n\nEmbedded zero-shot score {m['embedded_zero_shot_score']:.3f} "
+        f"({m['embedded_zero_shot_tasks_above_chance']} of {len(m['tasks'])} tasks above chance, exact one-sided "
+        f"binomial, p < {THREE_SIGMA:.5f}), linear-probe "
+        f"score {m['embedded_linear_probe_score']:.3f} over {m['embedded_linear_probe_tasks']} probed tasks "
+        f"({m['embedded_linear_probe_tasks_above_chance']} above chance); `metrics/evaluate.json`.")
+    for name, ret in sorted(m["retrieval"].items()):
+        parts = [f"{'audio->text' if d == 'a2t' else 'text->audio'} R@1 {v['R@1']:.3f}, R@10 {v['R@10']:.3f}, "
+                 f"mAP@10 {v['mAP@10']:.3f}" for d, v in sorted(ret.items())]
+        text += f" Caption retrieval ({name}): " + "; ".join(parts) + "."
+    return text + "\n"
+
+
+def transfer_block(root: Path) -> str:
+    m = _load(root, "metrics/evaluate.json")
+    rows = ["| held-out source | task | clips | classes | held-out wordings [95% CI] | p vs chance "
+            "| training wordings [95% CI] | chance |", "|---|---|---|---|---|---|---|---|"]
+    for source, tasks in sorted(m["transfer"].items()):
+        for task, e in sorted(tasks.items()):
+            held = _cell(e["accuracy"], [e["ci95_low"], e["ci95_high"]])
+            trained = _cell(e["training_wordings_accuracy"],
+                            [e["training_wordings_ci95_low"], e["training_wordings_ci95_high"]])
+            rows.append(f"| {source} | {task} | {e['clips']} | {e['classes']} | {held} | {_p(e['p_value'])} "
+                        f"| {trained} | {e['chance']:.3f} |")
+    return "\n".join(rows) + (
+        f"\n\nTransfer score (mean held-out-wording accuracy over {m['transfer_entries']} entries) "
+        f"**{m['transfer_zero_shot_score']:.3f}** against a mean chance of {m['transfer_chance']:.3f}; "
+        f"{m['transfer_entries_above_chance']} entries above chance (exact one-sided binomial, p < {THREE_SIGMA:.5f}); "
+        f"the same clips with the training wordings {m['transfer_zero_shot_score_training_wordings']:.3f} "
+        f"(`metrics/evaluate.json`).\n")
+
+
+GENERATORS: dict[str, Callable[[Path], str]] = {"pretrain": pretrain_block, "train": train_block,
+                                                  "evaluate": evaluate_block, "transfer": transfer_block}
+
+
+def render(readme: str, root: Path) -> str:
+    """README with every marked block regenerated; an unknown block name is an error."""
+    def one(match: re.Match) -> str:
+        name = match["name"]
+        if name not in GENERATORS:
+            raise KeyError(f"README block results:{name} has no generator (known: {sorted(GENERATORS)})")
+        return match.group(1) + GENERATORS[name](root) + match.group(4)
+
+    return BLOCK.sub(one, readme)
+
+
+def main(argv: list[str] | None = None) -> int:
+    ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    ap.add_argument("--readme", type=Path, default=REPO / "README.md")
+    ap.add_argument("--root", type=Path, default=REPO, help="where metrics/ and results/ are")
+    ap.add_argument("--check", action="store_true", help="exit 1 if README differs from the outputs")
+    args = ap.parse_args(argv)
+    old = args.readme.read_text()
+    new = render(old, args.root)
+    if args.check:
+        if new != old:
+            print(f"{args.readme}: result tables differ from the metrics files: run python scripts/readme_results.py",
+                  file=sys.stderr)
+            return 1
+        return 0
+    if new != old:
+        tmp = args.readme.with_suffix(".md.tmp")
+        tmp.write_text(new)
+        tmp.replace(args.readme)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
