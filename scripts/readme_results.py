@@ -74,7 +74,17 @@ def train_block(root: Path) -> str:
     return "\n".join(rows) + (
         f"\n\n{m['step']} steps ({m['clips_seen']} clips, {m['epochs']} epochs); validation loss {m['val_loss']:.3f}, "
         f"temperature {m['temperature']:.3f}, mean zero-shot accuracy {m['val_mean_accuracy']:.3f}; above chance "
-        f"(exact one-sided binomial, p < {THREE_SIGMA:.5f}): {', '.join(above) or 'none'} (`metrics/train.json`).\n")
+        f"(exact one-sided binomial, p < {THREE_SIGMA:.5f}): {', '.join(above) or 'none'} (`metrics/train.json`)."
+        + _repeats(m.get("caption_repeats")) + "\n")
+
+
+def _repeats(r: dict | None) -> str:
+    if not r:
+        return ""
+    return (f" Caption repeats: {r['batches_with_repeat']} of {r['batches']} batches of {r['batch_size']} hold a "
+            f"caption twice; {100 * r['clips_with_twin_fraction']:.1f}% of the clips share their caption with another "
+            f"clip of their batch (at most {r['max_same_caption']} one caption); "
+            f"{100 * r['false_negative_fraction']:.2f}% of the in-batch negatives are identical captions.")
 
 
 def _cell(value: float | None, ci: list | None) -> str:
