@@ -413,7 +413,8 @@ def test_wesnoth_battle_sounds(tmp_path):
     assert out[core + "mace.ogg"].labels["sound_event"] == "mace strike"
     assert out[core + "wolf-growl-1"].labels["sound_event"] == "growl" and out[core + "wolf-growl-1"].environmental
     scream = out[core + "human-female-die-2"]
-    assert scream.labels["sound_event"] == "death scream" and scream.environmental
+    # wesnoth's "death scream" is merged into the vocabulary's "screaming" (vocabulary.EVENT_MERGES)
+    assert scream.labels["sound_event"] == "screaming" and scream.environmental
     assert out[core + "bow-fire-miss"].meta["missed_attack"] is True and out[core + "bow-fire-miss"].group == "bow-fire"
     assert out[core + "wolf-growl-1"].group == "wolf-growl" and out[core + "mace.wav"].group == "mace"
     assert out[core + "ambient/campfire"].labels["sound_event"] == "fire crackling"

@@ -95,9 +95,12 @@ def build_debian_source(name: str, root: Path, cache_dir: Path) -> dict[str, Any
     stamp_path, jsonl = out_dir / ".stamp", out_dir / "clips.jsonl"
     import inspect
 
-    from .debian import fetch, vocabulary
+    from .debian import fetch, reviewed, vocabulary
 
-    code = _code_hash(inspect.getsourcefile(src.extract), vocabulary.__file__, fetch.__file__)
+    # A source labelled through a reviewed table is rebuilt when its table or listing changes too.
+    tables = [p for p in (reviewed.table_path(name), reviewed.listing_path(name)) if p.exists()]
+    code = _code_hash(inspect.getsourcefile(src.extract), vocabulary.__file__, fetch.__file__,
+                      *([reviewed.__file__, *tables] if tables else []))
     stamp = _stamp({"versions": versions, "extractor": name, "code": code})
     if jsonl.exists() and stamp_path.exists() and stamp_path.read_text() == stamp:
         records = read_jsonl(jsonl)

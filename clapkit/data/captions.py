@@ -106,10 +106,11 @@ def _pick(rng: random.Random, value: Any) -> str:
 
 
 def make_captions(clip_id: str, labels: dict[str, Any], texts: list[str], n: int = 8,
-                  salt: str = "captions-v1") -> list[str]:
-    """Up to ``n`` distinct captions for one clip, deterministic in (clip_id, labels, texts, salt).
+                  salt: str = "captions-v1", descriptions: list[str] = ()) -> list[str]:
+    """Up to ``n`` distinct captions for one clip, deterministic in (clip_id, labels, texts, salt, descriptions).
 
     Human texts (transcripts, titles) are kept verbatim first: they are the richest captions available.  Then
+    ``descriptions`` (dictionary glosses of the label, ``clapkit.data.glosses``; none by default) verbatim, then
     combined templates, then single-task templates with synonyms, round-robin over tasks so every task is named.
     """
     rng = _rng(clip_id, salt)
@@ -124,6 +125,8 @@ def make_captions(clip_id: str, labels: dict[str, Any], texts: list[str], n: int
         add(t)
         if t and "keyword" not in labels and "digit" not in labels and len(t.split()) <= 12:
             add(f"someone saying '{t}'")
+    for d in descriptions:
+        add(d)
     known = {k: v for k, v in labels.items() if k in TASK_TEMPLATES and v not in (None, "", [])}
     for tasks, template in COMBINED_TEMPLATES:
         if all(t in known for t in tasks):

@@ -46,6 +46,7 @@ from tqdm import tqdm
 from ..audio import FrontendConfig, mix_down, resample
 from ..config import dataclass_from_dict, frontend_config, load_params
 from .captions import make_captions
+from .glosses import glosses_for, load_glosses
 from .records import ClipRecord, read_jsonl
 from .holdout import (DEFAULT_WORDINGS, TRANSFER, check_no_leaks, check_sources, check_split, load_wordings,
                        transfer_summary)
@@ -71,6 +72,10 @@ class PrepareConfig:
     val_fraction: float = 0.1
     split_salt: str = "clapkit-split-v1"  # fixes the evaluation split; not the training seed on purpose
     captions_per_clip: int = 8
+    # WordNet glosses of sound events as one more caption each (clapkit/data/glosses.py); wordings listed in
+    # caption_glosses_exclude (e.g. ones held out of training) drop the glosses that contain them.
+    caption_glosses: bool = False
+    caption_glosses_exclude: list[str] = field(default_factory=list)
     limit_per_source: int | None = None  # keep N clips per source (by hashed id): tiny slices for tests
     workers: int = 2
     # Whole sources held out of training and validation (clip records' `source` ids): their clips form the
@@ -303,6 +308,7 @@ def prepare(cfg: PrepareConfig, frontend: FrontendConfig, progress: bool = True)
 
     rows: list[dict[str, Any]] = []
     offset = 0
+    glosses = load_glosses(cfg.caption_glosses_exclude) if cfg.caption_glosses else {}
     results = _iter_results(records, sr, cfg)
     with open(tmp / "waveforms.f16", "wb") as wav_out:
         for rec, res in tqdm(zip(records, results), total=len(records), desc="prepare", unit="clip",
@@ -322,7 +328,8 @@ def prepare(cfg: PrepareConfig, frontend: FrontendConfig, progress: bool = True)
                 "id": rec.id, "path": rec.path, "duration": round(res.duration, 4), "sample_rate": res.sample_rate,
                 "channels": res.channels, "source": rec.source, "licence": rec.licence, "real": rec.real,
                 "environmental": rec.environmental, "group": group, "split": split,
-                "captions": make_captions(rec.id, rec.labels, rec.texts, n=cfg.captions_per_clip),
+                "captions": make_captions(rec.id, rec.labels, rec.texts, n=cfg.captions_per_clip,
+                                          descriptions=glosses_for(rec.labels, glosses)),
                 "labels": rec.labels, "texts": rec.texts, "offset": offset, "length": int(res.wave.shape[0]),
             })
             offset += int(res.wave.shape[0])

@@ -32,6 +32,7 @@ import soundfile as sf
 
 from ..records import ClipRecord
 from .fetch import ExtractContext, debian_source
+from . import reviewed
 from .vocabulary import SoundLabel, event_label, lookup
 
 __all__ = ["SKIPPED", "Dep5Licences", "normalise_licence", "variant_group"]
@@ -156,6 +157,7 @@ class Candidate:
     skip_reason: str = "unlabelled"  # why, when label is None
     texts: list[str] = field(default_factory=list)
     meta: dict = field(default_factory=dict)
+    group: str | None = None  # split group; None = variant_group(package, stem)
 
 
 def _emit(ctx: ExtractContext, candidates: Iterable[Candidate], licences: dict[str, Dep5Licences]) -> list[ClipRecord]:
@@ -198,7 +200,7 @@ def _emit(ctx: ExtractContext, candidates: Iterable[Candidate], licences: dict[s
                 licence=licence,
                 real=True,
                 environmental=True,
-                group=variant_group(c.package, stem),
+                group=f"{c.package}:{c.group}" if c.group else variant_group(c.package, stem),
                 labels=c.label.labels(),
                 texts=list(c.texts),
                 meta={
@@ -526,3 +528,56 @@ def xemacs_sounds(ctx: ExtractContext) -> list[ClipRecord]:
     """``etc/sounds``: 8 kHz bark, meow, cuckoo, drip, flush, snore, laugh, slap, whip (each as .au and .wav)."""
     return _by_name(ctx, "xemacs21-basesupport", "usr/share/xemacs21/xemacs-packages/etc",
                     skip_folders={"jde"}, overrides={"im_so_happy": None, "readme": None})
+
+
+# ----------------------------------------------------------------------------------------------------------------
+# Sources labelled file by file through a reviewed table (reviewed.py, tables/<source>.tsv)
+
+
+def from_reviewed_table(ctx: ExtractContext) -> list[ClipRecord]:
+    """Label every audio file below the table's base with its reviewed row; skip "-" rows with their reason.
+
+    A file the table does not name (a newer package version added it) is skipped as "not reviewed"; a table row
+    the package lacks is logged.  Everything else (duplicates, unreadable, too short, licences) as ``_emit``.
+    """
+    name = ctx.source.name
+    table = reviewed.read_table(name)
+    package = table.package
+    if ctx.versions.get(package) != table.version:
+        log.warning("%s: %s is %s, the table was reviewed for %s: unreviewed files are skipped", name, package,
+                    ctx.versions.get(package), table.version)
+    rows = table.by_path()
+    seen: set[str] = set()
+    cands = []
+    for rel, original, reader in reviewed.package_files(ctx.roots[package], table.base):
+        seen.add(rel)
+        row = rows.get(rel)
+        if row is None:
+            label, reason, group = None, "not reviewed", None
+        elif row.label == reviewed.EXCLUDED:
+            label, reason, group = None, f"reviewed: {row.note}", None
+        else:
+            label, reason = event_label(row.label), ""
+            group = None if row.group == reviewed.EXCLUDED else row.group
+        cands.append(Candidate(rel=rel, package=package, original=original, upstream=original, read=reader,
+                               label=label, skip_reason=reason or "unlabelled", group=group))
+    absent = sorted(set(rows) - seen)
+    if absent:
+        log.warning("%s: %d reviewed files are not in %s %s (first: %s)", name, len(absent), package,
+                    ctx.versions.get(package), absent[0])
+    return _emit(ctx, cands, _licences(ctx))
+
+
+def _reviewed_source(name: str, package: str, licence: str) -> None:
+    debian_source(name, [package], licence, environmental=True)(from_reviewed_table)
+
+
+# The licence here is the package's; a DEP-5 copyright file can still give a file its own (``_emit``).
+_reviewed_source("0ad", "0ad-data", "CC-BY-SA-3.0")
+_reviewed_source("widelands", "widelands-data", "GPL-2.0-or-later")
+_reviewed_source("bucklespring", "bucklespring-data", "GPL-2.0-or-later")
+_reviewed_source("fillets-ng", "fillets-ng-data", "GPL-2.0-only")
+_reviewed_source("torcs", "torcs-data", "GPL-2.0-or-later")
+_reviewed_source("warzone2100", "warzone2100-data", "GPL-2.0-or-later")
+_reviewed_source("supertux", "supertux-data", "GPL-3.0-or-later")
+_reviewed_source("frozen-bubble", "frozen-bubble-data", "GPL-2.0-only")

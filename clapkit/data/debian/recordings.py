@@ -32,6 +32,7 @@ from typing import Iterable
 from ..records import ClipRecord
 from .fetch import ExtractContext, debian_source
 from .vocabulary import EVENTS as SHARED_EVENTS
+from .vocabulary import canonical_event
 
 __all__ = [
     "LANGUAGE_NAMES", "RccError", "asterisk_transcripts", "dep5_licence", "drum_labels", "ktuberling_keyword",
@@ -97,6 +98,8 @@ def _make_record(ctx: ExtractContext, package: str, rel: str, path: str, origina
                  meta: dict | None = None) -> ClipRecord:
     stem = rel.rsplit(".", 1)[0] if "." in Path(rel).name else rel
     labels = dict(labels)
+    if isinstance(labels.get("sound_event"), str):  # near-duplicate wordings merged (vocabulary.EVENT_MERGES)
+        labels["sound_event"] = canonical_event(labels["sound_event"])
     # The environmental sources share one event vocabulary (vocabulary.EVENTS: event -> category); an event we
     # name the same way takes its category from there, so one class never carries two categories in the corpus.
     if labels.get("sound_event") in SHARED_EVENTS:
@@ -1029,3 +1032,32 @@ def extract_freedesktop(ctx: ExtractContext) -> list[ClipRecord]:
         if rec:
             records.append(rec)
     return _unique_ids(records)
+
+
+def emitted_events() -> set[str]:
+    """Every ``sound_event`` the tables of this module can give a clip, as written in the tables (before merging).
+
+    For the vocabulary tests: after ``canonical_event`` no two of these and ``vocabulary.EVENTS`` may be wordings
+    of one sound.  A new table of events belongs here too.
+    """
+    out: set[str] = set()
+
+    def walk(node) -> None:
+        if isinstance(node, dict):
+            for key, value in node.items():
+                if key == "sound_event" and isinstance(value, str):
+                    out.add(value)
+                else:
+                    walk(value)
+        elif isinstance(node, (list, tuple)):
+            for item in node:
+                walk(item)
+
+    for table in (_ASTERISK_NON_SPEECH, _SONIC_PI_LABELS, _LMMS_LABELS, _GCOMPRIS_ACTIVITY_SOUNDS):
+        walk(table)
+    out.update(event for _, event, _, _ in _WESNOTH_EVENTS)
+    out.update(event for _, event, _, _ in _GCOMPRIS_EVERYDAY)
+    out.update(_GCOMPRIS_FARM.values())
+    out.update(event for event, _, _ in _FREEDESKTOP.values())
+    out.update(value for _, key, value in _DRUM_PATTERNS if key == "sound_event")
+    return out
