@@ -45,6 +45,23 @@ def _yes(flag: bool | None) -> str:
     return "yes" if flag else ""
 
 
+def data_block(root: Path) -> str:
+    m = _load(root, "metrics/data.json")
+    split = m["clips_by_split"]
+    rows = ["| metric | value |", "|---|---|",
+            f"| clips_total | {m['clips_total']} ({m['hours_total']:.3f} hours) |",
+            f"| clips_real (recorded by people) | {m['clips_real']} |",
+            f"| clips_synthetic | {m['clips_synthetic']} |",
+            f"| clips_environmental | {m['clips_environmental']} |",
+            "| environmental_labels (distinct `sound_event` labels of environmental clips) "
+            f"| {m['environmental_labels']} |",
+            f"| sources | {m['sources']} |",
+            f"| tasks (label keys with at least 2 classes) | {m['tasks']} |",
+            f"| quarantined | {m['quarantined']} |",
+            "| clips by split | " + " / ".join(f"{k} {v}" for k, v in split.items()) + " |"]
+    return "\n".join(rows) + "\n"
+
+
 def pretrain_block(root: Path) -> str:
     m = _load(root, "metrics/pretrain.json")
     rows = ["| task | classes | test clips | accuracy [95% CI] | chance | audio-blind | p vs chance | p vs audio-blind "
@@ -135,8 +152,9 @@ def transfer_block(root: Path) -> str:
         f"(`metrics/evaluate.json`).\n")
 
 
-GENERATORS: dict[str, Callable[[Path], str]] = {"pretrain": pretrain_block, "train": train_block,
-                                                  "evaluate": evaluate_block, "transfer": transfer_block}
+GENERATORS: dict[str, Callable[[Path], str]] = {"data": data_block, "pretrain": pretrain_block,
+                                                  "train": train_block, "evaluate": evaluate_block,
+                                                  "transfer": transfer_block}
 
 
 def render(readme: str, root: Path) -> str:
