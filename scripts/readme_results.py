@@ -110,6 +110,11 @@ def _cell(value: float | None, ci: list | None) -> str:
     return f"{value:.3f}" + (f" [{ci[0]:.2f}, {ci[1]:.2f}]" if ci and None not in ci else "")
 
 
+def _probe_note(note: str | None) -> str:
+    """'not probed: 33 of the 40 classes ... training clips: a (0), b (1), ...' without the list of classes."""
+    return ": ".join(note.split(": ")[:2]) if note else "not probed"
+
+
 def evaluate_block(root: Path) -> str:
     m = _load(root, "metrics/evaluate.json")
     rows = ["| task | test clips | zero-shot [95% CI] | p vs chance | linear probe [95% CI] | p vs chance | chance |",
@@ -117,7 +122,7 @@ def evaluate_block(root: Path) -> str:
     for name, t in sorted(m["tasks"].items()):
         zs = _cell(m["zero_shot"][name], [t["zero_shot_ci95_low"], t["zero_shot_ci95_high"]])
         probe = _cell(m["linear_probe"].get(name), [t.get("linear_probe_ci95_low"), t.get("linear_probe_ci95_high")]) \
-            or f"not probed ({t.get('linear_probe_note', 'off')})"
+            or _probe_note(t.get("linear_probe_note"))
         rows.append(f"| {name} | {t['clips']} | {zs} | {_p(t['zero_shot_p_value'])} | {probe} "
                     f"| {_p(t.get('linear_probe_p_value'))} | {t['chance']:.3f} |")
     text = "\n".join(rows) + (
