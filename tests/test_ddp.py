@@ -45,10 +45,12 @@ def _model_and_batch():
 VARIANTS = {"gathered": (False, 1), "local": (True, 1), "gathered, 2 micro-batches": (False, 2)}
 
 
-def _worker(rank: int, world: int, store_file: str, out: str, stacks: str) -> None:
+def _worker(rank: int, world: int, store_file: str, out: str, stacks: str, caption_positives: bool = False) -> None:
+    """This rank's half of ``_model_and_batch``'s batch through ``train_step`` under DDP, for every variant; rank 0
+    saves the global losses and its gradients.  ``caption_positives``: the multi-positive loss on CAPTION_IDS."""
     import faulthandler
 
-    from clapkit.losses import ClipLoss
+    from clapkit.losses import ClipLoss, MultiPositiveClipLoss
     from clapkit.train import train_step
 
     stack_log = open(f"{stacks}.rank{rank}", "w")
@@ -59,14 +61,17 @@ def _worker(rank: int, world: int, store_file: str, out: str, stacks: str) -> No
     torch.set_num_threads(1)
     dist.init_process_group("gloo", init_method=f"file://{store_file}", rank=rank, world_size=world,
                             timeout=datetime.timedelta(seconds=RENDEZVOUS_S))
+    loss_cls = MultiPositiveClipLoss if caption_positives else ClipLoss
     try:
         results = {}
         for variant, (local_loss, accum) in VARIANTS.items():
             model, batch = _model_and_batch()
+            if caption_positives:
+                batch["caption_ids"] = CAPTION_IDS
             ddp = torch.nn.parallel.DistributedDataParallel(model)
             n = batch["wave"].shape[0] // world
             mine = {k: v[rank * n:(rank + 1) * n] for k, v in batch.items()}
-            loss = torch.tensor(train_step(ddp, mine, ClipLoss(local_loss=local_loss), accum,
+            loss = torch.tensor(train_step(ddp, mine, loss_cls(local_loss=local_loss), accum,
                                            Precision("fp32", torch.device("cpu"))))
             dist.all_reduce(loss)  # gathered: every rank holds the global loss; local: the ranks' parts average to it
             grads = {name: p.grad for name, p in model.named_parameters() if p.grad is not None}
@@ -77,6 +82,10 @@ def _worker(rank: int, world: int, store_file: str, out: str, stacks: str) -> No
     finally:
         dist.destroy_process_group()
         faulthandler.cancel_dump_traceback_later()
+
+
+def _caption_worker(rank: int, world: int, store_file: str, out: str, stacks: str) -> None:
+    _worker(rank, world, store_file, out, stacks, caption_positives=True)
 
 
 def test_two_gloo_processes_equal_one_process(tmp_path):
@@ -99,40 +108,6 @@ def test_two_gloo_processes_equal_one_process(tmp_path):
 # assigned, not hashed from _batch's 8 distinct texts, so the "copies" embed differently (as under dropout) and the
 # multi-positive loss differs from the plain one (with identical embeddings the two are the same function).
 CAPTION_IDS = torch.tensor([0, 1, 2, 0, 3, 1, 4, 0])
-
-
-def _caption_worker(rank: int, world: int, store_file: str, out: str, stacks: str) -> None:
-    """``_worker`` with the multi-positive loss: this rank's half of the batch and of its caption ids."""
-    import faulthandler
-
-    from clapkit.losses import MultiPositiveClipLoss
-    from clapkit.train import train_step
-
-    stack_log = open(f"{stacks}.rank{rank}", "w")
-    faulthandler.dump_traceback_later(WATCHDOG_S, exit=True, file=stack_log)
-    os.environ["GLOO_SOCKET_IFNAME"] = "lo"
-    torch.set_num_threads(1)
-    dist.init_process_group("gloo", init_method=f"file://{store_file}", rank=rank, world_size=world,
-                            timeout=datetime.timedelta(seconds=RENDEZVOUS_S))
-    try:
-        results = {}
-        for variant, (local_loss, accum) in VARIANTS.items():
-            model, batch = _model_and_batch()
-            batch["caption_ids"] = CAPTION_IDS
-            ddp = torch.nn.parallel.DistributedDataParallel(model)
-            n = batch["wave"].shape[0] // world
-            mine = {k: v[rank * n:(rank + 1) * n] for k, v in batch.items()}
-            loss = torch.tensor(train_step(ddp, mine, MultiPositiveClipLoss(local_loss=local_loss), accum,
-                                           Precision("fp32", torch.device("cpu"))))
-            dist.all_reduce(loss)
-            grads = {name: p.grad for name, p in model.named_parameters() if p.grad is not None}
-            results[variant] = {"loss": float(loss) / world, "grads": grads}
-        if rank == 0:
-            torch.save(results, out + ".tmp")
-            os.replace(out + ".tmp", out)
-    finally:
-        dist.destroy_process_group()
-        faulthandler.cancel_dump_traceback_later()
 
 
 def test_caption_positives_on_two_gloo_processes_equal_one_process(tmp_path):
