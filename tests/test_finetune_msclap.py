@@ -155,3 +155,32 @@ def test_a_model_config_that_does_not_fit_the_checkpoint_is_refused_naming_keys(
     wide = {**TINY, "embed_dim": 16}
     with pytest.raises(CheckpointError, match="shape mismatch"):
         build_model(init_config(tmp_path, prepared, tiny_file), wide, seed=0)
+
+
+# --- msclap 1.3.4 itself, full size (the issue's test: "before any step, msclap's embeddings") ----------------------
+
+from test_msclap_parity import TOL, build_reference, msclap, save_like_official, token_batch  # noqa: E402,F401
+
+
+def test_init_from_a_full_size_2023_file_gives_msclaps_own_embeddings(msclap, prepared, tmp_path):  # noqa: F811
+    """msclap's own CLAP (random weights, GPT-2 base + HTSAT, as its wrapper builds it), saved as the official file
+    is, through train.init with the msclap-2023 model config (preset paper's): the train stage's model, before any
+    step, embeds clips and captions as msclap does (the parity tests' tolerance)."""
+    reference = build_reference(msclap, "2023", seed=11)
+    path = tmp_path / "CLAP_weights_2023.pth"
+    save_like_official(reference, "2023", path)
+    model_cfg = load_model_config("msclap-2023")
+    clap, report = build_model(init_config(tmp_path, prepared, path), model_cfg, seed=0)
+    assert report[0]["config_differs_from_msclap"] == [] and report[0]["mel_fb_matches_config"]
+    samples = clap.clip_samples
+    wave = 0.1 * torch.randn(2, samples, generator=torch.Generator().manual_seed(3))
+    wave[1] += 0.5 * torch.sin(2 * math.pi * 440 * torch.arange(samples) / 44100.0)
+    ids, mask = token_batch("2023")
+    model = clap.model.eval()
+    with torch.no_grad():
+        ref_audio, _ = reference.audio_encoder(wave)
+        ref_text = reference.caption_encoder({"input_ids": ids, "attention_mask": mask})
+        audio, text = model.encode_audio(wave), model.encode_text(ids, mask)
+    assert (audio - ref_audio).abs().max() <= TOL and (text - ref_text).abs().max() <= TOL
+    assert float(model.logit_scale.detach()) == pytest.approx(float(reference.logit_scale.detach()))
+    assert (ref_audio[0] - ref_audio[1]).abs().max() > 100 * TOL and (ref_text[0] - ref_text[1]).abs().max() > 100 * TOL
