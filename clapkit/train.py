@@ -9,8 +9,9 @@ What happens, top to bottom of this file:
 1. ``TrainConfig`` (block ``train:`` of params.yaml) + the shared ``seed``, ``model.<preset>`` and
    ``frontend.<preset>``.  The model's frontend is always the params one.
 2. ``build_model``: a seeded CLAP of that config.  ``init: msclap:2023:<path>`` starts the whole CLAP (towers,
-   projections, temperature) from an official msclap checkpoint (``clapkit.init_weights``, fine-tuning); else the audio encoder initialised from the pretrain stage
-   (``audio_init: pretrain`` reads ``models/pretrain/``), from a file/directory, or left random (``none``);
+   projections, temperature) from an official msclap checkpoint (``clapkit.init_weights``: fine-tuning).  Else
+   the audio encoder is initialised from the pretrain stage (``audio_init: pretrain`` reads
+   ``models/pretrain/``), from a file/directory, or left random (``none``);
    the same for the text encoder (``text_init``; a pretrained tower such as ``minilm`` starts from its packaged,
    sha256-verified weights, ``clapkit.pretrained``).  ``freeze_audio`` / ``freeze_text`` fix an encoder (its
    projection still trains) and keep it in eval mode; a frozen text encoder answers from caption features
