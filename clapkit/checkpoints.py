@@ -368,17 +368,19 @@ def _uninitialised_model(config):
 
 
 def load_msclap(path: str | Path, version: str = "2023", model: Any = None,
-                config: str | Path | Mapping[str, Any] | None = None) -> tuple[Any, LoadReport]:
+                config: str | Path | Mapping[str, Any] | None = None,
+                state_dict: dict[str, torch.Tensor] | None = None) -> tuple[Any, LoadReport]:
     """Load an official msclap checkpoint into a clapkit ``CLAPModel``; returns ``(model in eval mode, report)``.
 
     The model is ``model`` if given, else built from ``config`` (a model config name, JSON path or dict;
-    default: the shipped ``msclap-<version>``) without wasting time on random initialisation.
+    default: the shipped ``msclap-<version>``) without wasting time on random initialisation.  ``state_dict``:
+    the file's ``read_msclap_state_dict(path)`` when the caller has already read it (not read twice).
     """
     if version not in VERSIONS:
         raise ValueError(f"msclap version must be one of {VERSIONS}, got {version!r}")
     if model is not None and config is not None:
         raise ValueError("pass either model or config, not both")
-    sd = read_msclap_state_dict(path)
+    sd = read_msclap_state_dict(path) if state_dict is None else state_dict
     if model is None:
         model = _uninitialised_model(config if config is not None else f"msclap-{version}")
     mapped, report = map_msclap_state_dict(sd, version, model, path)

@@ -8,8 +8,10 @@ What happens, top to bottom of this file:
 
 1. ``TrainConfig`` (block ``train:`` of params.yaml) + the shared ``seed``, ``model.<preset>`` and
    ``frontend.<preset>``.  The model's frontend is always the params one.
-2. ``build_model``: a seeded CLAP of that config; the audio encoder initialised from the pretrain stage
-   (``audio_init: pretrain`` reads ``models/pretrain/``), from a file/directory, or left random (``none``);
+2. ``build_model``: a seeded CLAP of that config.  ``init: msclap:2023:<path>`` starts the whole CLAP (towers,
+   projections, temperature) from an official msclap checkpoint (``clapkit.init_weights``: fine-tuning).  Else
+   the audio encoder is initialised from the pretrain stage (``audio_init: pretrain`` reads
+   ``models/pretrain/``), from a file/directory, or left random (``none``);
    the same for the text encoder (``text_init``; a pretrained tower such as ``minilm`` starts from its packaged,
    sha256-verified weights, ``clapkit.pretrained``).  ``freeze_audio`` / ``freeze_text`` fix an encoder (its
    projection still trains) and keep it in eval mode; a frozen text encoder answers from caption features
@@ -108,6 +110,7 @@ class TrainConfig:
     log_every: int = 5
     val_max_clips: int | None = None
     val_batch_size: int = 64
+    init: str = "none"  # none | msclap:2023:<path> | msclap:2022:<path>: the whole CLAP (clapkit.init_weights)
     audio_init: str = "pretrain"  # none | pretrain | <path>
     pretrain_dir: str = "models/pretrain"
     text_init: str = "none"  # none (the tower's own: random, or its packaged pretrained weights) | <path>
@@ -141,8 +144,24 @@ class TrainConfig:
             problems.append(f"text_lr_scale must be >= 0, got {self.text_lr_scale}")
         if self.max_steps < 1 or self.batch_size < 2 or self.accum_steps < 1:
             problems.append("max_steps >= 1, batch_size >= 2 and accum_steps >= 1 are required")
+        problems += self._init_problems()
         if problems:
             raise ValueError("params.yaml train: " + "; ".join(problems))
+
+    def _init_problems(self) -> list[str]:
+        """``init`` parses; it sets every weight, so no tower may name another source (``audio_init: pretrain``,
+        the default, is superseded and said so in the init report)."""
+        from .init_weights import parse_init
+
+        try:
+            init = parse_init(self.init)
+        except ValueError as err:
+            return [str(err).removeprefix("train.")]
+        if init.kind == "none":
+            return []
+        allowed = {"audio_init": ("none", "pretrain"), "text_init": ("none",)}
+        return [f"init {self.init} sets every weight: {key} must be none, not {getattr(self, key)!r}"
+                for key, values in allowed.items() if getattr(self, key) not in values]
 
     @classmethod
     def from_params(cls, params: Mapping[str, Any]) -> "TrainConfig":
@@ -256,11 +275,36 @@ def corpus_tokenizer(model_config: Mapping[str, Any], prepared: str | Path):
 
 
 def build_model(cfg: TrainConfig, model_config: Mapping[str, Any], seed: int):
-    """A seeded ``clapkit.CLAP`` with the encoders initialised and frozen as ``cfg`` says, and the init report."""
+    """A seeded ``clapkit.CLAP`` with its weights initialised (``init``: the whole model from an official
+    checkpoint, else ``audio_init`` / ``text_init`` per tower) and frozen as ``cfg`` says, and the init report."""
     from .api import CLAP
+    from .init_weights import load_init, parse_init, read_init
 
+    init = parse_init(cfg.init)
+    state = read_init(init, model_config) if init.kind != "none" else None  # file and config checked first
     tokenizer = corpus_tokenizer(model_config, cfg.prepared)
     clap = CLAP.from_config(dict(model_config), tokenizer=tokenizer, seed=seed, device="cpu")
+    model = clap.model
+    if state is not None:
+        entry = load_init(model, init, state, model_config)
+        del state
+        if cfg.audio_init == "pretrain":
+            entry["audio_init"] = "pretrain: superseded by train.init (every weight from the checkpoint)"
+        report = [entry]
+    else:
+        report = _init_towers(cfg, clap)
+    for frozen, encoder in ((cfg.freeze_audio, model.audio.encoder), (cfg.freeze_text, model.text.encoder)):
+        if frozen:
+            encoder.requires_grad_(False)
+    if cfg.temperature is not None:  # logits = exp(logit_scale) * cosine, logit_scale = ln(1 / temperature)
+        with torch.no_grad():
+            model.logit_scale.fill_(math.log(1.0 / cfg.temperature))
+    model.logit_scale.requires_grad_(cfg.learn_temperature)
+    return clap, report
+
+
+def _init_towers(cfg: TrainConfig, clap) -> list[dict[str, Any]]:
+    """``audio_init`` / ``text_init``: each encoder from its own source (the projections stay as drawn)."""
     model = clap.model
     report = []
     audio_init = cfg.audio_init
@@ -276,14 +320,7 @@ def build_model(cfg: TrainConfig, model_config: Mapping[str, Any], seed: int):
         from .pretrained import load_packaged_text_encoder
 
         report.append(load_packaged_text_encoder(model.text.encoder, model.text.encoder.pretrained))
-    for frozen, encoder in ((cfg.freeze_audio, model.audio.encoder), (cfg.freeze_text, model.text.encoder)):
-        if frozen:
-            encoder.requires_grad_(False)
-    if cfg.temperature is not None:  # logits = exp(logit_scale) * cosine, logit_scale = ln(1 / temperature)
-        with torch.no_grad():
-            model.logit_scale.fill_(math.log(1.0 / cfg.temperature))
-    model.logit_scale.requires_grad_(cfg.learn_temperature)
-    return clap, report
+    return report
 
 
 def text_lr_scale(cfg: TrainConfig):
