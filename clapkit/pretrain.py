@@ -19,6 +19,10 @@ task-prompted answers.  Here (read top to bottom):
    clips), and trains on *every* task of every drawn clip (the encoder, the expensive part, runs once per clip).
    Atomic checkpoints every ``checkpoint_every`` steps (``clapkit.checkpointing``); a rerun resumes from the
    newest one written under the same parameters and ends with the same weights as an uninterrupted run.
+   With ``distill_weight`` > 0 each step also distils the pretrained aisfx teacher (``clapkit.aisfx_teacher``,
+   checkpoint CC BY 4.0, Ma & Lerch, ISMIR 2022): a linear head maps each drawn clip's embedding to the teacher's
+   512-d space and the loss gains ``distill_weight`` x the mean cosine distance to the teacher's embedding of the
+   whole clip (computed once per corpus, ``clapkit.aisfx_cache``); the head is not part of the outputs.
 4. ``evaluate_generation``: greedy answers for held-out clips (the corpus' ``test`` split, unseen recording
    identities), scored by exact match after light normalisation, with chance = 1 / number of distinct answers;
    ``accuracy`` decodes inside the task's answer set (a trie of its training answers), ``free_accuracy`` over
@@ -56,7 +60,8 @@ from .pretrain_tasks import (MODES, Examples, Task, TaskSampler, answer_vocabula
 from .training import (DEVICES, PRECISIONS, LRSchedule, Precision, Runtime, ScheduleConfig,
                        frozen_batchnorm_statistics, make_optimizer, maybe_compile, param_groups, setup_runtime)
 
-__all__ = ["PretrainConfig", "PretrainModel", "load_pretrained_audio_encoder", "pretrain", "run_training"]
+__all__ = ["PretrainConfig", "PretrainModel", "distill_loss", "load_pretrained_audio_encoder", "pretrain",
+           "run_training", "teacher_targets"]
 
 FORMAT = "clapkit-pretrain/1"
 
@@ -102,6 +107,8 @@ class PretrainConfig:
     eval_clips_per_task: int = 150
     eval_batch_size: int = 128
     examples_per_task: int = 4
+    distill_weight: float = 0.0  # > 0: also distil the aisfx teacher's clip embeddings (see ``distill_loss``)
+    distill_cache_dir: str = "~/.cache/clapkit/aisfx"  # the teacher's embeddings of the corpus, computed once
 
     def __post_init__(self):
         problems = []
@@ -120,6 +127,8 @@ class PretrainConfig:
                 problems.append(f"{name} must be >= 0")
         if self.encoder_lr_scale < 0:
             problems.append("encoder_lr_scale must be >= 0")
+        if self.distill_weight < 0:
+            problems.append("distill_weight must be >= 0")
         if self.tasks_per_clip is not None and self.tasks_per_clip < 1:
             problems.append("tasks_per_clip must be >= 1 or null")
         for name in ("batch_size", "checkpoint_every", "log_every", "eval_batch_size", "prefix_length", "accum_steps"):
@@ -136,7 +145,9 @@ class PretrainConfig:
         """The fields that change what a run computes (the checkpoint config hash); paths and logging excluded."""
         skip = {"prepared", "out", "metrics", "loss_log", "checkpoint_dir", "timings", "seed", "checkpoint_every",
                 "keep_checkpoints", "log_every", "eval_clips_per_task", "eval_batch_size", "examples_per_task",
-                "threads", "device", "compile"}
+                "threads", "device", "compile", "distill_cache_dir"}
+        if not self.distill_weight:  # without distillation, the identity of the runs before it existed
+            skip.add("distill_weight")
         return {k: v for k, v in asdict(self).items() if k not in skip}
 
 
@@ -164,6 +175,11 @@ class PretrainModel(nn.Module):
         self.prefix_lm = PrefixLM(self.encoder.out_dim, cfg.lm, cfg.prefix_length, cfg.mapper_layers,
                                   cfg.mapper_heads, freeze_lm=cfg.freeze_lm, output_vocab=output_vocab,
                                   prefix_position=cfg.prefix_position)
+        self.distill_head = None
+        if cfg.distill_weight > 0:  # the clip embedding -> the teacher's space (512-d); dropped with the prefix LM
+            from .aisfx_teacher import AisfxConfig
+
+            self.distill_head = nn.Linear(self.encoder.out_dim, AisfxConfig().dim)
 
     def embed(self, wave: torch.Tensor, precision: Precision) -> torch.Tensor:
         with torch.autocast(wave.device.type, enabled=False):
@@ -172,12 +188,22 @@ class PretrainModel(nn.Module):
             return self.encoder(logmel).float()
 
     def forward(self, wave: torch.Tensor, input_ids: torch.Tensor, target_mask: torch.Tensor, clip_index: torch.Tensor,
-                precision: Precision) -> torch.Tensor:
+                precision: Precision, teacher: torch.Tensor | None = None):
         """Per-example next-token loss of the answers ``input_ids`` given clip ``clip_index[j]``'s audio (one
-        forward, so that DDP sees the whole computation)."""
+        forward, so that DDP sees the whole computation); with ``teacher`` (clips, 512) also each clip's
+        ``distill_loss``: returns (per-example loss, per-clip distillation loss)."""
         embedding = self.embed(wave, precision)
         with precision.autocast():
-            return self.prefix_lm.loss(embedding[clip_index], input_ids, target_mask)
+            per_example = self.prefix_lm.loss(embedding[clip_index], input_ids, target_mask)
+        if teacher is None:
+            return per_example
+        return per_example, distill_loss(self.distill_head(embedding), teacher)
+
+
+def distill_loss(predicted: torch.Tensor, teacher: torch.Tensor) -> torch.Tensor:
+    """Per-clip cosine distance (0 = same direction, 2 = opposite) between the projected clip embedding and the
+    aisfx teacher's: the teacher's scale carries nothing the student needs (its embeddings are max-pooled ReLUs)."""
+    return 1.0 - torch.nn.functional.cosine_similarity(predicted.float(), teacher.float().to(predicted.device), dim=-1)
 
 
 # --- outputs -------------------------------------------------------------------------------------------------------
@@ -250,7 +276,9 @@ def build_optimizer(model: nn.Module, cfg: PretrainConfig, device: torch.device)
 
 
 def train_step(model: nn.Module, waves: torch.Tensor, examples: Examples, items: Sequence[tuple[int, str, str, str]],
-               global_count: int, world: int, accum_steps: int, precision: Precision) -> tuple[float, dict[str, list[float]]]:
+               global_count: int, world: int, accum_steps: int, precision: Precision,
+               teacher: torch.Tensor | None = None, distill_weight: float = 0.0,
+               global_clips: int | None = None) -> tuple[float, dict[str, list[float]]]:
     """Forward + backward of this rank's part of one optimiser step (no optimiser call).
 
     ``items`` are this rank's (clip position in ``waves``, task, prompt, answer) examples.  The step's loss is the
@@ -258,8 +286,10 @@ def train_step(model: nn.Module, waves: torch.Tensor, examples: Examples, items:
     backpropagates its sum x world / global_count, and the result equals one process on the whole batch.  With
     ``accum_steps`` > 1 the rank's clips are cut into that many micro-batches whose gradients add up (each
     micro-batch's BatchNorm normalises with its own batch statistics, as each rank's does under DDP; running
-    statistics follow the first micro-batch).  Returns this rank's share of
-    the loss (the ranks' shares sum to the global mean) and the per-example losses by task."""
+    statistics follow the first micro-batch).  With ``teacher`` (this rank's clips' teacher embeddings) the loss
+    gains ``distill_weight`` x the mean ``distill_loss`` over the global batch's ``global_clips`` clips (by task:
+    ``"distill"``).  Returns this rank's share of the loss (the ranks' shares sum to the global mean) and the
+    per-example losses by task."""
     device = precision.device
     n_clips = waves.shape[0]
     if n_clips % accum_steps:
@@ -278,14 +308,36 @@ def train_step(model: nn.Module, waves: torch.Tensor, examples: Examples, items:
                 raise RuntimeError("pretrain: a micro-batch without examples")
             ids, mask = examples.batch([(p, a) for _, _, p, a in mine])
             index = torch.tensor([pos for pos, _, _, _ in mine], device=device)
-            per_example = model(waves[m * size:(m + 1) * size].to(device), ids.to(device), mask.to(device), index,
-                                precision)
+            targets = None if teacher is None else teacher[m * size:(m + 1) * size].to(device)
+            out = model(waves[m * size:(m + 1) * size].to(device), ids.to(device), mask.to(device), index,
+                        precision, targets)
+            per_example, distill = out if targets is not None else (out, None)
             loss = per_example.float().sum() / global_count
+            if distill is not None:
+                loss = loss + distill_weight * distill.sum() / (global_clips or n_clips * world)
+                by_task.setdefault("distill", []).extend(distill.detach().float().tolist())
             precision.backward(loss * world)
         share += float(loss.detach())
         for (_, name, _, _), value in zip(mine, per_example.detach().float().tolist()):
             by_task.setdefault(name, []).append(value)
     return share, by_task
+
+
+def teacher_targets(corpus, rows: Sequence[int], cfg: PretrainConfig, runtime: Runtime) -> torch.Tensor:
+    """(len(corpus), 512) the aisfx teacher's whole-clip embeddings of ``rows`` (zeros elsewhere), from the cache in
+    ``cfg.distill_cache_dir`` or computed there once (``clapkit.aisfx_cache``; every rank reads or builds it
+    itself, so no rank waits in a collective while another builds)."""
+    from .aisfx_cache import teacher_embedding_cache
+    from .aisfx_teacher import load_aisfx_embedder
+
+    embedder = load_aisfx_embedder()
+    cache, report = teacher_embedding_cache(embedder, corpus, rows, cfg.distill_cache_dir)
+    if runtime.is_main:
+        print(f"pretrain: aisfx teacher embeddings of {report['clips']} clips "
+              f"{'computed' if report['built'] else 'read'} in {report['seconds']} s ({report['file']})")
+    out = torch.zeros(len(corpus.rows), cache.features.shape[1])
+    out[torch.tensor(list(rows), dtype=torch.long)] = cache.for_ids([corpus.rows[i]["id"] for i in rows])
+    return out
 
 
 def _rank_slice(n: int, runtime: Runtime) -> range:
@@ -314,6 +366,7 @@ def run_training(model: PretrainModel, corpus, tasks: Sequence[Task], examples: 
                          f"{world} x {cfg.accum_steps}")
     train_rows = {i for i, r in enumerate(corpus.rows) if r["split"] == "train"}
     sampler = TaskSampler(tasks, train_rows)
+    teacher = teacher_targets(corpus, sorted(train_rows), cfg, runtime) if cfg.distill_weight > 0 else None
     classes = {name: spec["classes"] for name, spec in corpus.tasks.items()}
     n_samples = model.frontend_cfg.clip_samples
     identity = run_identity(
@@ -367,7 +420,9 @@ def run_training(model: PretrainModel, corpus, tasks: Sequence[Task], examples: 
                              for j in mine])
         local = [(pos - mine.start, name, p, a) for pos, name, p, a in items if pos in mine]
         optimizer.zero_grad(set_to_none=True)
-        share, by_task = train_step(wrapped, waves, examples, local, len(items), world, cfg.accum_steps, precision)
+        targets = None if teacher is None else teacher[torch.tensor([drawn[j][0] for j in mine])]
+        share, by_task = train_step(wrapped, waves, examples, local, len(items), world, cfg.accum_steps, precision,
+                                    targets, cfg.distill_weight, cfg.batch_size)
         precision.step(optimizer, trainable, cfg.grad_clip_norm)
         lr = optimizer.param_groups[0]["lr"] / optimizer.param_groups[0].get("lr_scale", 1.0)
         schedule.step()
@@ -485,9 +540,11 @@ def pretrain(cfg: PretrainConfig, frontend: FrontendConfig, model_name: str, mod
                "tasks_significant": sum(m["significant"] for m in task_metrics.values()),
                "tasks_above_audio_blind": sum(m["above_audio_blind"] for m in task_metrics.values()),
                "final_loss": round(log[-1]["loss"], 4) if log else None, "tasks": task_metrics}
+    if cfg.distill_weight > 0 and log:  # the teacher's cosine distance over the last log window
+        metrics["final_distill_loss"] = round(log[-1]["tasks"].get("distill", float("nan")), 4)
     Path(cfg.metrics).parent.mkdir(parents=True, exist_ok=True)
     atomic_write_text(Path(cfg.metrics), json.dumps(metrics, indent=2) + "\n")
-    write_loss_log(Path(cfg.loss_log), log, [t.name for t in tasks])
+    write_loss_log(Path(cfg.loss_log), log, [t.name for t in tasks] + (["distill"] if cfg.distill_weight > 0 else []))
     if cfg.timings:  # wall time is not a DVC output: it differs on every run
         Path(cfg.timings).parent.mkdir(parents=True, exist_ok=True)
         atomic_write_text(Path(cfg.timings), json.dumps({
