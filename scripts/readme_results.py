@@ -33,8 +33,8 @@ def _load(root: Path, rel: str) -> Any:
 
 
 def _ci(acc: float, n: int) -> str:
-    lo, hi = wilson_interval(acc * n, n)
-    return f"{acc:.3f} [{lo:.2f}, {hi:.2f}]"
+    """The accuracy with the Wilson 95% interval of acc x n successes (for metrics that do not carry one)."""
+    return _cell(acc, list(wilson_interval(acc * n, n)))
 
 
 def _p(x: float | None) -> str:
@@ -67,7 +67,7 @@ def pretrain_block(root: Path) -> str:
     rows = ["| task | classes | test clips | accuracy [95% CI] | chance | audio-blind | p vs chance | p vs audio-blind "
             "| above chance | above audio-blind |", "|---|---|---|---|---|---|---|---|---|---|"]
     for name, t in sorted(m["tasks"].items()):
-        rows.append(f"| {name} | {t['classes']} | {t['clips']} | {_ci(t['accuracy'], t['clips'])} | {t['chance']:.3f} "
+        rows.append(f"| {name} | {t['classes']} | {t['clips']} | {_cell(t['accuracy'], t['ci95'])} | {t['chance']:.3f} "
                     f"| {t['audio_blind']:.3f} | {_p(t.get('p_value_chance'))} | {_p(t.get('p_value_audio_blind'))} "
                     f"| {_yes(t['significant'])} | {_yes(t['above_audio_blind'])} |")
     above = sorted(n for n, t in m["tasks"].items() if t["above_audio_blind"])
