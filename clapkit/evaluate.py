@@ -45,8 +45,8 @@ from .embeddings import EmbeddingCache, atomic_write, write_json
 from .metrics import (RetrievalMetrics, accuracy, average_precision, confusion_matrix, f1_micro,
                       mean_average_precision, positive_ranks, score_classification, top_classes, top_k_shares)
 from .probe import MIN_TRAIN_PER_CLASS, linear_probe
-from .scoring import (ClassificationResult, caption_positives, evaluate_corpus, evaluate_dataset_task, retrieval,
-                      zero_shot_classification)
+from .scoring import (ClassificationResult, caption_positives, evaluate_corpus, evaluate_dataset_task, metric_value,
+                      retrieval, zero_shot_classification)
 from .stats import THREE_SIGMA, significant_digits
 from .tasks import CLASSIFICATION, EMBEDDED_RETRIEVAL, PAPER_TASKS
 from .transfer_eval import evaluate_transfer, transfer_metrics
@@ -112,10 +112,6 @@ class EvaluateConfig:
         return dataclass_from_dict(cls, params.get("evaluate"), "evaluate")
 
 
-def _round(x: float | None, nd: int = 4) -> float | None:
-    return None if x is None or (isinstance(x, float) and math.isnan(x)) else round(float(x), nd)
-
-
 def _mean(values: list[float]) -> float | None:
     values = [v for v in values if v is not None and not math.isnan(v)]
     return float(np.mean(values)) if values else None
@@ -134,7 +130,7 @@ def _interval_scalars(row: dict[str, Any]) -> dict[str, Any]:
     for prefix in ("zero_shot", "linear_probe"):
         ci = row[f"{prefix}_ci95"]
         if ci is not None:
-            out.update({f"{prefix}_ci95_low": _round(ci[0]), f"{prefix}_ci95_high": _round(ci[1]),
+            out.update({f"{prefix}_ci95_low": metric_value(ci[0]), f"{prefix}_ci95_high": metric_value(ci[1]),
                         f"{prefix}_p_value": significant_digits(row[f"{prefix}_p_value"])})
     if row["linear_probe_note"]:
         out["linear_probe_note"] = row["linear_probe_note"]
@@ -151,26 +147,28 @@ def summarise(corpus_results: dict[str, Any], paper_results: dict[str, Any]) -> 
         task = PAPER_TASKS.get(name)
         source = "paper" if task else "embedded"
         if "retrieval" in r:
-            metrics["retrieval"][name] = {k: {m: _round(v) for m, v in d.items()} for k, d in r["retrieval"].items()} \
-                if "a2t" in r["retrieval"] else {m: _round(v) for m, v in r["retrieval"].items()}
+            ret = r["retrieval"]
+            metrics["retrieval"][name] = {k: {m: metric_value(v) for m, v in d.items()} for k, d in ret.items()} \
+                if "a2t" in ret else {m: metric_value(v) for m, v in ret.items()}
         else:
-            metrics["zero_shot"][name] = _round(r["value"])
+            metrics["zero_shot"][name] = metric_value(r["value"])
             if r.get("probe_value") is not None:
-                metrics["linear_probe"][name] = _round(r["probe_value"])
+                metrics["linear_probe"][name] = metric_value(r["probe_value"])
         rows.append({"task": name, "source": source, "clips": r["clips"], "metric": r["metric"],
-                     "chance": _round(r.get("chance")), "zero_shot": _round(r["value"]),
+                     "chance": metric_value(r.get("chance")), "zero_shot": metric_value(r["value"]),
                      **_claim_fields("zero_shot", r.get("zero_shot_claim")),
-                     "linear_probe": _round(r.get("probe_value")), **_claim_fields("linear_probe", r.get("probe_claim")),
+                     "linear_probe": metric_value(r.get("probe_value")),
+                     **_claim_fields("linear_probe", r.get("probe_claim")),
                      "linear_probe_note": r.get("probe_note"),
                      "paper": task.paper.get(task.metric) if task else None,
                      "benchmark": task.benchmark.get(task.metric) if task else None})  # fmt: skip
     embedded = [r for r in rows if r["source"] == "embedded" and r["task"] != EMBEDDED_RETRIEVAL]
     metrics["tasks"] = {r["task"]: _interval_scalars(r) for r in rows if r["chance"] is not None}
-    metrics["embedded_zero_shot_score"] = _round(_mean([r["zero_shot"] for r in embedded]))
+    metrics["embedded_zero_shot_score"] = metric_value(_mean([r["zero_shot"] for r in embedded]))
     metrics["embedded_zero_shot_tasks_above_chance"] = sum(bool(r["zero_shot_significant"]) for r in embedded)
     probed = [r for r in embedded if r["linear_probe"] is not None]
     if probed:
-        metrics["embedded_linear_probe_score"] = _round(_mean([r["linear_probe"] for r in probed]))
+        metrics["embedded_linear_probe_score"] = metric_value(_mean([r["linear_probe"] for r in probed]))
         metrics["embedded_linear_probe_tasks"] = len(probed)  # the score's tasks: the others could not be probed
         metrics["embedded_linear_probe_tasks_above_chance"] = sum(bool(r["linear_probe_significant"]) for r in probed)
     metrics["significance_alpha"] = significant_digits(THREE_SIGMA)
@@ -178,8 +176,8 @@ def summarise(corpus_results: dict[str, Any], paper_results: dict[str, Any]) -> 
     paper_rows = [r for r in rows if r["source"] == "paper" and PAPER_TASKS[r["task"]].kind == CLASSIFICATION]
     metrics["paper_tasks_evaluated"] = len(paper_rows)
     if paper_rows:
-        metrics["paper_zero_shot_score"] = {"ours": _round(_mean([r["zero_shot"] for r in paper_rows])),
-                                            "paper": _round(_mean([r["paper"] for r in paper_rows]), 3)}
+        metrics["paper_zero_shot_score"] = {"ours": metric_value(_mean([r["zero_shot"] for r in paper_rows])),
+                                            "paper": metric_value(_mean([r["paper"] for r in paper_rows]), 3)}
     return metrics, rows
 
 
@@ -198,10 +196,10 @@ def _serialisable(entry: dict[str, Any]) -> dict[str, Any]:
     for k, v in entry.items():
         if isinstance(v, ClassificationResult):
             d = asdict(v)
-            d["value"] = _round(d["value"])
+            d["value"] = metric_value(d["value"])
             out[k] = d
         elif isinstance(v, float):
-            out[k] = _round(v)
+            out[k] = metric_value(v)
         else:
             out[k] = v
     return out

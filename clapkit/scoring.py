@@ -13,6 +13,7 @@ The configuration is ``clapkit.evaluate.EvaluateConfig`` (params.yaml's ``evalua
 
 from __future__ import annotations
 
+import math
 import os
 from dataclasses import dataclass, field, replace
 from pathlib import Path
@@ -31,8 +32,13 @@ from .zeroshot import Embedder, zero_shot_logits
 if TYPE_CHECKING:
     from .evaluate import EvaluateConfig
 
-__all__ = ["ClassificationResult", "encode_targets", "zero_shot_classification", "probe_classification",
+__all__ = ["ClassificationResult", "metric_value", "encode_targets", "zero_shot_classification", "probe_classification",
            "caption_positives", "retrieval", "evaluate_dataset_task", "evaluate_corpus"]  # fmt: skip
+
+
+def metric_value(x: float | None, nd: int = 4) -> float | None:
+    """A number as the metrics files store it: rounded to ``nd`` decimals, NaN and None as None."""
+    return None if x is None or (isinstance(x, float) and math.isnan(x)) else round(float(x), nd)
 
 
 # =============================================================================================================

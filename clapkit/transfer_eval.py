@@ -24,7 +24,6 @@ call it far above chance (one speaker's clips, all "male"; one language).
 from __future__ import annotations
 
 import json
-import math
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Sequence
 
@@ -32,7 +31,7 @@ import torch
 
 from .embeddings import EmbeddingCache, embed_items
 from .probe import hash_order
-from .scoring import zero_shot_classification
+from .scoring import metric_value, zero_shot_classification
 from .stats import significant_digits
 from .tasks import CLASSIFICATION, Task
 from .zeroshot import Embedder, class_prompts, embedded_task_prompt
@@ -148,12 +147,8 @@ def evaluate_transfer(embedder: Embedder, cfg: "EvaluateConfig", cache: Embeddin
             "wordings": {t: v["wordings"] for t, v in spec["tasks"].items()}, "leak_rule": spec.get("leak_rule")}
 
 
-def _r(x: float | None) -> float | None:
-    return None if x is None or (isinstance(x, float) and math.isnan(x)) else round(float(x), 4)
-
-
 def _mean(values: list[float]) -> float | None:
-    return _r(sum(values) / len(values)) if values else None
+    return metric_value(sum(values) / len(values)) if values else None
 
 
 def transfer_metrics(result: dict[str, Any]) -> dict[str, Any]:
@@ -163,10 +158,10 @@ def transfer_metrics(result: dict[str, Any]) -> dict[str, Any]:
     entries = result["entries"]
     per: dict[str, dict[str, Any]] = {}
     for e in entries:
-        row = {"clips": e["clips"], "classes": e["classes"], "chance": _r(e["chance"])}
+        row = {"clips": e["clips"], "classes": e["classes"], "chance": metric_value(e["chance"])}
         for prefix, key in (("", HELDOUT), ("training_wordings_", TRAINING)):
             c = e[key]
-            row.update({f"{prefix}accuracy": _r(c["accuracy"]), f"{prefix}ci95_low": c["ci95"][0],
+            row.update({f"{prefix}accuracy": metric_value(c["accuracy"]), f"{prefix}ci95_low": c["ci95"][0],
                         f"{prefix}ci95_high": c["ci95"][1], f"{prefix}p_value": significant_digits(c["p_value"]),
                         f"{prefix}significant": c["significant"]})  # fmt: skip
         per.setdefault(e["source"], {})[e["task"]] = row
