@@ -23,7 +23,7 @@ import numpy as np
 import torch
 
 from .aisfx_teacher import AISFX, AisfxEmbedder
-from .text import atomic_write_bytes
+from .keyed_cache import read_keyed, write_keyed
 
 __all__ = ["TeacherEmbeddings", "build_teacher_embeddings", "teacher_cache_key", "teacher_embedding_cache"]
 
@@ -80,24 +80,17 @@ def build_teacher_embeddings(embedder: AisfxEmbedder, corpus, indices: Sequence[
 
 
 def _save(path: Path, cache: TeacherEmbeddings) -> None:
-    from safetensors.torch import save
-
-    path.parent.mkdir(parents=True, exist_ok=True)
-    data = save({"features": cache.features.contiguous()},
-                metadata={"format": FORMAT, "key": cache.key, "ids": json.dumps(cache.ids, ensure_ascii=False)})
-    atomic_write_bytes(path, data)
+    write_keyed(path, FORMAT, cache.key, {"features": cache.features},
+                {"ids": json.dumps(cache.ids, ensure_ascii=False)})
 
 
 def _load(path: Path, key: str) -> TeacherEmbeddings | None:
     """The embeddings in ``path`` if they are those of ``key``; None if the file belongs to something else."""
-    from safetensors import safe_open
-
-    with safe_open(str(path), "pt") as f:
-        meta = f.metadata() or {}
-        if meta.get("format") != FORMAT or meta.get("key") != key:
-            return None
-        features = f.get_tensor("features")
-    return TeacherEmbeddings(features, json.loads(meta["ids"]), key)
+    found = read_keyed(path, FORMAT, key)
+    if found is None:
+        return None
+    tensors, meta = found
+    return TeacherEmbeddings(tensors["features"], json.loads(meta["ids"]), key)
 
 
 def teacher_embedding_cache(embedder: AisfxEmbedder, corpus, indices: Sequence[int], cache_dir: str | Path,

@@ -57,8 +57,8 @@ from .text import atomic_write_bytes, atomic_write_text, gpt2_bpe
 from .models.mapper import PREFIX_POSITIONS
 from .pretrain_tasks import (MODES, Examples, Task, TaskSampler, answer_vocabulary, build_tasks, clip_wave,
                              evaluate_generation, make_examples)
-from .training import (DEVICES, PRECISIONS, LRSchedule, Precision, Runtime, ScheduleConfig,
-                       frozen_batchnorm_statistics, make_optimizer, maybe_compile, param_groups, setup_runtime)
+from .training import (LRSchedule, Precision, Runtime, ScheduleConfig, frozen_batchnorm_statistics, make_optimizer,
+                       maybe_compile, param_groups, runtime_problems, setup_runtime)
 
 __all__ = ["PretrainConfig", "PretrainModel", "distill_loss", "load_pretrained_audio_encoder", "pretrain",
            "run_training", "teacher_targets"]
@@ -118,10 +118,7 @@ class PretrainConfig:
             problems.append(f"output_vocab must be 'answers' or 'full', got {self.output_vocab!r}")
         if self.prefix_position not in PREFIX_POSITIONS:
             problems.append(f"prefix_position must be one of {PREFIX_POSITIONS}, got {self.prefix_position!r}")
-        if self.precision not in PRECISIONS:
-            problems.append(f"precision must be one of {PRECISIONS}, got {self.precision!r}")
-        if self.device not in DEVICES:
-            problems.append(f"device must be one of {DEVICES}, got {self.device!r}")
+        problems += runtime_problems(self.device, self.precision)
         for name in ("steps", "max_answer_tokens", "eval_clips_per_task", "mapper_layers"):
             if getattr(self, name) < 0:
                 problems.append(f"{name} must be >= 0")

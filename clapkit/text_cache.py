@@ -26,7 +26,8 @@ from typing import Any, Callable, Iterable, Sequence
 
 import torch
 
-from .text import TextTokenizer, atomic_write_bytes
+from .keyed_cache import read_keyed, write_keyed
+from .text import TextTokenizer
 
 __all__ = ["CaptionFeatureCache", "build_caption_features", "caption_cache_key", "caption_feature_cache",
            "corpus_captions"]
@@ -122,29 +123,21 @@ def build_caption_features(encoder, tokenizer: TextTokenizer, texts: Iterable[st
 
 
 def _save(path: Path, features: torch.Tensor, ids: list[list[int]], key: str) -> None:
-    from safetensors.torch import save
-
     lengths = torch.tensor([len(s) for s in ids], dtype=torch.long)
     padded = torch.full((len(ids), int(lengths.max())), -1, dtype=torch.long)
     for row, seq in enumerate(ids):
         padded[row, :len(seq)] = torch.tensor(seq, dtype=torch.long)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    data = save({"features": features.contiguous(), "ids": padded, "lengths": lengths},
-                metadata={"format": FORMAT, "key": key})
-    atomic_write_bytes(path, data)
+    write_keyed(path, FORMAT, key, {"features": features, "ids": padded, "lengths": lengths})
 
 
 def _load(path: Path, key: str) -> CaptionFeatureCache | None:
     """The cache in ``path`` if it is one of ``key``; None if it belongs to something else."""
-    from safetensors import safe_open
-
-    with safe_open(str(path), "pt") as f:
-        meta = f.metadata() or {}
-        if meta.get("format") != FORMAT or meta.get("key") != key:
-            return None
-        features, padded, lengths = f.get_tensor("features"), f.get_tensor("ids"), f.get_tensor("lengths")
-    ids = [row[:n] for row, n in zip(padded.tolist(), lengths.tolist())]
-    return CaptionFeatureCache(features, ids, key)
+    found = read_keyed(path, FORMAT, key)
+    if found is None:
+        return None
+    t = found[0]
+    ids = [row[:n] for row, n in zip(t["ids"].tolist(), t["lengths"].tolist())]
+    return CaptionFeatureCache(t["features"], ids, key)
 
 
 def caption_feature_cache(encoder, tokenizer: TextTokenizer, texts: Iterable[str], cache_dir: str | Path,

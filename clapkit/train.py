@@ -68,8 +68,9 @@ from .config import dataclass_from_dict, load_params, model_config_from_params
 from .zeroshot import DEFAULT_PRECISION as DEFAULT_EVAL_PRECISION
 from .losses import POSITIVES, ClipLoss, clamp_logit_scale, make_loss
 from .text import atomic_write_text
-from .training import (DEVICES, PRECISIONS, SCHEDULES, LRSchedule, Precision, RngReplay, Runtime, ScheduleConfig,
-                       frozen_batchnorm_statistics, make_optimizer, maybe_compile, param_groups, setup_runtime)
+from .training import (SCHEDULES, LRSchedule, Precision, RngReplay, Runtime, ScheduleConfig,
+                       frozen_batchnorm_statistics, make_optimizer, maybe_compile, param_groups, runtime_problems,
+                       setup_runtime)
 
 __all__ = ["TrainConfig", "build_model", "load_encoder_weights", "train", "train_step"]
 
@@ -132,12 +133,9 @@ class TrainConfig:
             problems.append(f"optimizer must be adam or adamw, got {self.optimizer!r}")
         if self.schedule not in SCHEDULES:
             problems.append(f"schedule must be one of {SCHEDULES}, got {self.schedule!r}")
-        if self.precision not in PRECISIONS:
-            problems.append(f"precision must be one of {PRECISIONS}, got {self.precision!r}")
         if self.positives not in POSITIVES:
             problems.append(f"positives must be one of {POSITIVES}, got {self.positives!r}")
-        if self.device not in DEVICES:
-            problems.append(f"device must be one of {DEVICES}, got {self.device!r}")
+        problems += runtime_problems(self.device, self.precision)
         if self.temperature is not None and not 0 < self.temperature <= 1:
             problems.append(f"temperature must be in (0, 1] or null, got {self.temperature}")
         if self.text_lr_scale < 0:

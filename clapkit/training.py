@@ -33,7 +33,7 @@ from torch import nn
 
 __all__ = ["DEVICES", "PRECISIONS", "LRSchedule", "Precision", "RngReplay", "Runtime", "ScheduleConfig",
            "frozen_batchnorm_statistics", "make_optimizer", "maybe_compile", "param_groups", "resolve_precision",
-           "setup_runtime"]
+           "runtime_problems", "setup_runtime"]
 
 DEVICES = ("auto", "cpu", "cuda")
 PRECISIONS = ("auto", "fp32", "bf16", "fp16")
@@ -88,6 +88,14 @@ class Runtime:
 
     def _collective_device(self) -> torch.device:
         return self.device if dist.get_backend() == "nccl" else torch.device("cpu")
+
+
+def runtime_problems(device: str, precision: str) -> list[str]:
+    """What is wrong with a stage's ``device`` and ``precision`` knobs (empty when both are valid): the stages'
+    configs report these with their other problems; ``resolve_device`` / ``resolve_precision`` raise them."""
+    return [f"{name} must be one of {allowed}, got {value!r}"
+            for name, value, allowed in (("device", device, DEVICES), ("precision", precision, PRECISIONS))
+            if value not in allowed]
 
 
 def resolve_device(device: str) -> torch.device:
