@@ -7,7 +7,8 @@ from clapkit.data.fingerprint import audio_content_hash, file_content_hash
 
 def test_same_audio_same_hash_across_lossless_formats(tmp_path):
     rng = np.random.default_rng(0)
-    stereo = rng.uniform(-0.5, 0.5, (8000, 2)).astype(np.float32)
+    # int16 samples: libsndfile's float -> PCM_16 conversion rounds differently for WAV and FLAC
+    stereo = rng.integers(-16000, 16000, (8000, 2)).astype(np.int16)
     sf.write(tmp_path / "a.wav", stereo, 16000, subtype="PCM_16")
     sf.write(tmp_path / "b.flac", stereo, 16000, subtype="PCM_16")
     assert file_content_hash(tmp_path / "a.wav") == file_content_hash(tmp_path / "b.flac")
