@@ -507,6 +507,15 @@ def pretrain(cfg: PretrainConfig, frontend: FrontendConfig, model_name: str, mod
     random.seed(seed)
     np.random.seed(seed)
     model = PretrainModel(frontend, model_config["audio_encoder"], cfg, vocab)
+    if getattr(model.encoder, "takes_waveform", False):  # a packaged pretrained tower (aisfx): nothing to pretrain
+        if tasks and cfg.steps:
+            raise ValueError(f"the {model_config['audio_encoder'].get('name')} audio encoder comes pretrained (its "
+                             "own front-end, packaged weights): set pretrain.tasks: none, and this stage writes "
+                             "those weights for the train stage")
+        if model.encoder.pretrained:
+            from .models.aisfx_encoder import load_packaged_audio_encoder
+
+            load_packaged_audio_encoder(model.encoder)
     log: list[dict[str, Any]] = []
     if tasks and cfg.steps:
         log = run_training(model, corpus, tasks, examples, cfg, seed, runtime, precision, progress, stop_after,

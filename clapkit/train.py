@@ -119,6 +119,7 @@ class TrainConfig:
     freeze_text: bool = False
     text_lr_scale: float = 1.0  # the text encoder's lr = lr * this (its projection keeps lr)
     text_cache_dir: str | None = "~/.cache/clapkit/text-features"  # frozen text's caption features; None = off
+    audio_cache_dir: str | None = "~/.cache/clapkit/audio-features"  # frozen waveform tower's clip features (aisfx)
     temperature: float | None = None  # initial softmax temperature; None = the model config's (msclap: 0.07)
     learn_temperature: bool = True  # False: keep it fixed
     local_loss: bool = False
@@ -174,7 +175,8 @@ class TrainConfig:
         """The fields that change what a run computes (paths, logging, threads and the device do not)."""
         c = asdict(self)
         for key in ("threads", "checkpoint_every", "keep_checkpoints", "log_every", "out", "metrics", "live_dir",
-                    "checkpoint_dir", "prepared", "shards", "timings", "device", "compile", "text_cache_dir"):
+                    "checkpoint_dir", "prepared", "shards", "timings", "device", "compile", "text_cache_dir",
+                    "audio_cache_dir"):
             c.pop(key)
         if not self.shards:  # indexed batches do not depend on the workers; a shard stream's order does
             c.pop("num_workers")
@@ -312,6 +314,10 @@ def _init_towers(cfg: TrainConfig, clap) -> list[dict[str, Any]]:
         if Path(audio_init).is_dir():
             check_pretrain_config(Path(audio_init), clap.model.config)
         report.append(load_encoder_weights(model.audio.encoder, audio_init, "audio"))
+    elif getattr(model.audio.encoder, "pretrained", None):  # a pretrained tower (aisfx): its packaged weights
+        from .models.aisfx_encoder import load_packaged_audio_encoder
+
+        report.append(load_packaged_audio_encoder(model.audio.encoder))
     if cfg.text_init != "none":
         report.append(load_encoder_weights(model.text.encoder, cfg.text_init, "text"))
     elif model.text.encoder.pretrained:  # a pretrained tower (minilm) starts from its packaged, verified weights
@@ -339,6 +345,28 @@ def attach_text_cache(cfg: TrainConfig, model: nn.Module, tokenizer, corpus, ind
                                           device)
     encoder.attach_cache(cache)
     return report
+
+
+def attach_audio_cache(cfg: TrainConfig, model: nn.Module, corpus, indices, clip_samples: int) -> dict | None:
+    """A frozen audio encoder that reads the waveform (aisfx) answers from clip features computed once per corpus
+    (``clapkit.audio_feature_cache``) when ``audio_cache_dir`` is set; returns the cache's report."""
+    encoder = unwrap(model).audio.encoder
+    if not (cfg.freeze_audio and cfg.audio_cache_dir and getattr(encoder, "takes_waveform", False)):
+        return None
+    from .audio_feature_cache import waveform_feature_cache
+
+    cache, report = waveform_feature_cache(encoder, corpus, indices, clip_samples, cfg.audio_cache_dir)
+    encoder.attach_cache(cache)
+    return report
+
+
+def detach_audio_cache(model: nn.Module, report: dict | None) -> dict | None:
+    encoder = unwrap(model).audio.encoder
+    cache = getattr(encoder, "feature_cache", None)
+    if cache is None:
+        return report
+    encoder.attach_cache(None)
+    return {**(report or {}), "hits": cache.hits, "misses": cache.misses}
 
 
 def detach_text_cache(model: nn.Module, report: dict | None) -> dict | None:
@@ -554,6 +582,7 @@ def train(cfg: TrainConfig, model_config: Mapping[str, Any], seed: int = 0, resu
         clap.model = model
     set_train_mode(model, cfg)
     text_cache = attach_text_cache(cfg, model, clap.tokenizer, corpus, train_idx + val_idx, device)
+    audio_cache = attach_audio_cache(cfg, model, corpus, train_idx + val_idx, clap.clip_samples)
     precision = Precision(cfg.precision, device)
     eval_prec = Precision(eval_precision, device)
     optimizer = make_optimizer(param_groups(model, cfg.weight_decay, text_lr_scale(cfg)), cfg.optimizer, cfg.lr,
@@ -669,6 +698,7 @@ def train(cfg: TrainConfig, model_config: Mapping[str, Any], seed: int = 0, resu
         history.append(_log_validation(live, step, epoch, run_validation(), progress and rank == 0))
     checkpoint(finished=True)
     text_cache = detach_text_cache(model, text_cache)
+    audio_cache = detach_audio_cache(model, audio_cache)
     metrics = {}
     if rank == 0:
         final = history[-1]
@@ -697,6 +727,8 @@ def train(cfg: TrainConfig, model_config: Mapping[str, Any], seed: int = 0, resu
                       "precision": precision.name, "device": str(device), "compile": cfg.compile}
             if text_cache is not None:
                 timing["text_cache"] = text_cache
+            if audio_cache is not None:
+                timing["audio_cache"] = audio_cache
             if device.type == "cuda":
                 timing["peak_gpu_memory_gib"] = round(torch.cuda.max_memory_allocated(device) / 2**30, 3)
             Path(cfg.timings).parent.mkdir(parents=True, exist_ok=True)

@@ -15,19 +15,25 @@ from .cnn14 import CNN14, CNN14Config
 from .htsat import HTSAT, HTSATConfig
 
 AUDIO_ENCODERS = {"htsat": (HTSAT, HTSATConfig), "cnn14": (CNN14, CNN14Config)}
+WAVEFORM_ENCODERS = ("aisfx",)  # read the waveform themselves (their own front-end), built on first use
 
 
 def build_audio_encoder(cfg: Mapping[str, Any]) -> nn.Module:
-    """An audio encoder from its config dict; forward(logmel (B, frames, n_mels)) -> (B, encoder.out_dim)."""
+    """An audio encoder from its config dict; forward(logmel (B, frames, n_mels)) -> (B, encoder.out_dim), or
+    forward(waveform (B, samples)) for one with ``takes_waveform`` (aisfx)."""
     fields = dict(cfg)
     name = fields.pop("name", None)
+    if name == "aisfx":  # the pretrained sound-effects CNN (clapkit.models.aisfx_encoder): forward(waveform)
+        from .aisfx_encoder import AisfxAudioEncoder, AisfxEncoderConfig
+
+        return AisfxAudioEncoder(AisfxEncoderConfig.from_dict(fields))
     if name not in AUDIO_ENCODERS:
-        raise ValueError(f"unknown audio encoder {name!r}; known: {sorted(AUDIO_ENCODERS)}")
+        raise ValueError(f"unknown audio encoder {name!r}; known: {sorted(AUDIO_ENCODERS) + list(WAVEFORM_ENCODERS)}")
     model_cls, config_cls = AUDIO_ENCODERS[name]
     return model_cls(config_cls.from_dict(fields))
 
 
-__all__ = ["AUDIO_ENCODERS", "CLAPModel", "CNN14", "CNN14Config", "HTSAT", "HTSATConfig", "build_audio_encoder",
+__all__ = ["AUDIO_ENCODERS", "WAVEFORM_ENCODERS", "CLAPModel", "CNN14", "CNN14Config", "HTSAT", "HTSATConfig", "build_audio_encoder",
            "build_text_encoder", "load_model_config"]
 
 _LAZY = {"build_text_encoder": ".text_encoders", "TEXT_ENCODERS": ".text_encoders",

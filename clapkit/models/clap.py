@@ -4,6 +4,7 @@ Module tree (the attribute paths are the state-dict keys of clapkit checkpoints)
 
     CLAPModel
       .audio : AudioTower    .frontend (LogMelFrontend) -> .encoder (HTSAT | CNN14) -> .projection
+                             (or the waveform -> .encoder (AisfxAudioEncoder, its own front-end) -> .projection)
       .text  : TextTower     .encoder (GPT2TextEncoder | BertTextEncoder | RobertaTextEncoder) -> .projection
       .logit_scale           ln(1 / temperature), a learned scalar
 
@@ -155,8 +156,15 @@ class AudioTower(nn.Module):
                 f"a {frontend.clip_seconds} s clip gives {frontend.num_frames()} frames, "
                 f"more than the audio encoder's {max_frames}"
             )
+        self.takes_waveform = bool(getattr(self.encoder, "takes_waveform", False))
+        rate = getattr(enc_cfg, "input_sample_rate", frontend.sample_rate)
+        if self.takes_waveform and rate != frontend.sample_rate:
+            raise ValueError(f"the {encoder_cfg.get('name')} audio encoder is fed {rate} Hz (input_sample_rate), "
+                             f"the frontend gives {frontend.sample_rate} Hz")
 
     def forward(self, wave: torch.Tensor) -> torch.Tensor:
+        if self.takes_waveform:  # its own front-end (aisfx): the log-mel of the frontend is not computed
+            return self.projection(self.encoder(wave))
         return self.projection(self.encoder(self.frontend(wave)))
 
 
