@@ -257,7 +257,8 @@ def test_resume_after_interruption_ends_with_the_same_weights(prepared, tmp_path
 
     straight = config(tmp_path / "a", prepared, steps=12, checkpoint_every=4)
     pretrain(straight, FRONTEND, "test-htsat", MODEL_CONFIG, seed=3, progress=False)
-    resumed = config(tmp_path / "b", prepared, steps=12, checkpoint_every=4)
+    # also without keeping log-mels: every log-mel is computed on its own, so what is kept never changes a value
+    resumed = config(tmp_path / "b", prepared, steps=12, checkpoint_every=4, logmel_memory_gib=0.0)
     assert pretrain(resumed, FRONTEND, "test-htsat", MODEL_CONFIG, seed=3, progress=False, stop_after=6) == \
         {"stopped_after": 6}
     assert not (tmp_path / "b" / "out").exists()
@@ -267,6 +268,24 @@ def test_resume_after_interruption_ends_with_the_same_weights(prepared, tmp_path
         assert a.keys() == b.keys() and all(torch.equal(a[k], b[k]) for k in a), name
     assert (tmp_path / "a" / "loss.csv").read_text() == (tmp_path / "b" / "loss.csv").read_text()
     assert (tmp_path / "a" / "metrics.json").read_text() == (tmp_path / "b" / "metrics.json").read_text()
+
+
+def test_clip_logmels_keep_whole_clips_within_the_budget_and_match_the_frontend(prepared):
+    from clapkit.audio import LogMelFrontend, fit_length
+    from clapkit.data.prepare import PreparedCorpus
+    from clapkit.pretrain import ClipLogMels
+
+    corpus = PreparedCorpus(prepared)
+    frontend = LogMelFrontend(FRONTEND)
+    n = FRONTEND.clip_samples
+    one = frontend(fit_length(torch.from_numpy(corpus.waveform(0)), n).unsqueeze(0))[0]
+    logmels = ClipLogMels(frontend, corpus, n, memory_gib=one.numel() * 4 * 1.5 / 2**30)  # room for one clip
+    first = logmels(0, torch.Generator().manual_seed(0))
+    torch.testing.assert_close(first, one, rtol=0, atol=1e-4)
+    assert logmels(0, torch.Generator().manual_seed(1)) is first  # kept: not computed again
+    batch = torch.stack([fit_length(torch.from_numpy(corpus.waveform(r)), n) for r in (1, 2)])
+    torch.testing.assert_close(logmels(1, None), frontend(batch)[0], rtol=0, atol=1e-3)
+    assert list(logmels.kept) == [0]  # the budget held one clip
 
 
 def test_a_task_without_training_clips_is_left_out(prepared, tmp_path):
