@@ -5,7 +5,8 @@ points ``prepare.datasets`` at (``clapkit.data.adapters``).  Output, all in ``pr
 ``prepared.tmp/`` and renamed at the end, so a killed run never leaves a half-written stage)::
 
     manifest.jsonl    one row per usable clip: id, path, duration, sample_rate, channels, source, licence, real,
-                      environmental, group, split, captions, labels (task -> label), texts, offset, length
+                      environmental, group, split, captions, labels (task -> label), texts, offset, length,
+                      content_hash (``clapkit.data.fingerprint`` of the decoded source)
     waveforms.f16     every clip's mono waveform at the model rate, centre window of ``cache_seconds``, float16,
                       concatenated; a row's ``offset``/``length`` (in samples) locate it.  ``PreparedCorpus`` reads it.
     arrays.json       dtype, sample rate, total samples
@@ -20,7 +21,8 @@ by a salted hash, so no recording identity is in two splits; a dataset's own spl
 of every task is its ``test`` clips, fixed by the salt, independent of the training seed.  Every clip of a source
 named in ``transfer_sources`` goes to the ``transfer`` split instead (whole sources held out of training and
 validation: the transfer test), and no held-out label wording may occur in a train or val clip's text
-(``clapkit.data.holdout``: the stage raises on either violation).
+(``clapkit.data.holdout``: the stage raises on either violation).  Copies of identical audio (one content hash)
+end in one split (``clapkit.data.duplicates``: the split furthest from training wins).
 """
 
 from __future__ import annotations
@@ -46,6 +48,8 @@ from tqdm import tqdm
 from ..audio import FrontendConfig, mix_down, resample
 from ..config import dataclass_from_dict, frontend_config, load_params
 from .captions import make_captions
+from .duplicates import compact_waveforms, settle_duplicates
+from .fingerprint import audio_content_hash
 from .glosses import glosses_for, load_glosses
 from .records import ClipRecord, read_jsonl
 from .holdout import (DEFAULT_WORDINGS, TRANSFER, check_no_leaks, check_sources, check_split, load_wordings,
@@ -117,6 +121,7 @@ class ClipResult:
     sample_rate: int = 0
     channels: int = 0
     wave: np.ndarray | None = None  # float16 at the model rate
+    content_hash: str = ""  # of the decoded source at its native rate (clapkit.data.fingerprint)
 
 
 def wav_truncation(path: str) -> str | None:
@@ -202,7 +207,7 @@ def check_clip(path: str, target_sr: int, cfg: PrepareConfig) -> ClipResult:
         if sr > 48000:
             notes.append(f"high sample rate {sr} Hz resampled to {target_sr} Hz")
         wave16 = np.clip(wave, -65000.0, 65000.0).astype(np.float16)
-        return ClipResult(True, "; ".join(notes), wave=wave16, **base)
+        return ClipResult(True, "; ".join(notes), wave=wave16, content_hash=audio_content_hash(mono, sr), **base)
     except Exception as err:  # anything unexpected is a quarantine reason too, never a dead stage
         return ClipResult(False, f"unexpected error: {type(err).__name__}: {err}")
 
@@ -331,8 +336,13 @@ def prepare(cfg: PrepareConfig, frontend: FrontendConfig, progress: bool = True)
                 "captions": make_captions(rec.id, rec.labels, rec.texts, n=cfg.captions_per_clip,
                                           descriptions=glosses_for(rec.labels, glosses)),
                 "labels": rec.labels, "texts": rec.texts, "offset": offset, "length": int(res.wave.shape[0]),
+                "content_hash": res.content_hash,
             })
             offset += int(res.wave.shape[0])
+    rows, dropped, duplicates = settle_duplicates(rows, held_out)  # one split per recording: see the module
+    if dropped:
+        report.extend(dropped)
+        offset = compact_waveforms(tmp / "waveforms.f16", rows)
     check_split(rows, held_out)
     check_no_leaks(rows, wordings, cfg.wordings_name)
 
@@ -354,7 +364,7 @@ def prepare(cfg: PrepareConfig, frontend: FrontendConfig, progress: bool = True)
     shutil.rmtree(out, ignore_errors=True)
     os.replace(tmp, out)
 
-    metrics = data_metrics(rows, report, tasks)
+    metrics = {**data_metrics(rows, report, tasks), **duplicates}
     mpath = Path(cfg.metrics)
     mpath.parent.mkdir(parents=True, exist_ok=True)
     mtmp = mpath.with_name(mpath.name + ".tmp")

@@ -46,6 +46,9 @@ class ClipRecord:
     split: str | None = None
     # Anything else worth keeping (package version, original file name, MIDI program, fold...).
     meta: dict[str, Any] = field(default_factory=dict)
+    # ``clapkit.data.fingerprint`` hash of the decoded audio: filled where the audio is decoded (prepare writes it
+    # into its manifest, the shard index into samples.jsonl); a builder that has not decoded the file leaves None.
+    content_hash: str | None = None
 
     def to_json(self) -> str:
         return json.dumps(asdict(self), ensure_ascii=False, sort_keys=True)
