@@ -12,7 +12,9 @@ Unlike msclap, every call is deterministic: the model is in eval mode under ``no
 random); text padding comes with a real attention mask.  The same input gives bit-identical embeddings on
 every call, and ``from_pretrained(save_pretrained(...))`` gives bit-identical embeddings to the saved model.
 A directory written by ``save_pretrained`` holds ``config.json`` (the full model config, see
-``clapkit.models.clap``), ``model.safetensors``, ``tokenizer.json`` and ``tokenizer_config.json``.
+``clapkit.models.clap``), ``model.safetensors``, ``tokenizer.json`` and ``tokenizer_config.json``; the train stage
+adds ``training_index.npy``, the clips the model trained on, recorded in ``config.json``'s ``training_data``
+(``clapkit.training_index``).
 """
 
 from __future__ import annotations
@@ -98,6 +100,9 @@ class CLAP:
             if not (directory / name).is_file():
                 raise FileNotFoundError(f"{directory / name}: missing (not a CLAP.save_pretrained directory?)")
         config = json.loads((directory / CONFIG_FILE).read_text(encoding="utf-8"))
+        # The train stage's record of the clips it trained on (clapkit.training_index) describes this directory's
+        # training_index.npy, not the architecture; clapkit.hygiene reads it from the file.
+        config.pop("training_data", None)
         model = CLAPModel(config)  # initial weights are all overwritten: no need to seed
         state = load_safetensors(str(directory / WEIGHTS_FILE))
         missing, unexpected = model.load_state_dict(state, strict=False)

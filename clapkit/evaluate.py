@@ -16,7 +16,9 @@ Where the parts live (their names are re-exported here):
 * ``clapkit.embeddings`` (batches, the embedding cache), ``clapkit.embedding_map`` (the notebook's t-SNE);
 * ``clapkit.transfer_eval``: the transfer test, the embedded model's headline: the clips of the sources ``prepare`` held
   out of training, scored zero-shot with label wordings no training text uses (and, beside them, the training
-  wordings), per source and task.
+  wordings), per source and task;
+* ``clapkit.hygiene``: no zero-shot score on clips the model trained on (its training index): every scored clip set
+  is checked first, and refused unless ``allow_training_overlap``; every task is labelled ``training_overlap``.
 
 This module: ``EvaluateConfig`` (params.yaml's ``evaluate`` block: its defaults are that block's values), the
 stage (``run_stage``: metrics, results, confusion matrices, plots) and the command line, whose one-task form reads
@@ -42,6 +44,7 @@ import torch
 
 from .embedding_map import pca, tsne
 from .embeddings import EmbeddingCache, atomic_write, write_json
+from .hygiene import OverlapGuard, TrainingOverlapError, check_dataset_task, check_split, check_stage, label_results
 from .metrics import (RetrievalMetrics, accuracy, average_precision, confusion_matrix, f1_micro,
                       mean_average_precision, positive_ranks, score_classification, top_classes, top_k_shares)
 from .probe import MIN_TRAIN_PER_CLASS, linear_probe
@@ -94,6 +97,7 @@ class EvaluateConfig:
     map_clips_per_task: int = 40  # test clips per task in the embedding map sample
     transfer: bool = True  # the transfer test on prepared/transfer.json's held-out sources (clapkit.transfer_eval)
     transfer_min_clips: int = 10  # fewer covered clips: a source x task is listed, not scored
+    allow_training_overlap: bool = False  # score clip sets holding training clips anyway, labelled zero_shot: false
 
     def __post_init__(self):
         from .training import PRECISIONS
@@ -155,6 +159,7 @@ def summarise(corpus_results: dict[str, Any], paper_results: dict[str, Any]) -> 
             if r.get("probe_value") is not None:
                 metrics["linear_probe"][name] = metric_value(r["probe_value"])
         rows.append({"task": name, "source": source, "clips": r["clips"], "metric": r["metric"],
+                     "overlap_clips": r.get("training_overlap", {}).get("overlap_clips"),
                      "chance": metric_value(r.get("chance")), "zero_shot": metric_value(r["value"]),
                      **_claim_fields("zero_shot", r.get("zero_shot_claim")),
                      "linear_probe": metric_value(r.get("probe_value")),
@@ -220,6 +225,8 @@ def run_stage(cfg: EvaluateConfig, embedder: Embedder | None = None, progress: b
         from .api import CLAP
 
         embedder = ClapEmbedder(CLAP.from_pretrained(cfg.model), cfg.batch_size, cfg.precision)
+    guard = OverlapGuard.for_model(cfg.model, cfg.allow_training_overlap, cfg.cache_dir)
+    checks = check_stage(guard, cfg)  # refuses before anything is embedded
     cache = EmbeddingCache(cfg.cache_dir, embedder.key)
     transfer = evaluate_transfer(embedder, cfg, cache) if cfg.transfer else \
         {"entries": [], "skipped": [], "note": "no transfer test: evaluate.transfer is false"}
@@ -231,8 +238,9 @@ def run_stage(cfg: EvaluateConfig, embedder: Embedder | None = None, progress: b
             raise ValueError(f"evaluate.datasets: no supported paper task reads {adapter!r}")
         for name in names:
             paper_results[name] = evaluate_dataset_task(embedder, PAPER_TASKS[name], root, cfg, cache)
+    overlap = label_results(guard, checks, corpus_results, paper_results, transfer)
     metrics, rows = summarise(corpus_results, paper_results)
-    metrics = {**transfer_metrics(transfer), **metrics}  # the headline first
+    metrics = {**transfer_metrics(transfer), **metrics, "training_overlap": overlap}  # the headline first
 
     results_dir, plots_dir = Path(cfg.results), Path(cfg.plots)
     results_dir.mkdir(parents=True, exist_ok=True)
@@ -302,7 +310,10 @@ def _cmd_evaluate(args) -> int:
     if args.task is None:  # the stage
         if args.data or args.model:
             raise SystemExit("clapkit evaluate: --model/--data go with --task (one task on your dataset)")
-        run_stage(_config(args.params))
+        try:
+            run_stage(_config(args.params))
+        except TrainingOverlapError as err:  # the evaluation data, not the code: one clear message
+            raise SystemExit(f"clapkit evaluate: {err}") from None
         return 0
     from .data.adapters import DatasetError
 
@@ -321,6 +332,7 @@ def _one_task_config(args) -> EvaluateConfig:
              "f1_top_k": args.f1_top_k, "threads": args.threads, "cache_dir": args.cache_dir,
              "probe_train_per_class": args.probe_train_per_class}  # fmt: skip
     cfg = replace(cfg, **{k: v for k, v in given.items() if v is not None})
+    cfg.allow_training_overlap = cfg.allow_training_overlap or args.allow_training_overlap
     if args.cache_dir == "":
         cfg.cache_dir = None
     return cfg
@@ -344,12 +356,17 @@ def _cmd_one_task(args) -> int:
         torch.set_num_threads(cfg.threads)
     args.model = args.model or cfg.model
     embedder = ClapEmbedder(load_model(args), cfg.batch_size, cfg.precision)
+    guard = OverlapGuard.for_model(args.model, cfg.allow_training_overlap, cfg.cache_dir)
+    check = check_split(guard, cfg.prepared, "test") if task.source == "embedded" else \
+        check_dataset_task(guard, task, args.data)
+    guard.refuse([check])  # before anything is embedded
     cache = EmbeddingCache(cfg.cache_dir, embedder.key)
     if task.source == "embedded":
         cfg.tasks = [task.name]
         result = evaluate_corpus(embedder, cfg, cache, prompts={task.name: task.prompt})[task.name]
     else:
         result = evaluate_dataset_task(embedder, task, args.data, cfg, cache)
+    result["training_overlap"] = check.label(task.name if task.source == "embedded" else None)
     summary = _serialisable({k: v for k, v in result.items() if k not in ("zero_shot", "linear_probe")})
     line = f"{task.name}: {task.metric} {summary['value']:.4f}"
     claim = summary.get("zero_shot_claim")
@@ -357,6 +374,8 @@ def _cmd_one_task(args) -> int:
         lo, hi = claim["ci95"]
         line += f" [95% CI {lo:.3f}-{hi:.3f}; p = {claim['p_value']:.3g} against chance {summary['chance']:.3f}]"
     line += f" on {summary['clips']} clips ({task.protocol})"
+    if summary["training_overlap"]["zero_shot"] is False:  # scored with --allow-training-overlap
+        line += f" NOT zero-shot: {summary['training_overlap']['overlap_clips']} of them are training clips"
     if task.metric in task.paper:
         line += f"; paper CLAP 2023 {task.paper[task.metric]}, benchmark {task.benchmark.get(task.metric)}"
     if summary.get("probe_value") is not None:
@@ -396,5 +415,8 @@ def register(subparsers) -> None:
     p.add_argument("--threads", type=int, help="torch CPU threads (default: evaluate.threads; 0 = torch's choice)")
     p.add_argument("--cache-dir", help="cache audio embeddings here (default: evaluate.cache_dir; '' = no cache)")
     p.add_argument("--out", help="write the full result as JSON")
+    p.add_argument("--allow-training-overlap", action="store_true",
+                   help="score clips that are in the model's training data (default: refuse; evaluate."
+                        "allow_training_overlap), labelled zero_shot: false")
     p.set_defaults(func=_cmd_evaluate)
 

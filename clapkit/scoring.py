@@ -31,6 +31,7 @@ from .zeroshot import Embedder, zero_shot_logits
 
 if TYPE_CHECKING:
     from .evaluate import EvaluateConfig
+    from .data.records import ClipRecord
 
 __all__ = ["ClassificationResult", "metric_value", "encode_targets", "zero_shot_classification", "probe_classification",
            "caption_positives", "retrieval", "evaluate_dataset_task", "evaluate_corpus"]  # fmt: skip
@@ -172,6 +173,22 @@ def _add_probe(entry: dict[str, Any], probe: ClassificationResult | None, train_
     entry.update(linear_probe=probe, probe_value=probe.value, probe_claim=probe.claim())
 
 
+def scored_records(task: Task, records: Sequence[ClipRecord], root: str | Path
+                   ) -> tuple[list[ClipRecord], list[ClipRecord]]:  # fmt: skip
+    """(the records a paper task can use, those it scores): clips with its label (captions for retrieval); of
+    them the dataset's ``eval_split``, or all where the dataset has no splits."""
+    if task.kind == RETRIEVAL:
+        usable = [r for r in records if r.texts]
+    else:
+        usable = [r for r in records if task.label_key in r.labels]  # an empty multi-label list is all negatives
+    test = [r for r in usable if r.split == task.eval_split]
+    if not test and all(r.split is None for r in usable):
+        test = usable
+    if not test:
+        raise ValueError(f"{task.name}: no {task.eval_split!r} clips with labels under {root}")
+    return usable, test
+
+
 def evaluate_dataset_task(embedder: Embedder, task: Task, root: str | Path, cfg: EvaluateConfig,
                           cache: EmbeddingCache | None = None) -> dict[str, Any]:  # fmt: skip
     """One paper task on the user's copy of its dataset (official layout, read by the task's adapter).
@@ -188,15 +205,7 @@ def evaluate_dataset_task(embedder: Embedder, task: Task, root: str | Path, cfg:
     report = LoadReport()
     records = ADAPTERS[task.adapter].load(root, report)
     problems = [str(p) for p in report.problems]
-    if task.kind == RETRIEVAL:
-        usable = [r for r in records if r.texts]
-    else:
-        usable = [r for r in records if task.label_key in r.labels]  # an empty multi-label list is all negatives
-    test = [r for r in usable if r.split == task.eval_split]
-    if not test and all(r.split is None for r in usable):
-        test = usable
-    if not test:
-        raise ValueError(f"{task.name}: no {task.eval_split!r} clips with labels under {root}")
+    usable, test = scored_records(task, records, root)
 
     def embed(rs, name):
         ident = [_file_identity(r.path) for r in rs]

@@ -28,7 +28,9 @@ What happens, top to bottom of this file:
    of the corpus on the ``val`` split, shared across ranks: ``clapkit.validation``, in the evaluate stage's
    precision ``evaluate.precision``, with its zero-shot function ``clapkit.zeroshot``) at each epoch end and at the
    end; dvclive logs (loss, lr, temperature, clips/s, validation metrics) in ``train.live_dir``.
-5. The final model through ``CLAP.save_pretrained`` into ``train.out`` (``models/clap``); ``metrics/train.json``.
+5. The final model through ``CLAP.save_pretrained`` into ``train.out`` (``models/clap``), with the content hashes of
+   the clips it trained on (``training_index.npy``, recorded in its config.json: ``clapkit.training_index``, which
+   the evaluate stage checks its clips against); ``metrics/train.json``.
 
 Resume (``clapkit.checkpointing``): a run's identity is its parameters, the hash of the clapkit code, the hash
 of the corpus it reads and the fingerprint of its initial weights.  ``--resume latest`` (what the stage runs)
@@ -68,6 +70,7 @@ from .config import dataclass_from_dict, load_params, model_config_from_params
 from .zeroshot import DEFAULT_PRECISION as DEFAULT_EVAL_PRECISION
 from .losses import POSITIVES, ClipLoss, clamp_logit_scale, make_loss
 from .text import atomic_write_text
+from .training_index import training_data, write_training_index
 from .training import (SCHEDULES, LRSchedule, Precision, RngReplay, Runtime, ScheduleConfig,
                        frozen_batchnorm_statistics, make_optimizer, maybe_compile, param_groups, runtime_problems,
                        setup_runtime)
@@ -570,6 +573,8 @@ def train(cfg: TrainConfig, model_config: Mapping[str, Any], seed: int = 0, resu
     if len(train_idx) < cfg.batch_size and not cfg.shards:
         raise ValueError(f"{cfg.prepared}: {len(train_idx)} training clips, fewer than one batch of {cfg.batch_size}")
     tasks = {k: v for k, v in corpus.tasks.items() if len(v.get("classes", [])) >= 2}
+    # the clips this run trains on, listed before training so that an unlistable input fails now (zero-shot hygiene)
+    trained_on = training_data(cfg, [corpus.rows[i] for i in train_idx]) if rank == 0 else None
 
     clap, init_report = build_model(cfg, model_config, seed)
     model = clap.model
@@ -714,6 +719,8 @@ def train(cfg: TrainConfig, model_config: Mapping[str, Any], seed: int = 0, resu
         clap.model = unwrap(model).to("cpu").eval()
         clap.device = torch.device("cpu")
         clap.save_pretrained(cfg.out)
+        index = write_training_index(cfg.out, trained_on)
+        metrics["training_index"] = {"clips": index["clips"], "provenance": index["provenance"]}
         Path(cfg.metrics).parent.mkdir(parents=True, exist_ok=True)
         atomic_write_text(cfg.metrics, json.dumps(metrics, indent=2, sort_keys=True) + "\n")
         if cfg.timings:
