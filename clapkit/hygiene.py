@@ -239,6 +239,8 @@ def check_dataset_task(guard: OverlapGuard, task, root: str | Path, records=None
     from .data.adapters import ADAPTERS, LoadReport
     from .scoring import scored_records
 
+    if not task.supported:  # the scorer's own refusal, before reading a dataset it could not score
+        raise ValueError(f"{task.name}: {task.prompt_note}")
     if records is None:
         records = ADAPTERS[task.adapter].load(root, LoadReport())
     _, test = scored_records(task, records, root)

@@ -249,3 +249,50 @@ def test_guard_names_the_embedded_split_when_a_test_clip_is_a_training_clip(trai
     assert check.overlap == {test_row["id"]} and check.label("tone")["overlap_clips"] == 1
     with pytest.raises(TrainingOverlapError, match=f"test split: 1 of {check.clips} clips, e.g. {test_row['id']}"):
         guard.refuse([check])
+
+
+def test_fine_tuned_official_weights_give_a_partial_index(trained, tmp_path):
+    """train.init from an msclap checkpoint: our clips are listed, Microsoft's are not, and the labels say so."""
+    from clapkit.cli import main
+    from clapkit.train import train
+    from test_finetune_msclap import TINY, write_tiny
+
+    tmp, prepared, _ = trained
+    weights = write_tiny(tmp_path / "CLAP_weights_2023.pth")
+    cfg = train_config(tmp_path, prepared, init=f"msclap:2023:{weights}", max_steps=1, batch_size=4,
+                       text_cache_dir=None)
+    metrics = train(cfg, TINY, seed=0, progress=False)
+    assert metrics["training_index"] == {"clips": len(_train_rows(prepared)), "provenance": "partial"}
+    record = json.loads((tmp_path / "clap" / "config.json").read_text())["training_data"]
+    (note,) = record["unlisted"]
+    assert f"msclap:2023:{weights}" in note and "not ours to list" in note
+    clean = _dataset_with(tmp_path, tmp_path / "ESC-50", None)
+    out = tmp_path / "esc50.json"
+    assert main(["evaluate", "--model", str(tmp_path / "clap"), "--task", "esc50", "--data", str(clean), "--out",
+                 str(out), "--cache-dir", str(tmp_path / "cache")]) == 0
+    assert json.loads(out.read_text())["training_overlap"] == {"training_index": "partial", "overlap_clips": 0,
+                                                               "zero_shot": True}
+
+
+def test_training_data_includes_the_pretrained_encoders_clips(trained, tmp_path):
+    """audio_init: pretrain adds the clips pretrain trained on (its own corpus' train split) when they differ from
+    train's, and names the aisfx teacher it distilled; another save_pretrained model adds its own index."""
+    tmp, prepared, _ = trained
+    pre = tmp_path / "pretrain"
+    pre.mkdir()
+    info = {"format": "clapkit-pretrain/1", "pretrain": {"prepared": str(prepared), "distill_weight": 0.5}}
+    (pre / "config.json").write_text(json.dumps(info))
+    own = [{"id": "x", "content_hash": H[4]}]
+    cfg = train_config(tmp_path, tmp_path / "elsewhere", audio_init="pretrain", pretrain_dir=str(pre))
+    data = training_data(cfg, own)
+    assert sorted(data.hashes) == sorted([H[4]] + [r["content_hash"] for r in _train_rows(prepared)])
+    assert len(data.unlisted) == 1 and "aisfx teacher" in data.unlisted[0]
+    info["pretrain"]["distill_weight"] = 0.0  # the same corpus as train's: its train split is listed once
+    (pre / "config.json").write_text(json.dumps(info))
+    data = training_data(train_config(tmp_path, prepared, audio_init="pretrain", pretrain_dir=str(pre)), own)
+    assert data.hashes == [H[4]] and data.unlisted == []
+    data = training_data(train_config(tmp_path, prepared, audio_init=str(tmp / "clap")), own)  # a trained model
+    assert sorted(data.hashes) == sorted([H[4]] + [r["content_hash"] for r in _train_rows(prepared)])
+    weights = tmp_path / "encoder.safetensors"
+    data = training_data(train_config(tmp_path, prepared, audio_init=str(weights)), own)
+    assert data.unlisted == [f"train.audio_init {weights}: audio-encoder weights whose training data is not listed"]
