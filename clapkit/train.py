@@ -574,7 +574,7 @@ def train(cfg: TrainConfig, model_config: Mapping[str, Any], seed: int = 0, resu
         raise ValueError(f"{cfg.prepared}: {len(train_idx)} training clips, fewer than one batch of {cfg.batch_size}")
     tasks = {k: v for k, v in corpus.tasks.items() if len(v.get("classes", [])) >= 2}
     # the clips this run trains on, listed before training so that an unlistable input fails now (zero-shot hygiene)
-    trained_on = training_data(cfg, [corpus.rows[i] for i in train_idx]) if rank == 0 else None
+    trained_on = training_data(cfg, [corpus.rows[i] for i in train_idx], model_config) if rank == 0 else None
 
     clap, init_report = build_model(cfg, model_config, seed)
     model = clap.model

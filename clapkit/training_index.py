@@ -147,9 +147,11 @@ def _pretrain_clips(cfg, data: TrainingData) -> None:
         data.sources.append(f"{where} (train split, pretrained audio encoder)")
 
 
-def training_data(cfg, prepared_train_rows: Sequence[Mapping[str, Any]]) -> TrainingData:
-    """What a run of ``clapkit.train`` with ``cfg`` trains on: the shards' samples or the prepared train split,
-    plus the pretrained encoder's clips; weights of unlisted data (``train.init``, a foreign encoder) named."""
+def training_data(cfg, prepared_train_rows: Sequence[Mapping[str, Any]],
+                  model_config: Mapping[str, Any] | None = None) -> TrainingData:  # fmt: skip
+    """What a run of ``clapkit.train`` with ``cfg`` (and ``model_config``) trains on: the shards' samples or the
+    prepared train split, plus the pretrained encoder's clips; weights of unlisted data (``train.init``, a foreign
+    encoder, a packaged pretrained audio tower) named."""
     from .init_weights import parse_init
 
     data = TrainingData(hashes=[])
@@ -167,6 +169,12 @@ def training_data(cfg, prepared_train_rows: Sequence[Mapping[str, Any]]) -> Trai
         data.unlisted.append(MSCLAP_UNLISTED.format(init=cfg.init))
     else:
         _pretrain_clips(cfg, data)
+        encoder = (model_config or {}).get("audio_encoder")
+        # a packaged pretrained audio tower (aisfx): train, or pretrain with tasks none, starts it from its weights
+        if isinstance(encoder, Mapping) and encoder.get("pretrained"):
+            data.unlisted.append(f"the {encoder.get('name')} audio tower starts from the packaged "
+                                 f"{encoder['pretrained']!r} weights, trained on sound-effects libraries not ours "
+                                 f"to list")
     return data
 
 

@@ -88,6 +88,13 @@ def test_training_data_of_shards_and_of_official_weights(tmp_path):
     data = training_data(cfg, [{"id": "x", "content_hash": H[4]}])
     assert data.hashes == [H[4]] and len(data.unlisted) == 1
     assert "msclap:2023:/weights/CLAP_weights_2023.pth" in data.unlisted[0] and "unknown" in data.unlisted[0]
+    # a packaged pretrained audio tower (aisfx) brings training data of its own
+    aisfx = {"audio_encoder": {"name": "aisfx", "pretrained": "aisfx"}}
+    data = training_data(train_config(tmp_path, tmp_path / "prepared"), [{"id": "x", "content_hash": H[4]}], aisfx)
+    assert data.hashes == [H[4]] and len(data.unlisted) == 1 and "packaged 'aisfx' weights" in data.unlisted[0]
+    htsat = {"audio_encoder": {"name": "htsat"}}
+    assert training_data(train_config(tmp_path, tmp_path / "prepared"), [{"id": "x", "content_hash": H[4]}],
+                         htsat).unlisted == []
     with pytest.raises(ValueError, match="clip 'y' has no content_hash .* rerun the prepare stage"):
         training_data(train_config(tmp_path, tmp_path / "prepared"), [{"id": "y"}])
 
