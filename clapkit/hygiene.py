@@ -32,7 +32,8 @@ import numpy as np
 from .training_index import INDEX_FILE, RECORD_KEY, keys, row_hashes
 
 __all__ = ["TrainingOverlapError", "TrainingIndex", "load_training_index", "FileHashes", "OverlapGuard",
-           "OverlapCheck", "UNKNOWN_LABEL"]  # fmt: skip
+           "OverlapCheck", "UNKNOWN_LABEL", "check_split", "check_dataset_task", "check_stage",
+           "label_results"]  # fmt: skip
 
 UNKNOWN_LABEL = {"training_index": "unknown", "overlap_clips": None, "zero_shot": None}
 EXAMPLES = 5  # files named in the error

@@ -107,7 +107,12 @@ def row_hashes(rows: Sequence[Mapping[str, Any]], where: str, file_hash=None) ->
             if file_hash is None:
                 raise ValueError(f"{where}: clip {r.get('id')!r} has no content_hash (a manifest from before "
                                  f"prepare recorded them): rerun the prepare stage")
-            h = file_hash(r["path"])
+            try:
+                h = file_hash(r["path"])
+            except Exception as err:  # AudioReadError, OSError: the reason, with the file
+                raise ValueError(f"{where}: clip {r.get('id')!r} has no content_hash (a manifest from before prepare "
+                                 f"recorded them) and its file {r['path']} cannot be hashed ({err}): rerun the "
+                                 f"prepare stage") from None
         out.append(h)
     return out
 

@@ -303,3 +303,16 @@ def test_training_data_includes_the_pretrained_encoders_clips(trained, tmp_path)
     weights = tmp_path / "encoder.safetensors"
     data = training_data(train_config(tmp_path, prepared, audio_init=str(weights)), own)
     assert data.unlisted == [f"train.audio_init {weights}: audio-encoder weights whose training data is not listed"]
+
+
+def test_a_manifest_without_hashes_is_hashed_from_its_files_or_refused_by_name(tmp_path):
+    x = np.random.default_rng(3).integers(-9000, 9000, 4000).astype(np.int16)
+    sf.write(tmp_path / "a.wav", x, 16000, subtype="PCM_16")
+    from clapkit.training_index import row_hashes
+
+    files = FileHashes(None)
+    rows = [{"id": "a", "path": str(tmp_path / "a.wav")}, {"id": "b", "path": "x", "content_hash": H[1]}]
+    assert row_hashes(rows, "old/manifest.jsonl", files) == [file_content_hash(tmp_path / "a.wav"), H[1]]
+    with pytest.raises(ValueError, match=r"old/manifest.jsonl: clip 'c' has no content_hash .* its file "
+                                         r".*missing.wav cannot be hashed .*rerun the prepare stage"):
+        row_hashes([{"id": "c", "path": str(tmp_path / "missing.wav")}], "old/manifest.jsonl", files)
