@@ -15,6 +15,8 @@ Every scored task carries a label, in results.json and metrics/evaluate.json::
 from data nobody listed (the official msclap checkpoint of ``train.init``: its label names it); ``unknown``: the
 model has no index (saved before there was one, or an official checkpoint): nothing can be checked, a warning is
 printed, and ``overlap_clips`` and ``zero_shot`` are null.  ``zero_shot`` is false exactly when clips overlap.
+An embedded task counts its clips in the whole split (not only the ``test_clips_per_task`` it scores): the check
+runs once per split, and a training clip anywhere in a task's test clips is worth knowing.
 """
 
 from __future__ import annotations

@@ -24,14 +24,14 @@ import json
 import os
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Iterable, Mapping, Sequence
+from typing import Any, Iterable, Iterator, Mapping, Sequence
 
 import numpy as np
 
 from .data.fingerprint import HASH_VERSION
 
 __all__ = ["INDEX_FILE", "RECORD_KEY", "INDEX_FORMAT", "TrainingData", "hashes_to_array", "keys",
-           "read_shard_hashes", "row_hashes", "training_data", "write_training_index"]  # fmt: skip
+           "iter_shard_hashes", "read_shard_hashes", "row_hashes", "training_data", "write_training_index"]  # fmt: skip
 
 INDEX_FILE = "training_index.npy"
 RECORD_KEY = "training_data"  # the key of config.json that describes the index
@@ -44,11 +44,22 @@ MSCLAP_UNLISTED = ("official msclap weights ({init}): trained by Microsoft on da
 
 @dataclass
 class TrainingData:
-    """The clips a model trained on (hex content hashes) and the weights whose training data is not listed."""
+    """The clips a model trained on, as index rows (16 bytes a clip, not a Python string: 4.6M clips stay 74 MB in
+    the training process), and the weights whose training data is not listed."""
 
-    hashes: list[str]
+    index: np.ndarray = field(default_factory=lambda: np.zeros((0, 2), _DTYPE))  # sorted, unique
     unlisted: list[str] = field(default_factory=list)
     sources: list[str] = field(default_factory=list)  # where the hashes were read, for config.json
+
+    def add(self, hashes: Iterable[str], where: str) -> None:
+        """Add clips by hex hash (any iterable: a generator over a 4.6M-line index is never a list)."""
+        new = hashes_to_array(hashes, where)
+        self.index = keys_to_array(np.union1d(keys(self.index), keys(new))) if len(self.index) else new
+
+    @property
+    def hashes(self) -> list[str]:
+        """The hex hashes, sorted."""
+        return [row.tobytes().hex() for row in self.index]
 
 
 def hashes_to_array(hashes: Iterable[str], where: str = "hashes") -> np.ndarray:
@@ -78,8 +89,12 @@ def read_shard_hashes(shard_dirs: str | Path | Sequence[str | Path]) -> list[str
     """``content_hash`` of every line of ``<dir>/samples.jsonl`` (the shard index of ``clapkit shards build``) of
     each shard directory: every sample, whatever its split (listing more than was trained on can only refuse more).
     A missing file, a line that is not JSON or has no ``content_hash`` is an error naming file and line."""
+    return list(iter_shard_hashes(shard_dirs))
+
+
+def iter_shard_hashes(shard_dirs: str | Path | Sequence[str | Path]) -> Iterator[str]:
+    """``read_shard_hashes`` one at a time."""
     dirs = [shard_dirs] if isinstance(shard_dirs, (str, Path)) else list(shard_dirs)
-    out: list[str] = []
     for d in dirs:
         path = Path(d) / "samples.jsonl"
         if not path.is_file():
@@ -93,8 +108,7 @@ def read_shard_hashes(shard_dirs: str | Path | Sequence[str | Path]) -> list[str
                     h = json.loads(line)["content_hash"]
                 except (json.JSONDecodeError, KeyError, TypeError):
                     raise ValueError(f"{path}:{n}: not a JSON object with a content_hash") from None
-                out.append(h)
-    return out
+                yield h
 
 
 def row_hashes(rows: Sequence[Mapping[str, Any]], where: str, file_hash=None) -> list[str]:
@@ -130,7 +144,7 @@ def _pretrain_clips(cfg, data: TrainingData) -> None:
         from .hygiene import load_training_index
 
         index = load_training_index(source)
-        data.hashes += [k.tobytes().hex() for k in index.keys]
+        data.add([k.tobytes().hex() for k in index.keys], str(index.path))
         data.unlisted += index.unlisted
         data.sources.append(f"{index.path} (train.audio_init)")
         return
@@ -148,7 +162,7 @@ def _pretrain_clips(cfg, data: TrainingData) -> None:
         data.sources.append(f"{where} (train split; pretrain: same corpus)")
     else:  # pretrain's train split, as pretrain.py trains on it
         rows = [r for r in PreparedCorpus(where).rows if r["split"] == "train"]
-        data.hashes += row_hashes(rows, f"{where}/manifest.jsonl")
+        data.add(row_hashes(rows, f"{where}/manifest.jsonl"), f"{where}/manifest.jsonl")
         data.sources.append(f"{where} (train split, pretrained audio encoder)")
 
 
@@ -159,16 +173,16 @@ def training_data(cfg, prepared_train_rows: Sequence[Mapping[str, Any]],
     encoder, a packaged pretrained audio tower) named."""
     from .init_weights import parse_init
 
-    data = TrainingData(hashes=[])
+    data = TrainingData()
     if cfg.shards:
         if (Path(cfg.shards) / "samples.jsonl").is_file():
-            data.hashes += read_shard_hashes(cfg.shards)
+            data.add(iter_shard_hashes(cfg.shards), f"{cfg.shards}/samples.jsonl")
             data.sources.append(f"{cfg.shards}/samples.jsonl")
         else:  # `clapkit shards write` shards: the prepared train split, which that command writes out
-            data.hashes += row_hashes(prepared_train_rows, f"{cfg.prepared}/manifest.jsonl")
+            data.add(row_hashes(prepared_train_rows, f"{cfg.prepared}/manifest.jsonl"), cfg.prepared)
             data.sources.append(f"{cfg.prepared} (train split, which `clapkit shards write` wrote to {cfg.shards})")
     else:
-        data.hashes += row_hashes(prepared_train_rows, f"{cfg.prepared}/manifest.jsonl")
+        data.add(row_hashes(prepared_train_rows, f"{cfg.prepared}/manifest.jsonl"), cfg.prepared)
         data.sources.append(f"{cfg.prepared} (train split)")
     if parse_init(cfg.init).kind != "none":  # every weight from the checkpoint: audio_init is superseded
         data.unlisted.append(MSCLAP_UNLISTED.format(init=cfg.init))
@@ -195,7 +209,7 @@ def write_training_index(model_dir: str | Path, data: TrainingData) -> dict[str,
     """Write ``training_index.npy`` into a ``save_pretrained`` directory and record it in its ``config.json``
     (both atomically, the index first); returns the record."""
     model_dir = Path(model_dir)
-    arr = hashes_to_array(data.hashes, "training clips")
+    arr = data.index
     tmp = model_dir / (INDEX_FILE + ".tmp")
     with open(tmp, "wb") as f:
         np.save(f, arr, allow_pickle=False)

@@ -42,7 +42,10 @@ def _model_dir(tmp_path: Path) -> Path:
 
 def test_index_round_trip_and_tampering_is_refused(tmp_path):
     d = _model_dir(tmp_path)
-    record = write_training_index(d, TrainingData(hashes=H[:3], sources=["fixture"]))
+    data = TrainingData(sources=["fixture"])
+    data.add(H[:3], "fixture")
+    assert data.hashes == sorted(H[:3])
+    record = write_training_index(d, data)
     assert record["clips"] == 3 and record["provenance"] == "complete" and record["unlisted"] == []
     assert record["sha256"] == hashlib.sha256((d / INDEX_FILE).read_bytes()).hexdigest()
     config = json.loads((d / "config.json").read_text())
@@ -52,7 +55,10 @@ def test_index_round_trip_and_tampering_is_refused(tmp_path):
     assert index.contains([H[4], H[2], H[0]]).tolist() == [False, True, True]
     # rewriting the same clips gives the same bytes (deterministic), another order too
     before = (d / INDEX_FILE).read_bytes()
-    write_training_index(d, TrainingData(hashes=[H[2], H[0], H[1], H[0]]))
+    again = TrainingData()
+    again.add([H[2], H[0]], "part one")
+    again.add([H[1], H[0]], "part two")  # a clip listed by two sources is one row
+    write_training_index(d, again)
     assert (d / INDEX_FILE).read_bytes() == before
     np.save(d / INDEX_FILE, hashes_to_array(H[:2]), allow_pickle=False)  # swapped behind config.json's back
     with pytest.raises(ValueError, match="differs from the .* records"):
@@ -83,7 +89,7 @@ def test_training_data_of_shards_and_of_official_weights(tmp_path):
     (shards / "samples.jsonl").write_text("".join(json.dumps({"content_hash": h}) + "\n" for h in H[:4]))
     cfg = train_config(tmp_path, tmp_path / "prepared", shards=str(shards))
     data = training_data(cfg, [{"id": "x", "content_hash": H[4]}])
-    assert data.hashes == H[:4] and data.unlisted == []  # the shards, not the prepared split, were trained on
+    assert data.hashes == sorted(H[:4]) and data.unlisted == []  # the shards, not the prepared split, were trained on
     cfg = train_config(tmp_path, tmp_path / "prepared", init="msclap:2023:/weights/CLAP_weights_2023.pth")
     data = training_data(cfg, [{"id": "x", "content_hash": H[4]}])
     assert data.hashes == [H[4]] and len(data.unlisted) == 1
