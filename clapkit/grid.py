@@ -56,10 +56,10 @@ from typing import Any, Mapping, Sequence
 
 from .text import atomic_write_text
 
-from .grid_rows import (FLOOR, KNOBS, ROWS, TOWER_KNOBS, GridRow, base_knobs, check_rows, get_dotted,
-                        normalise_knobs, workspace_row)
+from .grid_rows import KNOBS, ROWS, GridRow, base_knobs, check_rows, normalise_knobs
 
-__all__ = ["ROWS", "Experiment", "GridRow", "experiments"]  # the rows: clapkit.grid_rows; summary: clapkit.grid_summary
+# the rows themselves: clapkit.grid_rows (re-exported here); the summary: clapkit.grid_summary
+__all__ = ["ROWS", "Experiment", "GridRow", "base_knobs", "check_rows", "experiments", "queue_order"]
 
 FORMAT = "clapkit-ablations/3"  # 3: the transfer score beside the in-domain one, per run, per row, per comparison
 SUMMARY = "reports/ablations.json"
@@ -72,7 +72,6 @@ TINY = {
     "evaluate.test_clips_per_task": 20, "evaluate.probe_train_per_class": 3, "evaluate.retrieval_clips": 50,
     "evaluate.map_clips_per_task": 10,
 }
-_get = get_dotted  # the name the summary module and older code use
 
 
 @dataclass(frozen=True)
@@ -164,7 +163,7 @@ def queue_order(exps: Sequence[Experiment]) -> list[Experiment]:
     finished both run it.  So the first experiment of each pretraining other than the workspace's (``dvc repro``
     ran that one: it is in dvc.lock) goes first, the costliest first, then the experiments that reuse a
     pretraining, in the grid's order."""
-    done = {workspace_pretraining(e.base) for e in exps[:1]}
+    done = {workspace_pretraining(exps[0].base)} if exps else set()
     first: list[Experiment] = []
     for e in exps:
         key = pretraining_of(e)

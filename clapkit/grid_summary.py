@@ -101,7 +101,7 @@ def _newness(rec: Mapping[str, Any]) -> str:
     return rec.get("timestamp") or ""
 
 
-def transfer_entries(metrics: Mapping[str, Any]) -> dict[str, float]:
+def transfer_accuracies(metrics: Mapping[str, Any]) -> dict[str, float]:
     """``"<source> <task>" -> accuracy`` (held-out wordings) of evaluate's ``transfer`` block."""
     return {f"{source} {task}": entry["accuracy"] for source, tasks in (metrics.get("transfer") or {}).items()
             for task, entry in tasks.items() if entry.get("accuracy") is not None}
@@ -144,7 +144,7 @@ def summarise(records: Sequence[Mapping[str, Any]], base: Mapping[str, Any],
         if old is None or _newness(rec) > _newness(old):
             by_key[(idx, seed)] = rec
     tasks = sorted({t for rec in by_key.values() for t in rec["metrics"].get("zero_shot", {})})
-    entries = sorted({e for rec in by_key.values() for e in transfer_entries(rec["metrics"])})
+    entries = sorted({e for rec in by_key.values() for e in transfer_accuracies(rec["metrics"])})
     own = workspace_row(rows, base)
     table = []
     for i, row in enumerate(rows):
@@ -153,7 +153,7 @@ def summarise(records: Sequence[Mapping[str, Any]], base: Mapping[str, Any],
         for seed, rec in found:
             m = rec["metrics"]
             pre = (rec.get("all_metrics") or {}).get("metrics/pretrain.json") or {}
-            per_entry = transfer_entries(m)
+            per_entry = transfer_accuracies(m)
             runs.append({"experiment": rec["name"], "rev": rec["rev"], "seed": seed,
                          "pretrain_steps": _get(rec["params"], "pretrain.steps"), **run_scores(m),
                          "transfer_per_entry": {e: per_entry.get(e) for e in entries},
@@ -171,7 +171,7 @@ def summarise(records: Sequence[Mapping[str, Any]], base: Mapping[str, Any],
     # (e.g. a row that failed in a rerun of the grid, so an older run at another budget filled in)
     steps = sorted({r["pretrain_steps"] for row in table for r in row["runs"] if r["pretrain_steps"] is not None})
     return add_statistics({"format": FORMAT, "source": "dvc exp show --json", "base_knobs": normalise_knobs(base),
-                           "tasks": tasks, "transfer_entries": entries, "rows": table, "other": other,
+                           "tasks": tasks, "transfer_entry_names": entries, "rows": table, "other": other,
                            "pretrain_steps": steps, "paper_table1": paper,
                            "note": "paper_table1.average is the mean of the 16 per-task numbers of Table 1 (the "
                                    "paper prints the same values, except 0.469 for HTSAT-22+CLIP where the cells "
@@ -259,7 +259,7 @@ def add_statistics(summary: dict[str, Any]) -> dict[str, Any]:
             entry[f"{score}_ci95"] = _t_interval(values)  # t interval over seeds (none with one seed)
         chances = [r["transfer_chance"] for r in runs if r.get("transfer_chance") is not None]
         entry["transfer_chance"] = _mean_std(chances)[0] if chances else None
-        for per_run, names in (("transfer_per_entry", summary.get("transfer_entries", [])),
+        for per_run, names in (("transfer_per_entry", summary["transfer_entry_names"]),
                                ("in_domain_per_task", summary["tasks"])):
             values = {n: [r[per_run][n] for r in runs if r[per_run].get(n) is not None] for n in names}
             entry[f"{per_run}_mean"] = {n: (_mean_std(v)[0] if v else None) for n, v in values.items()}

@@ -353,7 +353,7 @@ def test_grid_summary_matches_rows_by_params():
     assert head["in_domain_score_mean"] == pytest.approx(0.34)
     assert head["in_domain_score_std"] == pytest.approx(0.02)  # sample std of 0.36, 0.32, 0.34
     assert head["in_domain_per_task_mean"]["tone"] == pytest.approx(0.17)
-    assert s["transfer_entries"] == ["debian:ktuberling-data language", "debian:qabcs-data sound_event"]
+    assert s["transfer_entry_names"] == ["debian:ktuberling-data language", "debian:qabcs-data sound_event"]
     assert head["transfer_per_entry_mean"]["debian:ktuberling-data language"] == pytest.approx(0.18)
     assert rows["htsat-gpt2"]["runs"][0]["rev"] == "e3"  # not the older e0 (0.90) of the same row and seed
     assert rows["htsat-gpt2"]["in_domain_score_mean"] == pytest.approx(0.21) and len(rows["htsat-gpt2"]["runs"]) == 2
