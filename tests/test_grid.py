@@ -511,8 +511,13 @@ def test_ablation_notebook_renders_from_a_summary(tmp_path):
     assert "paired t(1) = 4.33, two-sided p = 0.144: not significant at 0.05" in text
     assert "the paper: +0.045 (Table 1 averages)" in text
     assert out.with_suffix(".html").is_file()
+    # before the grid has run (a summary with no runs) it renders too, saying so
+    path.write_text(json.dumps(summarise([], base())))
+    run_notebook("notebooks/05_ablations.ipynb", tmp_path / "empty.ipynb", {"summary_path": str(path)})
+    text = (tmp_path / "empty.ipynb").read_text()
+    assert "0 grid rows with results, 0 runs" in text and "the default against the floor: not both run yet" in text
     # a summary of the previous format is refused with what to do
-    old = json.loads(path.read_text())
+    old = summarise(parse_exp_show(exp_show_fixture()), base())
     old["format"] = "clapkit-ablations/2"
     path.write_text(json.dumps(old))
     with pytest.raises(Exception, match="clapkit grid collect"):
