@@ -54,9 +54,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Mapping, Sequence
 
-from .text import atomic_write_text
-
 from .grid_rows import KNOBS, ROWS, GridRow, base_knobs, check_rows, normalise_knobs
+from .text import atomic_write_text
 
 # the rows themselves: clapkit.grid_rows (re-exported here); the summary: clapkit.grid_summary
 __all__ = ["ROWS", "Experiment", "GridRow", "base_knobs", "check_rows", "experiments", "queue_order"]
