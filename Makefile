@@ -26,12 +26,15 @@ test: setup
 bench: setup
 	$(ACT) bash scripts/install_msclap_reference.sh && HF_HUB_OFFLINE=1 python benchmarks/run.py --out benchmarks/results-cpu.json
 
-# The Table 1 ablation grid (clapkit/grid.py, README "The ablation grid"): the workspace run (dvc repro) is its
-# first experiment; the other 11 run as DVC experiments, 2 at a time (1 thread each).  The seeds vary contrastive
-# training only, so each pretraining runs once (the workspace's, then CNN14 and HTSAT on sound events, none; DVC's
-# run-cache hands them on); then reports/ablations.json and reports/05_ablations.html are written from
-# `dvc exp show`.  Wall time measured here: README.  List without running: `clapkit grid plan`.  A few steps per
-# stage, to check every row runs:
+# The Table 1 ablation grid with the pretrained towers (clapkit/grid.py, rows in clapkit/grid_rows.py, README "The
+# ablation grid"): 21 experiments; the one with params.yaml's params is the workspace run (dvc repro), the other 20
+# run as DVC experiments, 2 at a time (1 thread each).  The seeds vary contrastive training only, and every row
+# states its towers, so each pretraining runs once (the workspace's, then those queued first: with the committed
+# default CNN14 and HTSAT on sound events, HTSAT with none, aisfx with none; DVC's run-cache hands them on); then
+# reports/ablations.json (transfer score first, in-domain second) and reports/05_ablations.html are written from
+# `dvc exp show`.  Wall time: README (a run with the new rows is pending).  List without running, with the
+# pretrainings queued first: `clapkit grid plan`.  A few steps per stage, to check every row runs (a frozen tower's
+# feature cache still covers the whole train split, built the first time it is needed):
 # `clapkit grid queue --tiny && dvc queue start -j 2 && clapkit grid wait && clapkit grid collect --tiny`.
 grid: repro
 	$(ACT) clapkit grid queue

@@ -1,10 +1,15 @@
-"""The Table 1 ablation grid in miniature: DVC experiments over the encoder pair, the pretraining tasks, the
-temperature and the batch size, and the summary the ablation notebook reads.
+"""The Table 1 ablation grid in miniature: DVC experiments over the encoder pair (pretrained towers included), the
+pretraining tasks, the temperature and the batch size, and the summary the ablation notebook reads.
 
-The paper's claims are comparative (MS-CLAP 2023 Table 1: HTSAT-22 pretraining beats plain HTSAT and CNN14,
-GPT-2 beats BERT / RoBERTa as text encoder).  ``ROWS`` lists the grid as params.yaml overrides, so a row is
-exactly what ``dvc exp run -S key=value ...`` changes; the workspace's own params are the first row at seed 0
-(``model.audio_encoder`` / ``text_encoder`` null = the preset's HTSAT + GPT-2, ``pretrain.tasks: all``).
+The paper's claims are comparative (MS-CLAP 2023 Table 1: HTSAT-22 pretraining beats plain HTSAT and CNN14, GPT-2
+beats BERT / RoBERTa as text encoder; its text encoders are all pretrained).  ``clapkit.grid_rows.ROWS`` lists the
+grid as params.yaml overrides; every row states its tower knobs (audio / text encoder, ``pretrain.tasks``, the
+freezes, ``train.text_lr_scale``) explicitly, so it means the same experiment whatever params.yaml's default towers
+are.  The experiment whose params are params.yaml's (no ``-S`` at all: the row whose knobs are params.yaml's, at
+params.yaml's seed) is the workspace run, ``dvc repro``'s, and is not queued; a ``-S`` is written only for what
+differs from params.yaml (a null tower and the explicit name of the preset's own, HTSAT / GPT-2, are the same).
+The new rows (issue 15): HTSAT-22 + MiniLM frozen / fine-tuned (``train.text_lr_scale: 0.1``), the floor (aisfx +
+MiniLM, both frozen: only the projections train), aisfx (frozen) + MiniLM fine-tuned, aisfx (frozen) + GPT-2.
 
 * ``clapkit grid plan``: the experiments and their ``dvc exp run`` commands (nothing runs).
 * ``clapkit grid queue``: ``dvc exp run --queue`` for every experiment not already in ``dvc exp show``;
@@ -12,23 +17,28 @@ exactly what ``dvc exp run -S key=value ...`` changes; the workspace's own param
 * ``clapkit grid wait``: until the queue is empty.
 * ``clapkit grid collect``: ``dvc exp show --json`` -> ``reports/ablations.json`` (committed; the notebook reads
   only this file, so it renders on a fresh clone, where DVC experiments, which live in local git refs, are absent),
-  with the statistics of ``clapkit.grid_summary``: per row a t interval over seeds, and the paper's claims as
-  paired t-tests of two rows over their common seeds (degrees of freedom, p-value).
+  with the statistics of ``clapkit.grid_summary``: per row a t interval over seeds of the transfer score (the
+  headline) and of the in-domain zero-shot score, and the claims as paired t-tests of two rows over their common
+  seeds (degrees of freedom, p-value), on the transfer score first.
 * ``clapkit grid recompute``: those statistics again from the per-seed results a summary stores (nothing reruns).
 * ``--tiny`` (plan / queue / collect): the same grid at a few optimiser steps per stage (``TINY``, as
   tests/test_pipeline_e2e.py), experiments named ``tiny-*``, summary ``reports/ablations-tiny.json``: a check
-  that every row runs end to end (minutes), not a result.  ``--set key=value`` adds overrides of your own.
+  that every row runs end to end (minutes), not a result; every tiny experiment is queued (TINY changes params).
+  ``--set key=value`` adds overrides of your own (under the rows': a row's tower knobs win).
 
 Budget.  A queued experiment runs in a fresh temporary copy of the repository; prepare is skipped (its outputs are
 cached or committed).  The pretrain stage depends only on what changes the audio encoder (``preset``, ``frontend``,
 ``model.<preset>``, ``model.audio_encoder``, the ``pretrain`` block with its own ``pretrain.seed``), not on the
-top-level ``seed`` the grid varies, so the seeds of a row differ in their contrastive training and share one
-pretrained encoder.  Rows with the workspace's pretraining (other seeds, the text tower, the temperature, the batch
-size) find it in dvc.lock; the others take it from DVC's run-cache once one experiment has run it, which is why
-``queue_order`` queues the first experiment of each new pretraining before everything else.  So the grid runs
-three pretrainings beside the workspace's: CNN14 on sound events, HTSAT on sound events, none.  An experiment that
-reuses a pretraining costs train + evaluate (~7 min on one thread here, two side by side); CNN14 costs ~2.6x the
-small HTSAT per clip.  README "The ablation grid" has the measured wall time of the whole grid.
+top-level ``seed`` the grid varies, nor on the text tower or the freezes, so the seeds of a row differ in their
+contrastive training and share one pretrained encoder.  Rows with the workspace's pretraining find it in dvc.lock;
+the others take it from DVC's run-cache once one experiment has run it, which is why ``queue_order`` queues the
+first experiment of each other pretraining (keyed by audio encoder and tasks) before everything else.  With the
+committed default (HTSAT-22 + GPT-2) the grid runs four beside the workspace's: CNN14 on sound events, HTSAT on
+sound events, HTSAT with none (a seeded random encoder) and aisfx with none (its packaged weights written out, no
+training); with aisfx as the default, HTSAT-22's 21-task pretraining is one of them instead.  A frozen aisfx tower's
+clip features and a frozen MiniLM's caption features are computed once into caches outside the workspace
+(``train.audio_cache_dir`` / ``text_cache_dir``), shared by every experiment.  README "The ablation grid" has the
+measured wall times.
 
 Experiments are matched to rows by their *params*, not their names, so an experiment run by hand with the same
 overrides counts too.  Experiments with other params (your own ablations) are listed under ``other``.
@@ -44,15 +54,14 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Mapping, Sequence
 
+from .grid_rows import KNOBS, ROWS, GridRow, base_knobs, check_rows, normalise_knobs
 from .text import atomic_write_text
 
-__all__ = ["ROWS", "Experiment", "GridRow", "experiments"]  # the summary: clapkit.grid_summary
+# the rows themselves: clapkit.grid_rows (re-exported here); the summary: clapkit.grid_summary
+__all__ = ["ROWS", "Experiment", "GridRow", "base_knobs", "check_rows", "experiments", "queue_order"]
 
-FORMAT = "clapkit-ablations/2"  # 2: per-row t intervals and the paired tests of `comparisons`
+FORMAT = "clapkit-ablations/3"  # 3: the transfer score beside the in-domain one, per run, per row, per comparison
 SUMMARY = "reports/ablations.json"
-# params.yaml keys that define a row (the grid's knobs); a row's values are params.yaml's with its overrides
-KNOBS = ("model.audio_encoder", "model.text_encoder", "pretrain.tasks", "train.temperature",
-         "train.learn_temperature", "train.batch_size")
 # --tiny: a few steps per stage on the committed corpus (prepare is left alone, so it is not rerun)
 TINY = {
     "pretrain.steps": 4, "pretrain.batch_size": 8, "pretrain.warmup_steps": 1, "pretrain.checkpoint_every": 2,
@@ -62,88 +71,42 @@ TINY = {
     "evaluate.test_clips_per_task": 20, "evaluate.probe_train_per_class": 3, "evaluate.retrieval_clips": 50,
     "evaluate.map_clips_per_task": 10,
 }
-# None = the preset's own tower, which for the embedded preset is HTSAT / GPT-2
-TOWER_DEFAULTS = {"model.audio_encoder": "htsat", "model.text_encoder": "gpt2"}
-
-
-@dataclass(frozen=True)
-class GridRow:
-    name: str  # as in the paper's Table 1 where the row is one of its encoder pairs
-    overrides: Mapping[str, Any]
-    seeds: tuple[int, ...] = (0,)
-    table1: str | None = None  # clapkit.tasks.TABLE1_MODELS entry this row corresponds to
-    slug: str = ""
-
-    def knobs(self, base: Mapping[str, Any]) -> dict[str, Any]:
-        """The row's knob values: ``base`` (params.yaml's, see ``base_knobs``) with the row's overrides."""
-        k = dict(base)
-        k.update(self.overrides)
-        return normalise_knobs(k)
-
-
-ROWS: tuple[GridRow, ...] = (
-    GridRow("HTSAT-22 + GPT-2", {}, (0, 1, 2), "HTSAT-22+GPT2", "htsat22-gpt2"),
-    GridRow("HTSAT + GPT-2", {"pretrain.tasks": "sound_events"}, (0, 1, 2), "HTSAT+GPT2", "htsat-gpt2"),
-    GridRow("HTSAT-22 + RoBERTa", {"model.text_encoder": "roberta"}, (0,), "HTSAT-22+RoBERTa", "htsat22-roberta"),
-    GridRow("HTSAT + RoBERTa", {"model.text_encoder": "roberta", "pretrain.tasks": "sound_events"}, (0,),
-            "HTSAT+RoBERTa", "htsat-roberta"),
-    GridRow("no pretraining + GPT-2", {"pretrain.tasks": "none"}, (0,), None, "none-gpt2"),
-    GridRow("HTSAT-22 + GPT-2, fixed temperature 0.07", {"train.learn_temperature": False}, (0,), None,
-            "htsat22-gpt2-fixedtau"),
-    GridRow("HTSAT-22 + GPT-2, batch 32", {"train.batch_size": 32}, (0,), None, "htsat22-gpt2-b32"),
-    GridRow("CNN14 + BERT", {"model.audio_encoder": "cnn14", "model.text_encoder": "bert",
-                             "pretrain.tasks": "sound_events"}, (0,), "CNN14+BERT", "cnn14-bert"),
-)
-
-
-def base_knobs(params: Mapping[str, Any], extra: Mapping[str, Any] | None = None) -> dict[str, Any]:
-    """The knob values every row starts from: params.yaml's, then ``extra`` (``--tiny`` / ``--set``), so that a
-    change of params.yaml (say train.batch_size) moves the whole grid with it instead of breaking the matching."""
-    base = {k: _get(params, k) for k in KNOBS}
-    base.update({k: v for k, v in (extra or {}).items() if k in KNOBS})
-    return base
-
-
-def check_rows(rows: Sequence[GridRow], base: Mapping[str, Any]) -> None:
-    """Two rows with the same knobs would be one experiment twice (e.g. params.yaml's batch size set to the batch
-    row's): refuse, naming them."""
-    seen: dict[tuple, str] = {}
-    for row in rows:
-        key = tuple(sorted(row.knobs(base).items(), key=lambda kv: kv[0]))
-        if key in seen:
-            raise ValueError(f"grid rows {seen[key]!r} and {row.name!r} have the same params with this params.yaml "
-                             f"({dict(key)}); change one of them in clapkit/grid.py ROWS")
-        seen[key] = row.name
-
-
-def normalise_knobs(knobs: Mapping[str, Any]) -> dict[str, Any]:
-    """Same meaning, same value: a null tower is the preset's own (HTSAT / GPT-2 when embedded)."""
-    out = dict(knobs)
-    for key, default in TOWER_DEFAULTS.items():
-        if out.get(key) is None:
-            out[key] = default
-    return out
 
 
 @dataclass(frozen=True)
 class Experiment:
     row: GridRow
     seed: int
+    base: Mapping[str, Any]  # params.yaml's knob values, with ``extra``'s: what ``-S`` changes is relative to it
     extra: Mapping[str, Any] = field(default_factory=dict)  # --tiny / --set overrides, under the row's
     prefix: str = ""
+    workspace_seed: int = 0  # params.yaml's top-level seed
 
     @property
     def name(self) -> str:
         return f"{self.prefix}{self.row.slug}-s{self.seed}"
 
     @property
+    def knobs(self) -> dict[str, Any]:
+        return self.row.knobs(self.base)
+
+    @property
     def set_params(self) -> dict[str, Any]:
-        """What ``-S`` changes relative to params.yaml (the seed included when it is not 0)."""
+        """What ``-S`` changes relative to params.yaml: ``extra``, the row's knobs whose meaning differs from
+        params.yaml's (a null tower and the explicit name of the preset's own are the same: no ``-S``, so the
+        pretrain stage's params stay those of dvc.lock), and the seed where it is not params.yaml's."""
         out = dict(self.extra)
-        out.update(self.row.overrides)
-        if self.seed != 0:
+        own = normalise_knobs(self.base)
+        knobs = self.knobs
+        out.update({k: v for k, v in self.row.overrides.items() if knobs[k] != own[k]})
+        if self.seed != self.workspace_seed:
             out["seed"] = self.seed
         return out
+
+    @property
+    def is_workspace(self) -> bool:
+        """Its params are params.yaml's: ``dvc repro`` runs it, ``clapkit grid queue`` does not."""
+        return not self.set_params
 
     def command(self, queue: bool = True) -> list[str]:
         cmd = ["dvc", "exp", "run"] + (["--queue"] if queue else []) + ["-n", self.name]
@@ -152,54 +115,62 @@ class Experiment:
         return cmd
 
 
-def experiments(rows: Sequence[GridRow] = ROWS, extra: Mapping[str, Any] | None = None,
-                prefix: str = "") -> list[Experiment]:
-    """Every (row, seed); the workspace's own row at seed 0 first (it is the main pipeline's run)."""
-    return [Experiment(r, s, dict(extra or {}), prefix) for r in rows for s in r.seeds]
+def experiments(rows: Sequence[GridRow] = ROWS, extra: Mapping[str, Any] | None = None, prefix: str = "",
+                base: Mapping[str, Any] | None = None, workspace_seed: int = 0) -> list[Experiment]:
+    """Every (row, seed), in the grid's order.  ``base``: the knob values of params.yaml with ``extra``'s
+    (``base_knobs``; default: those of ./params.yaml)."""
+    if base is None:
+        from .config import load_params
+
+        base = base_knobs(load_params("params.yaml"), extra)
+    return [Experiment(r, s, dict(base), dict(extra or {}), prefix, workspace_seed) for r in rows for s in r.seeds]
 
 
 # the params that change the pretrain stage's output (dvc.yaml pretrain: params), by their -S prefix
 PRETRAIN_PARAMS = ("preset", "frontend", "model.embedded", "model.paper", "model.audio_encoder", "pretrain.")
 
 
+def _pretraining_key(knobs: Mapping[str, Any], extra: Mapping[str, Any]) -> tuple:
+    keys = {k: knobs[k] for k in KNOBS if k.startswith(PRETRAIN_PARAMS)}
+    keys.update({k: v for k, v in extra.items() if k.startswith(PRETRAIN_PARAMS) and k not in KNOBS})
+    return tuple(sorted((k, json.dumps(v)) for k, v in keys.items()))
+
+
 def pretraining_of(e: Experiment) -> tuple:
-    """What identifies an experiment's pretraining: its overrides of the pretrain stage's params (the seed is train's)."""
-    return tuple(sorted((k, json.dumps(v)) for k, v in e.set_params.items() if k.startswith(PRETRAIN_PARAMS)))
+    """What identifies an experiment's pretraining: its values of the knobs the pretrain stage reads (audio encoder,
+    tasks; normalised, so a null tower and the preset's own are one) and any other pretrain-stage override of
+    ``extra`` (``--tiny``'s steps); not the seed, which is train's."""
+    return _pretraining_key(e.knobs, e.extra)
+
+
+def workspace_pretraining(base: Mapping[str, Any]) -> tuple:
+    """The pretraining of params.yaml as it is (``dvc repro``'s, in dvc.lock)."""
+    return _pretraining_key(normalise_knobs(base), {})
+
+
+def pretraining_cost(knobs: Mapping[str, Any]) -> float:
+    """Relative cost of a pretraining: ``tasks: none`` costs nothing (a seeded random encoder, or aisfx's packaged
+    weights written out), CNN14 ~2.6x the small HTSAT per clip."""
+    if knobs.get("pretrain.tasks") == "none":
+        return 0.0
+    return 2.6 if knobs.get("model.audio_encoder") == "cnn14" else 1.0
 
 
 def queue_order(exps: Sequence[Experiment]) -> list[Experiment]:
     """The order to queue in so that each pretraining runs once.  DVC's run-cache hands a finished pretraining to
     every later experiment with the same pretrain params, but two experiments that need it while neither has
-    finished both run it.  So the first experiment of each pretraining not already done by the workspace goes
-    first, the costliest first (CNN14 ~2.6x the small HTSAT per clip; ``tasks: none`` costs nothing), and the
-    experiments that reuse a pretraining after them, in the grid's order."""
-    done = {()}  # the workspace's (dvc repro) pretraining: no overrides
+    finished both run it.  So the first experiment of each pretraining other than the workspace's (``dvc repro``
+    ran that one: it is in dvc.lock) goes first, the costliest first, then the experiments that reuse a
+    pretraining, in the grid's order."""
+    done = {workspace_pretraining(exps[0].base)} if exps else set()
     first: list[Experiment] = []
     for e in exps:
         key = pretraining_of(e)
         if key not in done:
             done.add(key)
             first.append(e)
-
-    def cost(e: Experiment) -> float:
-        knobs = e.set_params  # a fresh dict per call
-        if knobs.get("pretrain.tasks") == "none":
-            return 0.0
-        return 2.6 if knobs.get("model.audio_encoder") == "cnn14" else 1.0
-
-    first.sort(key=cost, reverse=True)  # stable: ties keep the grid's order
+    first.sort(key=lambda e: pretraining_cost(e.knobs), reverse=True)  # stable: ties keep the grid's order
     return first + [e for e in exps if e not in first]
-
-
-# --- reading `dvc exp show --json` --------------------------------------------------------------------------------
-
-def _get(tree: Mapping[str, Any], dotted: str, default: Any = None) -> Any:
-    node: Any = tree
-    for part in dotted.split("."):
-        if not isinstance(node, Mapping) or part not in node:
-            return default
-        node = node[part]
-    return node
 
 
 # --- commands -------------------------------------------------------------------------------------------------------
@@ -243,9 +214,10 @@ def _grid(args) -> tuple[list[Experiment], dict[str, Any]]:
     from .config import load_params
 
     extra, prefix = _overrides(args)
-    base = base_knobs(load_params(args.params), extra)
+    params = load_params(args.params)
+    base = base_knobs(params, extra)
     check_rows(ROWS, base)
-    return experiments(ROWS, extra, prefix), base
+    return experiments(ROWS, extra, prefix, base, int(params.get("seed", 0))), base
 
 
 def parse_exp_list(text: str, names: set[str]) -> list[str]:
@@ -266,16 +238,26 @@ def parse_exp_list(text: str, names: set[str]) -> list[str]:
 def grid_baselines() -> list[str]:
     """HEAD and every commit the grid's experiments were queued from (experiments hang off the commit that was
     HEAD when they were queued, so a commit made while the grid ran would hide them from plain ``exp show``)."""
-    names = {e.name for e in experiments()} | {e.name for e in experiments(prefix="tiny-")}
+    names = grid_names()
     return ["HEAD"] + parse_exp_list(_dvc("exp", "list", "-A"), names)
+
+
+def grid_names() -> set[str]:
+    """The names of the grid's experiments, full size and ``--tiny`` (slug + seed: they do not depend on params)."""
+    return {f"{prefix}{r.slug}-s{s}" for r in ROWS for s in r.seeds for prefix in ("", "tiny-")}
 
 
 def _cmd_plan(args) -> int:
     exps, _ = _grid(args)
     for e in exps:
-        print(f"{e.name:30s} {e.row.name:42s} {' '.join(e.command())}")
-    note = "" if args.tiny or exps[0].set_params else f"; {exps[0].name} is the workspace run (dvc repro)"
-    print(f"{len(exps)} experiments{note}")
+        print(f"{e.name:34s} {e.row.name:44s} {' '.join(e.command())}")
+    workspace = [e.name for e in exps if e.is_workspace]
+    order = queue_order(exps)
+    firsts = order[:len({pretraining_of(e) for e in exps} - {workspace_pretraining(exps[0].base)})]
+    print(f"{len(exps)} experiments; "
+          + (f"{workspace[0]} is the workspace run (dvc repro), {len(exps) - 1} to queue" if workspace
+             else f"none has params.yaml's params: all {len(exps)} to queue")
+          + f"; {len(firsts)} pretraining(s) beside the workspace's, queued first: {[e.name for e in firsts]}")
     return 0
 
 
@@ -286,7 +268,7 @@ def _cmd_queue(args) -> int:
     done = {r["name"] for r in parse_exp_show(exp_show_json())}
     queued = 0
     for e in queue_order(exps):
-        if e.name in done or (not e.set_params and not args.include_workspace):
+        if e.name in done or (e.is_workspace and not args.include_workspace):
             print(f"skip  {e.name} ({'done' if e.name in done else 'the workspace run: dvc repro'})")
             continue
         print("queue", " ".join(e.command()))
@@ -298,7 +280,7 @@ def _cmd_queue(args) -> int:
 
 def _cmd_wait(args) -> int:
     """Poll ``dvc queue status`` until nothing is queued or running; fail if an experiment of the grid failed."""
-    names = {e.name for e in experiments()} | {e.name for e in experiments(prefix="tiny-")}
+    names = grid_names()
     while True:
         status = _dvc("queue", "status")
         lines = [l.split() for l in status.splitlines()[1:] if l.strip()]
@@ -344,22 +326,34 @@ def _cmd_recompute(args) -> int:
 
 
 def _write_summary(summary: dict[str, Any], out: Path) -> None:
+    from .grid_summary import SCORES
+
     out.parent.mkdir(parents=True, exist_ok=True)
     atomic_write_text(out, json.dumps(summary, indent=1) + "\n")
+
+    def mean_std(row: Mapping[str, Any], score: str) -> str:
+        mean, std = row.get(f"{score}_mean"), row.get(f"{score}_std")
+        return "-" if mean is None else f"{mean:.3f}" + (f" +- {std:.3f}" if std is not None else "")
+
     for row in summary["rows"]:
         if row["runs"]:
-            std = row["zero_shot_score_std"]
-            print(f"{row['row']:44s} {row['zero_shot_score_mean']:.3f}" + (f" +- {std:.3f}" if std is not None else "")
-                  + f"  ({len(row['runs'])} seed(s))")
+            chance = row.get("transfer_chance")
+            print(f"{row['row']:44s} transfer {mean_std(row, 'transfer_score')}"
+                  + (f" (chance {chance:.3f})" if chance is not None else "")
+                  + f"  in-domain {mean_std(row, 'in_domain_score')}  ({len(row['runs'])} seed(s))"
+                  + ("  [workspace]" if row.get("workspace") else ""))
         else:
             print(f"{row['row']:44s} not run")
     for c in summary["comparisons"]:
-        if c["test"] is None:
-            print(f"{c['a']} - {c['b']}: {c.get('mean_difference', float('nan')):+.3f} ({c['note']})")
-        else:
-            print(f"{c['a']} - {c['b']}: {c['mean_difference']:+.3f} over {len(c['seeds'])} seeds, paired "
-                  f"t({c['df']}) = {c['t']:.2f}, p = {c['p_value']:.3f}"
-                  + (" (significant)" if c["significant"] else " (not significant)"))
+        for key, _, _ in SCORES:
+            t = c[key]
+            head = f"{c['a']} - {c['b']} ({key}): "
+            if t["test"] is None:
+                print(head + (f"{t['mean_difference']:+.3f} " if "mean_difference" in t else "") + f"({t['note']})")
+            else:
+                print(head + f"{t['mean_difference']:+.3f} over {len(t['seeds'])} seeds, paired t({t['df']}) = "
+                      f"{t['t']:.2f}, p = {t['p_value']:.3f}"
+                      + (" (significant)" if t["significant"] else " (not significant)"))
     print(f"summary in {out}")
 
 

@@ -161,12 +161,18 @@ def _exp_params(seed=0, **knobs):
     return p
 
 
-def _record(rev, name, params, score, probe=0.3, ts="2026-11-26T22:10:00"):
+def _record(rev, name, params, score, transfer, probe=0.3, ts="2026-11-26T22:10:00"):
+    """A run: in-domain zero-shot ``score``, transfer score ``transfer`` (chance 0.05, two entries)."""
     tasks = {"gender": score, "tone": score / 2}
+    entries = {"debian:qabcs-data": {"sound_event": {"clips": 53, "chance": 0.02, "accuracy": transfer}},
+               "debian:ktuberling-data": {"language": {"clips": 1662, "chance": 0.08, "accuracy": 2 * transfer}}}
+    evaluate = {"transfer_zero_shot_score": transfer, "transfer_zero_shot_score_training_wordings": transfer + 0.01,
+                "transfer_chance": 0.05, "transfer_entries": 2, "transfer_entries_above_chance": 1,
+                "transfer": entries, "zero_shot": tasks, "embedded_zero_shot_score": score,
+                "embedded_linear_probe_score": probe}
     return {"rev": rev, "name": name, "error": None, "data": {
         "rev": rev, "timestamp": ts, "params": {"params.yaml": {"data": params}},
-        "metrics": {"metrics/evaluate.json": {"data": {"zero_shot": tasks, "embedded_zero_shot_score": score,
-                                                       "embedded_linear_probe_score": probe}},
+        "metrics": {"metrics/evaluate.json": {"data": evaluate},
                     "metrics/pretrain.json": {"data": {"tasks_significant": 5, "tasks_above_audio_blind": 2}}},
         "deps": {}, "outs": {}, "meta": {}}}
 
@@ -177,31 +183,38 @@ def _exp(rec, state="success"):
             "name": rec["name"]}
 
 
+SOUND_EVENTS = {"pretrain.tasks": "sound_events"}
+FLOOR = {"model.audio_encoder": "aisfx", "model.text_encoder": "minilm", "pretrain.tasks": "none",
+         "train.freeze_audio": True, "train.freeze_text": True}
+
+
 def exp_show_fixture():
     """The layout DVC 3.67 `dvc exp show --json` printed for a toy pipeline with queued experiments (learnt by
     running it): a list of [workspace, baseline commit]; the commit's `experiments` is a list of
     {revs: [record], executor, name}; a record is {rev, name, data: {rev, timestamp, params: {file: {data}},
     metrics: {file: {data}}, deps, outs, meta}, error, experiments: null}.  The baseline commit holds the
-    workspace's own run (row 1, seed 0)."""
-    base = _record("abc123", "main", _exp_params(), 0.30, ts="2026-11-26T22:00:00")
+    workspace's own run (row 1, seed 0).  Scores (in-domain, transfer): HTSAT-22 + GPT-2 (0.36, 0.10) (0.32, 0.08)
+    (0.34, 0.09); HTSAT + GPT-2 (0.20, 0.05) (0.22, 0.07); the floor (0.15, 0.06) (0.17, 0.05)."""
+    base = _record("abc123", "main", _exp_params(), 0.30, 0.02, ts="2026-11-26T22:00:00")
     base["experiments"] = [
-        _exp(_record("e1", "htsat22-gpt2-s1", _exp_params(seed=1), 0.32)),
-        _exp(_record("e2", "htsat22-gpt2-s2", _exp_params(seed=2), 0.34)),
-        _exp(_record("e3", "htsat-gpt2-s0", _exp_params(**{"pretrain.tasks": "sound_events"}), 0.20)),
-        _exp(_record("e4", "htsat-gpt2-s1", _exp_params(1, **{"pretrain.tasks": "sound_events"}), 0.22)),
-        _exp(_record("e5", "mine", _exp_params(**{"train.temperature": 0.05}), 0.25)),
+        _exp(_record("e1", "htsat22-gpt2-s1", _exp_params(seed=1), 0.32, 0.08)),
+        _exp(_record("e2", "htsat22-gpt2-s2", _exp_params(seed=2), 0.34, 0.09)),
+        _exp(_record("e3", "htsat-gpt2-s0", _exp_params(**SOUND_EVENTS), 0.20, 0.05)),
+        _exp(_record("e4", "htsat-gpt2-s1", _exp_params(1, **SOUND_EVENTS), 0.22, 0.07)),
+        _exp(_record("e5", "mine", _exp_params(**{"train.temperature": 0.05}), 0.25, 0.04)),
         _exp({"rev": "e6", "name": "broken", "error": {"type": "ReproductionError", "msg": "failed"},
               "data": {"rev": "e6", "params": {}, "metrics": {}}}, state="failed"),
         # still running: its temporary copy still holds the baseline's metrics (as DVC 3.67 shows it)
-        _exp(_record("e7", "htsat-gpt2-s2", _exp_params(2, **{"pretrain.tasks": "sound_events"}), 0.30),
-             state="running"),
+        _exp(_record("e7", "htsat-gpt2-s2", _exp_params(2, **SOUND_EVENTS), 0.30, 0.02), state="running"),
+        _exp(_record("f0", "aisfx-minilm-frozen-s0", _exp_params(**FLOOR), 0.15, 0.06)),
+        _exp(_record("f1", "aisfx-minilm-frozen-s1", _exp_params(1, **FLOOR), 0.17, 0.05)),
     ]
     # an older baseline (`--rev`) with an earlier run of one experiment: the newer run counts
-    older = _record("0ld", None, _exp_params(), 0.10, ts="2026-11-25T10:00:00")
-    older["experiments"] = [_exp(_record("e0", "htsat-gpt2-s0", _exp_params(**{"pretrain.tasks": "sound_events"}),
-                                         0.90, ts="2026-11-25T11:00:00"))]
+    older = _record("0ld", None, _exp_params(), 0.10, 0.01, ts="2026-11-25T10:00:00")
+    older["experiments"] = [_exp(_record("e0", "htsat-gpt2-s0", _exp_params(**SOUND_EVENTS), 0.90, 0.9,
+                                         ts="2026-11-25T11:00:00"))]
     # the workspace, reproduced after code changes since the commit: its run (0.36) replaces the commit's (0.30)
-    workspace = _record("workspace", None, _exp_params(), 0.36, ts=None)
+    workspace = _record("workspace", None, _exp_params(), 0.36, 0.10, ts=None)
     return [dict(workspace, experiments=None), base, older]
 
 
@@ -211,12 +224,20 @@ def base():
     return base_knobs(PARAMS)
 
 
+def aisfx_minilm_default():
+    """params.yaml with the default switched to aisfx (frozen) + MiniLM fine-tuned, as the lead may do."""
+    return _exp_params(**{"model.audio_encoder": "aisfx", "model.text_encoder": "minilm", "pretrain.tasks": "none",
+                          "train.freeze_audio": True, "train.text_lr_scale": 0.1})
+
+
 def test_grid_plan():
     from clapkit.grid import ROWS, base_knobs, check_rows, experiments
+    from clapkit.grid_rows import TOWER_KNOBS, GridRow
 
-    exps = experiments()
-    assert len({e.name for e in exps}) == len(exps) == sum(len(r.seeds) for r in ROWS)
-    assert exps[0].set_params == {} and exps[0].name == "htsat22-gpt2-s0"  # the workspace's own run
+    exps = experiments(base=base())
+    assert len({e.name for e in exps}) == len(exps) == sum(len(r.seeds) for r in ROWS) == 21
+    assert [e.name for e in exps if e.is_workspace] == ["htsat22-gpt2-s0"]  # the workspace's own run
+    assert exps[0].set_params == {} and exps[0].command(queue=False) == ["dvc", "exp", "run", "-n", "htsat22-gpt2-s0"]
     assert len({tuple(sorted(r.knobs(base()).items())) for r in ROWS}) == len(ROWS)  # every row differs
     check_rows(ROWS, base())
     batch_row = next(r for r in ROWS if "train.batch_size" in r.overrides)
@@ -224,99 +245,202 @@ def test_grid_plan():
     clash["train"]["batch_size"] = batch_row.overrides["train.batch_size"]
     with pytest.raises(ValueError, match="same params"):
         check_rows(ROWS, base_knobs(clash))
+    with pytest.raises(ValueError, match="states no"):  # a row that leaves a tower knob to params.yaml
+        check_rows([GridRow("GPT-2", {"model.text_encoder": "gpt2"}, slug="gpt2")], base())
+    with pytest.raises(ValueError, match="not in KNOBS"):
+        check_rows([GridRow("x", dict(ROWS[0].overrides, **{"train.lr": 1.0}), slug="x")], base())
     headline = [r for r in ROWS if r.table1 in ("HTSAT-22+GPT2", "HTSAT+GPT2")]
     assert all(len(r.seeds) >= 3 for r in headline)
     cnn = next(e for e in exps if e.name == "cnn14-bert-s0").command()
     assert cnn[:5] == ["dvc", "exp", "run", "--queue", "-n"] and '-S' in cnn
     assert 'model.audio_encoder="cnn14"' in cnn and 'pretrain.tasks="sound_events"' in cnn
-    # every override names a real params.yaml key, whose value model_config_from_params / the stages accept
+    # the pretrained-tower rows (issue 15 item 4), with params.yaml's committed default (HTSAT-22 + GPT-2)
+    by_name = {e.name: e for e in exps}
+    minilm = {"model.text_encoder": "minilm"}
+    aisfx = {"model.audio_encoder": "aisfx", "pretrain.tasks": "none", "train.freeze_audio": True}
+    assert by_name["htsat22-minilm-frozen-s1"].set_params == dict(minilm, **{"train.freeze_text": True, "seed": 1})
+    assert by_name["htsat22-minilm-ft-s0"].set_params == dict(minilm, **{"train.text_lr_scale": 0.1})
+    assert by_name["aisfx-minilm-frozen-s0"].set_params == dict(aisfx, **minilm, **{"train.freeze_text": True})
+    assert by_name["aisfx-minilm-ft-s1"].set_params == dict(aisfx, **minilm, **{"train.text_lr_scale": 0.1, "seed": 1})
+    assert by_name["aisfx-gpt2-s0"].set_params == aisfx and "aisfx-gpt2-s1" not in by_name
+    assert {r.slug: r.seeds for r in ROWS[8:]} == {"htsat22-minilm-frozen": (0, 1), "htsat22-minilm-ft": (0, 1),
+                                                   "aisfx-minilm-frozen": (0, 1), "aisfx-minilm-ft": (0, 1),
+                                                   "aisfx-gpt2": (0,)}
+    assert '-S train.freeze_audio=true' in " ".join(by_name["aisfx-gpt2-s0"].command())
+    # every row states every tower knob; every override names a real params.yaml key
     for r in ROWS:
+        assert set(TOWER_KNOBS) <= set(r.overrides), r.name
         for dotted in r.overrides:
             block, key = dotted.split(".")
             assert key in PARAMS[block], dotted
+    # what params.yaml's towers are: if this changes, the expectations above (which rows pass which -S) do too
+    assert (PARAMS["model"]["audio_encoder"], PARAMS["model"]["text_encoder"], PARAMS["pretrain"]["tasks"]) == (
+        None, None, "all")
+
+
+def test_rows_do_not_depend_on_the_default_towers():
+    from clapkit.grid import ROWS, base_knobs, experiments, pretraining_of, queue_order, workspace_pretraining
+    from clapkit.grid_rows import TOWER_KNOBS, workspace_row
+
+    switched = base_knobs(aisfx_minilm_default())
+    assert workspace_row(ROWS, switched).slug == "aisfx-minilm-ft" and workspace_row(ROWS, base()).slug == "htsat22-gpt2"
+    for row in ROWS:  # a row's towers are the same experiment whichever default params.yaml has
+        assert {k: row.knobs(switched)[k] for k in TOWER_KNOBS} == {k: row.knobs(base())[k] for k in TOWER_KNOBS}
+    exps = {e.name: e for e in experiments(base=switched)}
+    assert [n for n, e in exps.items() if e.is_workspace] == ["aisfx-minilm-ft-s0"]
+    assert exps["htsat22-gpt2-s0"].set_params == {
+        "model.audio_encoder": "htsat", "model.text_encoder": "gpt2", "pretrain.tasks": "all",
+        "train.freeze_audio": False, "train.text_lr_scale": 1.0}
+    assert exps["htsat22-gpt2-s1"].set_params == dict(exps["htsat22-gpt2-s0"].set_params, seed=1)
+    assert exps["aisfx-minilm-frozen-s0"].set_params == {"train.freeze_text": True, "train.text_lr_scale": 1.0}
+    assert exps["aisfx-gpt2-s0"].set_params == {"model.text_encoder": "gpt2", "train.text_lr_scale": 1.0}
+    assert exps["htsat22-minilm-ft-s0"].set_params == {"model.audio_encoder": "htsat", "pretrain.tasks": "all",
+                                                       "train.freeze_audio": False}
+    # the pretrainings: aisfx's is now the workspace's (done); HTSAT-22's 21 tasks is one to run, first
+    order = queue_order(list(exps.values()))
+    assert workspace_pretraining(switched) == pretraining_of(exps["aisfx-gpt2-s0"])
+    assert [e.name for e in order[:4]] == ["cnn14-bert-s0", "htsat22-gpt2-s0", "htsat-gpt2-s0", "none-gpt2-s0"]
+    assert pretraining_of(exps["htsat22-gpt2-s0"]) == pretraining_of(exps["htsat22-minilm-ft-s1"])
 
 
 def test_queue_order_runs_each_pretraining_once():
-    from clapkit.grid import PRETRAIN_PARAMS, experiments, pretraining_of, queue_order
+    from clapkit.grid import PRETRAIN_PARAMS, experiments, pretraining_of, queue_order, workspace_pretraining
 
     # the grid's notion of "what changes the pretraining" is dvc.yaml's pretrain params, and the seed is not one
     stage = yaml.safe_load(Path("dvc.yaml").read_text())["stages"]["pretrain"]
     assert {p if p in ("preset", "frontend") or "." in p else p + "." for p in stage["params"]} == set(PRETRAIN_PARAMS)
     assert "seed" not in stage["params"] and "seed" in PARAMS["pretrain"]
-    exps = experiments()
+    exps = experiments(base=base())
     order = queue_order(exps)
     assert sorted(e.name for e in order) == sorted(e.name for e in exps)
     groups = [pretraining_of(e) for e in order]
-    assert pretraining_of(next(e for e in exps if e.name == "htsat22-gpt2-s1")) == ()  # seeds share the encoder
-    new = [g for g in dict.fromkeys(groups) if g != ()]
-    assert len(new) == 3  # CNN14 / HTSAT on sound events, no pretraining
-    # the first experiment of every new pretraining is queued before any experiment that needs one already run
-    assert groups[:len(new)] == new and order[0].name == "cnn14-bert-s0"
-    assert all(g == () or g in new for g in groups[len(new):])
+    done = workspace_pretraining(base())
+    by_name = {e.name: e for e in exps}
+    # seeds, text towers and freezes share the workspace's encoder
+    assert {pretraining_of(by_name[n]) for n in ("htsat22-gpt2-s1", "htsat22-minilm-frozen-s0",
+                                                 "htsat22-minilm-ft-s1", "htsat22-gpt2-b32-s0")} == {done}
+    new = [g for g in dict.fromkeys(groups) if g != done]
+    assert len(new) == 4  # CNN14 / HTSAT on sound events, HTSAT with none, aisfx with none
+    assert dict(new[0])["model.audio_encoder"] == '"cnn14"'
+    # the first experiment of every new pretraining is queued before any experiment that needs one already run,
+    # the costliest first (CNN14, then HTSAT on sound events; `none` costs nothing)
+    assert groups[:len(new)] == new
+    assert [e.name for e in order[:4]] == ["cnn14-bert-s0", "htsat-gpt2-s0", "none-gpt2-s0", "aisfx-minilm-frozen-s0"]
+    assert all(g == done or g in new for g in groups[len(new):])
+    # a null tower and the preset's own named explicitly are one pretraining
+    null = experiments(base=base())[0]
+    assert dict(pretraining_of(null))["model.audio_encoder"] == '"htsat"'
 
 
 def test_grid_summary_matches_rows_by_params():
+    from clapkit.grid import base_knobs
     from clapkit.grid_summary import parse_exp_show, summarise
 
     records = parse_exp_show(exp_show_fixture())
     assert {r["name"] for r in records} == {"workspace", "main", "0ld", "htsat22-gpt2-s1", "htsat22-gpt2-s2",
-                                            "htsat-gpt2-s0", "htsat-gpt2-s1", "mine"}  # "broken" has no metrics
+                                            "htsat-gpt2-s0", "htsat-gpt2-s1", "mine", "aisfx-minilm-frozen-s0",
+                                            "aisfx-minilm-frozen-s1"}  # "broken" has no metrics
     s = summarise(records, base())
     rows = {r["slug"]: r for r in s["rows"]}
     head = rows["htsat22-gpt2"]
+    assert head["workspace"] is True and rows["aisfx-minilm-frozen"]["floor"] is True
     assert [x["seed"] for x in head["runs"]] == [0, 1, 2] and head["runs"][0]["experiment"] == "workspace"
-    assert head["zero_shot_score_mean"] == pytest.approx(0.34)
-    assert head["zero_shot_score_std"] == pytest.approx(0.02)  # sample std of 0.36, 0.32, 0.34
-    assert head["zero_shot_mean"]["tone"] == pytest.approx(0.17)
+    # the transfer score (the headline) beside the in-domain one, per run and per row
+    assert [x["transfer_score"] for x in head["runs"]] == [0.10, 0.08, 0.09]
+    assert head["runs"][0]["transfer_chance"] == 0.05 and head["runs"][0]["transfer_entries_above_chance"] == 1
+    assert head["transfer_score_mean"] == pytest.approx(0.09) and head["transfer_score_std"] == pytest.approx(0.01)
+    assert head["transfer_chance"] == pytest.approx(0.05)
+    assert head["in_domain_score_mean"] == pytest.approx(0.34)
+    assert head["in_domain_score_std"] == pytest.approx(0.02)  # sample std of 0.36, 0.32, 0.34
+    assert head["in_domain_per_task_mean"]["tone"] == pytest.approx(0.17)
+    assert s["transfer_entry_names"] == ["debian:ktuberling-data language", "debian:qabcs-data sound_event"]
+    assert head["transfer_per_entry_mean"]["debian:ktuberling-data language"] == pytest.approx(0.18)
     assert rows["htsat-gpt2"]["runs"][0]["rev"] == "e3"  # not the older e0 (0.90) of the same row and seed
-    assert rows["htsat-gpt2"]["zero_shot_score_mean"] == pytest.approx(0.21) and len(rows["htsat-gpt2"]["runs"]) == 2
+    assert rows["htsat-gpt2"]["in_domain_score_mean"] == pytest.approx(0.21) and len(rows["htsat-gpt2"]["runs"]) == 2
+    assert rows["htsat-gpt2"]["transfer_score_mean"] == pytest.approx(0.06)
+    assert rows["aisfx-minilm-frozen"]["transfer_score_mean"] == pytest.approx(0.055)
     assert rows["cnn14-bert"]["runs"] == []
     assert s["pretrain_steps"] == [PARAMS["pretrain"]["steps"]] and head["runs"][1]["pretrain_steps"] == s["pretrain_steps"][0]
     older = copy.deepcopy(records)  # one run from a params.yaml with another pretraining budget: the summary says so
     next(r for r in older if r["name"] == "htsat-gpt2-s1")["params"]["pretrain"]["steps"] = 7
     assert summarise(older, base())["pretrain_steps"] == sorted([7, PARAMS["pretrain"]["steps"]])
-    assert [o["name"] for o in s["other"]] == ["mine"]
+    assert [o["name"] for o in s["other"]] == ["mine"] and s["other"][0]["transfer_score"] == 0.04
     assert s["paper_table1"]["HTSAT-22+GPT2"]["average"] == pytest.approx(0.480, abs=5e-4)
     assert s["paper_table1"]["CNN14+BERT"]["average"] == pytest.approx(0.4275, abs=1e-4)  # printed 0.428
+    # with the default switched to aisfx + MiniLM fine-tuned the same runs land in the same rows; that row (not run)
+    # is now the workspace's, so "the default beats the floor" has nothing to compare yet
+    switched = summarise(records, base_knobs(aisfx_minilm_default()))
+    assert [r["runs"] for r in switched["rows"]] == [r["runs"] for r in s["rows"]]
+    assert [r["slug"] for r in switched["rows"] if r["workspace"]] == ["aisfx-minilm-ft"]
+    assert "the default beats the floor (both pretrained towers frozen)" not in {c["claim"] for c in switched["comparisons"]}
 
 
 def test_grid_comparisons_are_paired_t_tests_over_common_seeds(tmp_path, capsys):
     from clapkit.cli import main
-    from clapkit.grid_summary import SEED_TEST_ALPHA, parse_exp_show, summarise
+    from clapkit.grid_summary import SEED_TEST_ALPHA, add_statistics, parse_exp_show, summarise
 
     s = summarise(parse_exp_show(exp_show_fixture()), base())
+    assert s["format"] == "clapkit-ablations/3"
     head = next(r for r in s["rows"] if r["slug"] == "htsat22-gpt2")
-    # t interval of the mean over 3 seeds (0.36, 0.32, 0.34): 0.34 +- t(0.975, 2) 0.02 / sqrt 3
-    half = 4.302652729749462 * 0.02 / math.sqrt(3)
-    assert head["zero_shot_score_ci95"] == pytest.approx([0.34 - half, 0.34 + half])
-    c = next(c for c in s["comparisons"] if c["b"] == "HTSAT + GPT-2")
-    # common seeds 0 and 1: differences 0.36 - 0.20 and 0.32 - 0.22; t = 0.13 / (0.0424 / sqrt 2) = 4.33 with
-    # 1 degree of freedom, whose two-sided p is 1 - 2 atan(t) / pi (the Cauchy distribution)
-    assert c["seeds"] == [0, 1] and c["differences"] == pytest.approx([0.16, 0.10])
-    assert c["mean_difference"] == pytest.approx(0.13) and c["df"] == 1
+    # t interval of the mean over 3 seeds: in-domain (0.36, 0.32, 0.34): 0.34 +- t(0.975, 2) 0.02 / sqrt 3;
+    # transfer (0.10, 0.08, 0.09): 0.09 +- t(0.975, 2) 0.01 / sqrt 3
+    t975 = 4.302652729749462
+    half = t975 * 0.02 / math.sqrt(3)
+    assert head["in_domain_score_ci95"] == pytest.approx([0.34 - half, 0.34 + half])
+    half = t975 * 0.01 / math.sqrt(3)
+    assert head["transfer_score_ci95"] == pytest.approx([0.09 - half, 0.09 + half])
+    # the claims that have two rows with runs, in COMPARISONS' order: the default against the floor first
+    assert [(c["a"], c["b"]) for c in s["comparisons"]] == [("HTSAT-22 + GPT-2", "aisfx + MiniLM, both frozen (floor)"),
+                                                            ("HTSAT-22 + GPT-2", "HTSAT + GPT-2")]
+    floor = s["comparisons"][0]
+    assert floor["claim"] == "the default beats the floor (both pretrained towers frozen)"
+    # transfer, seeds 0 and 1: differences 0.10 - 0.06 and 0.08 - 0.05; mean 0.035, their std 0.005 sqrt 2, so
+    # t = 0.035 / (0.005 sqrt 2 / sqrt 2) = 7 with 1 degree of freedom (Cauchy: p = 1 - 2 atan(t) / pi)
+    tr = floor["transfer"]
+    assert tr["score"] == "transfer_score" and tr["seeds"] == [0, 1]
+    assert tr["differences"] == pytest.approx([0.04, 0.03]) and tr["mean_difference"] == pytest.approx(0.035)
+    assert tr["t"] == pytest.approx(7.0) and tr["df"] == 1
+    assert tr["p_value"] == pytest.approx(1 - 2 * math.atan(7.0) / math.pi)
+    # in-domain: 0.36 - 0.15, 0.32 - 0.17 = 0.21, 0.15: mean 0.18, std 0.03 sqrt 2, t = 0.18 / 0.03 = 6
+    ind = floor["in_domain"]
+    assert ind["differences"] == pytest.approx([0.21, 0.15]) and ind["t"] == pytest.approx(6.0)
+    assert "paper_difference" not in floor  # the floor is not a Table 1 model
+    c = s["comparisons"][1]
+    # in-domain, seeds 0 and 1: differences 0.36 - 0.20 and 0.32 - 0.22; t = 0.13 / (0.0424 / sqrt 2) = 4.33
+    ind = c["in_domain"]
+    assert ind["seeds"] == [0, 1] and ind["differences"] == pytest.approx([0.16, 0.10])
+    assert ind["mean_difference"] == pytest.approx(0.13) and ind["df"] == 1
     t = 0.13 / (math.sqrt(0.0018) / math.sqrt(2))
-    assert c["t"] == pytest.approx(t) and c["p_value"] == pytest.approx(1 - 2 * math.atan(t) / math.pi)
-    assert c["test"] == "paired t-test (two-sided)" and c["significant"] is False and c["alpha"] == SEED_TEST_ALPHA
+    assert ind["t"] == pytest.approx(t) and ind["p_value"] == pytest.approx(1 - 2 * math.atan(t) / math.pi)
+    assert ind["test"] == "paired t-test (two-sided)" and ind["significant"] is False and ind["alpha"] == SEED_TEST_ALPHA
+    # transfer: 0.10 - 0.05, 0.08 - 0.07 = 0.05, 0.01: mean 0.03, std 0.02 sqrt 2, t = 0.03 / 0.02 = 1.5
+    assert c["transfer"]["mean_difference"] == pytest.approx(0.03) and c["transfer"]["t"] == pytest.approx(1.5)
     assert c["paper_difference"] == pytest.approx(0.480 - 0.435, abs=6e-4)
-    assert [x["b"] for x in s["comparisons"]] == ["HTSAT + GPT-2"]  # the other rows did not run
     # one common seed: no test, and the summary says why
     one = copy.deepcopy(s)
     row = next(r for r in one["rows"] if r["slug"] == "htsat-gpt2")
     row["runs"] = row["runs"][:1]
-    from clapkit.grid_summary import add_statistics
-
-    single = add_statistics(one)["comparisons"][0]
-    assert single["test"] is None and "a paired test needs 2" in single["note"]
+    single = add_statistics(one)["comparisons"][1]
+    assert single["transfer"]["test"] is None and "a paired test needs 2" in single["transfer"]["note"]
+    assert single["in_domain"]["mean_difference"] == pytest.approx(0.16)
     # `clapkit grid recompute` rebuilds the statistics from the runs a stored summary holds
     stripped = copy.deepcopy(s)
     del stripped["comparisons"]
     for r in stripped["rows"]:
-        r.pop("zero_shot_score_ci95", None)
+        r.pop("transfer_score_ci95", None)
+        r.pop("in_domain_score_mean", None)
     path = tmp_path / "ablations.json"
     path.write_text(json.dumps(stripped))
     assert main(["grid", "recompute", "--summary", str(path)]) == 0
     assert json.loads(path.read_text()) == json.loads(json.dumps(s))
-    assert "paired t(1) = 4.33" in capsys.readouterr().out
+    out = capsys.readouterr().out
+    assert "HTSAT-22 + GPT-2 - aisfx + MiniLM, both frozen (floor) (transfer): +0.035 over 2 seeds, paired t(1) = 7.00" in out
+    assert "(in_domain): +0.130 over 2 seeds, paired t(1) = 4.33" in out
+    # a summary of an older format (no transfer score) is refused, saying what to do
+    stripped["format"] = "clapkit-ablations/2"
+    path.write_text(json.dumps(stripped))
+    with pytest.raises(ValueError, match="clapkit grid collect"):
+        main(["grid", "recompute", "--summary", str(path)])
 
 
 def test_baselines_from_dvc_exp_list():
@@ -338,16 +462,21 @@ def test_tiny_grid_and_set_overrides(tmp_path, capsys):
         parse_set(["max_steps"])
     exps = experiments(ROWS, TINY, "tiny-")
     assert exps[0].name == "tiny-htsat22-gpt2-s0" and exps[0].set_params == TINY  # queued too: not the workspace
+    assert not any(e.is_workspace for e in exps)
     b32 = next(e for e in exps if e.row.overrides.get("train.batch_size") == 32)
     assert b32.set_params["train.batch_size"] == 32 and b32.set_params["train.max_steps"] == TINY["train.max_steps"]
     cmd = " ".join(exps[0].command())
     assert "-n tiny-htsat22-gpt2-s0" in cmd and "-S pretrain.steps=4" in cmd
     assert main(["grid", "plan", "--tiny"]) == 0
-    assert "tiny-cnn14-bert-s0" in capsys.readouterr().out
+    out = capsys.readouterr().out
+    assert "tiny-cnn14-bert-s0" in out and "none has params.yaml's params: all 21 to queue" in out
+    assert main(["grid", "plan"]) == 0
+    out = capsys.readouterr().out
+    assert "htsat22-gpt2-s0 is the workspace run (dvc repro), 20 to queue; 4 pretraining(s) beside the workspace's" in out
     # a tiny run is matched to its rows with the tiny batch size as the base; the full-size runs are "other"
     tiny = _exp_params(**{"train.batch_size": 8, "pretrain.tasks": "sound_events"})
     records = exp_show_fixture()
-    records[1]["experiments"].append(_exp(_record("e7", "tiny-htsat-gpt2-s0", tiny, 0.1)))
+    records[1]["experiments"].append(_exp(_record("e8", "tiny-htsat-gpt2-s0", tiny, 0.1, 0.03)))
     (tmp_path / "show.json").write_text(json.dumps(records))
     assert main(["grid", "collect", "--tiny", "--exp-show", str(tmp_path / "show.json"),
                  "--out", str(tmp_path / "tiny.json")]) == 0
@@ -367,11 +496,32 @@ def test_ablation_notebook_renders_from_a_summary(tmp_path):
     path.write_text(json.dumps(summarise(parse_exp_show(exp_show_fixture()), base())))
     out = run_notebook("notebooks/05_ablations.ipynb", tmp_path / "05.ipynb", {"summary_path": str(path)})
     text = (tmp_path / "05.ipynb").read_text()
-    assert "seed 0: HTSAT-22 0.360  HTSAT 0.200  difference +0.160" in text  # the workspace's run at seed 0
-    assert "seed 1: HTSAT-22 0.320  HTSAT 0.220  difference +0.100" in text
-    assert "mean difference +0.130" in text and "not run yet: ['HTSAT-22 + RoBERTa'" in text
-    assert "paired t(1) = 4.33, two-sided p = 0.144: not significant at 0.05" in text  # the test, stated
+    assert "the default (params.yaml's towers, the workspace run): HTSAT-22 + GPT-2" in text
+    assert "not run yet: ['HTSAT-22 + RoBERTa'" in text
+    # the default against the floor, transfer first (seed 0: 0.10 against 0.06), then in-domain
+    floor = text.index("the default beats the floor (both pretrained towers frozen): HTSAT-22 + GPT-2 against aisfx")
+    seed0 = text.index("seed 0: 0.100 against 0.060, difference +0.040", floor)
+    assert text.index("mean difference +0.035", floor) > seed0
+    assert "paired t(1) = 7.00, two-sided p = 0.090: not significant at 0.05" in text
+    assert text.index("seed 0: 0.360 against 0.150, difference +0.210", floor) > seed0
+    # HTSAT-22 against HTSAT: in-domain 0.360 - 0.200 at seed 0 (the workspace's run), the test stated
+    assert "seed 0: 0.360 against 0.200, difference +0.160" in text
+    assert "seed 1: 0.320 against 0.220, difference +0.100" in text
+    assert "mean difference +0.130" in text
+    assert "paired t(1) = 4.33, two-sided p = 0.144: not significant at 0.05" in text
+    assert "the paper: +0.045 (Table 1 averages)" in text
     assert out.with_suffix(".html").is_file()
+    # before the grid has run (a summary with no runs) it renders too, saying so
+    path.write_text(json.dumps(summarise([], base())))
+    run_notebook("notebooks/05_ablations.ipynb", tmp_path / "empty.ipynb", {"summary_path": str(path)})
+    text = (tmp_path / "empty.ipynb").read_text()
+    assert "0 grid rows with results, 0 runs" in text and "the default against the floor: not both run yet" in text
+    # a summary of the previous format is refused with what to do
+    old = summarise(parse_exp_show(exp_show_fixture()), base())
+    old["format"] = "clapkit-ablations/2"
+    path.write_text(json.dumps(old))
+    with pytest.raises(Exception, match="clapkit grid collect"):
+        run_notebook("notebooks/05_ablations.ipynb", tmp_path / "old.ipynb", {"summary_path": str(path)})
 
 
 def test_wait_reports_failed_grid_experiments(monkeypatch):
