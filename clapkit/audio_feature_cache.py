@@ -1,129 +1,114 @@
-"""Clip features of a frozen waveform audio encoder (the ``aisfx`` tower), computed once per corpus.
+"""Clip features of a fixed waveform audio encoder (the ``aisfx`` tower), kept on disk across runs.
 
-With ``train.freeze_audio: true`` and an encoder that reads the waveform itself (``takes_waveform``), the encoder's
-output is a function of the waveform alone.  ``waveform_feature_cache`` computes it for the training window of every
-training and validation clip (the loader's: a clip not longer than the frontend's clip is used whole or
-repeat-padded, ``fit_length``; the embedded corpus caches exactly one clip length, so there is one window per clip),
-in corpus order and fixed batches, so the values depend on the corpus and the weights only, never on which run
-computed them first.  It keeps them in ``<train.audio_cache_dir>/clips-<key>.safetensors`` (under ``~/.cache`` by
-default, shared by DVC experiments and clones); the key is the sha256 of the encoder's weights and config and of the
-windows' own hashes, so another corpus or other weights never read a stale file.
+An encoder that reads the waveform itself (``takes_waveform``) and runs in eval mode with fixed weights (a frozen
+tower in training; every tower in evaluation) maps a waveform to its features and nothing else.  The aisfx tower
+computes each clip on its own in eval mode (``AisfxAudioEncoder.compute``), so a clip's features do not depend on
+the batch it came in: a value read back from the store is the value a fresh computation gives, and a run's result
+does not depend on what an earlier run left in the store.
 
-``WaveformFeatureCache.lookup`` serves a batch by each row's SHA-1 of its float32 samples: rows it knows are looked
-up, the others (a random crop of a longer clip, a zero-shot clip) are computed; ``hits`` / ``misses`` count rows.
-The projection after the encoder still trains on the looked-up features.
+``WaveformFeatureStore`` maps each window's SHA-1 (its float32 samples) to its features.  It lives in
+``<dir>/<name>-<key>.safetensors``; the key is the sha256 of the encoder's weights, config and resolved precision,
+so other weights never read a stale file.  ``lookup`` serves a (B, samples) batch: known rows are read, the others
+computed and added; ``save`` merges what it added with the file's current content (another process may have added
+rows meanwhile) and writes atomically.  ``hits`` / ``misses`` count rows.  The train stage attaches it for a frozen
+waveform tower (``train.audio_cache_dir``), the evaluate stage for any waveform tower (``evaluate.audio_cache_dir``);
+both default to ``~/.cache/clapkit/audio-features``, shared by DVC experiments and clones.
 """
 
 from __future__ import annotations
 
 import hashlib
-import time
 from pathlib import Path
-from typing import Any, Callable, Iterable, Iterator, Sequence
+from typing import Any, Callable
 
 import numpy as np
 import torch
 
-from .audio import fit_length
 from .keyed_cache import read_keyed, write_keyed
 
-__all__ = ["WaveformFeatureCache", "waveform_digest", "waveform_feature_cache"]
+__all__ = ["WaveformFeatureStore", "attach_feature_store", "detach_feature_store", "store_key", "waveform_digest"]
 
-FORMAT = "clapkit-waveform-features-1"
+FORMAT = "clapkit-waveform-features-2"
 
 
 def waveform_digest(wave: torch.Tensor) -> bytes:
-    """20-byte SHA-1 of one window's float32 samples (its identity in the cache)."""
+    """20-byte SHA-1 of one window's float32 samples (its identity in the store)."""
     return hashlib.sha1(np.ascontiguousarray(wave.detach().float().cpu().numpy()).tobytes()).digest()
 
 
-class WaveformFeatureCache:
-    """(N, D) encoder outputs and the window digests they belong to; ``lookup`` serves a (B, samples) batch."""
-
-    def __init__(self, features: torch.Tensor, digests: Sequence[bytes], key: str):
-        if features.shape[0] != len(digests):
-            raise ValueError(f"{features.shape[0]} feature rows for {len(digests)} waveform digests")
-        self.features, self.key = features, key
-        self.index = {d: row for row, d in enumerate(digests)}
-        self.hits = self.misses = 0
-
-    def __len__(self) -> int:
-        return self.features.shape[0]
-
-    def lookup(self, wave: torch.Tensor, compute: Callable[[torch.Tensor], torch.Tensor]) -> torch.Tensor:
-        rows = [self.index.get(waveform_digest(w)) for w in wave]
-        missing = [i for i, r in enumerate(rows) if r is None]
-        self.hits += len(rows) - len(missing)
-        self.misses += len(missing)
-        out = self.features.new_zeros((len(rows), self.features.shape[1])).to(wave.device)
-        found = [i for i, r in enumerate(rows) if r is not None]
-        if found:
-            out[found] = self.features[[rows[i] for i in found]].to(wave.device)
-        if missing:
-            out[missing] = compute(wave[missing]).to(out.dtype)
-        return out
-
-
-def corpus_windows(corpus, indices: Sequence[int], clip_samples: int) -> Iterator[torch.Tensor]:
-    """The training window of each clip of ``indices`` whose cached waveform is not longer than one clip (a longer
-    one has random crops: nothing fixed to cache), one at a time (a corpus' windows need not fit in memory)."""
-    for i in indices:
-        wave = torch.from_numpy(corpus.waveform(i))
-        if wave.shape[0] <= clip_samples:
-            yield fit_length(wave, clip_samples)
-
-
-def cache_key(encoder, digests: Sequence[bytes]) -> str:
+def store_key(encoder) -> str:
+    """sha256 of the encoder's class, config, resolved precision ("auto" is bf16 on one machine, fp32 on another)
+    and weights."""
     from .checkpointing import model_fingerprint
-
-    h = hashlib.sha256(FORMAT.encode())
     from .training import resolve_precision
 
-    # the resolved precision too: "auto" is bf16 on one machine and fp32 on another
-    config = {"class": type(encoder).__name__, **encoder.config.to_dict(),
+    config = {"class": type(encoder).__name__, **encoder.config.to_dict(), "format": FORMAT,
               "resolved_precision": str(resolve_precision(encoder.config.precision, torch.device("cpu")))}
-    h.update(model_fingerprint(config, encoder.state_dict()).encode())
-    for d in sorted(set(digests)):
-        h.update(d)
-    return h.hexdigest()
+    return model_fingerprint(config, encoder.state_dict())
 
 
-@torch.no_grad()
-def build_waveform_features(encoder, windows: Iterable[torch.Tensor], batch_size: int = 32) -> torch.Tensor:
-    """(N, D) fp32 outputs of ``encoder.compute`` on ``windows``, in eval mode, in order, ``batch_size`` at a time."""
-    was_training = encoder.training
-    encoder.eval()
-    out, batch = [], []
-    for w in windows:
-        batch.append(w)
-        if len(batch) == batch_size:
-            out.append(encoder.compute(torch.stack(batch)).float().cpu())
-            batch = []
-    if batch:
-        out.append(encoder.compute(torch.stack(batch)).float().cpu())
-    encoder.train(was_training)
-    return torch.cat(out)
+class WaveformFeatureStore:
+    """digest -> (D,) fp32 features of one encoder, read from and saved to ``path``."""
+
+    def __init__(self, path: str | Path, key: str):
+        self.path, self.key = Path(path).expanduser(), key
+        self.rows: dict[bytes, torch.Tensor] = self._read()
+        self.loaded = len(self.rows)
+        self.added: dict[bytes, torch.Tensor] = {}
+        self.hits = self.misses = 0
+
+    def _read(self) -> dict[bytes, torch.Tensor]:
+        if not self.path.exists():
+            return {}
+        found = read_keyed(self.path, FORMAT, self.key)
+        if found is None:  # another format or encoder under this name: rebuilt (it is keyed, so this is rare)
+            return {}
+        t = found[0]
+        return {bytes(d): f for d, f in zip(t["digests"].tolist(), t["features"])}
+
+    def __len__(self) -> int:
+        return len(self.rows)
+
+    def lookup(self, wave: torch.Tensor, compute: Callable[[torch.Tensor], torch.Tensor]) -> torch.Tensor:
+        digests = [waveform_digest(w) for w in wave]
+        missing = [i for i, d in enumerate(digests) if d not in self.rows]
+        self.hits += len(digests) - len(missing)
+        self.misses += len(missing)
+        if missing:
+            computed = compute(wave[missing]).detach().float().cpu()
+            for i, row in zip(missing, computed):
+                self.rows[digests[i]] = self.added[digests[i]] = row.clone()
+        return torch.stack([self.rows[d] for d in digests]).to(wave.device)
+
+    def save(self) -> None:
+        """Merge the added rows into the file's current content, atomically; nothing to do if none were added."""
+        if not self.added:
+            return
+        merged = {**self._read(), **self.added}
+        digests = sorted(merged)
+        write_keyed(self.path, FORMAT, self.key,
+                    {"digests": torch.tensor([list(d) for d in digests], dtype=torch.uint8),
+                     "features": torch.stack([merged[d] for d in digests])})
+        self.added = {}
+
+    def report(self) -> dict[str, Any]:
+        return {"path": str(self.path), "rows_read": self.loaded, "hits": self.hits, "misses": self.misses}
 
 
-def waveform_feature_cache(encoder, corpus, indices: Sequence[int], clip_samples: int, cache_dir: str | Path,
-                           ) -> tuple[WaveformFeatureCache, dict[str, Any]]:
-    """The cache for ``indices`` (built, or read from ``cache_dir``) and a report for the run's timings."""
-    started = time.perf_counter()
-    digests = [waveform_digest(w) for w in corpus_windows(corpus, indices, clip_samples)]
-    if not digests:
-        raise ValueError("no clip fits one window: nothing to cache (prepare.cache_seconds > the clip length?)")
-    key = cache_key(encoder, digests)
-    path = Path(cache_dir).expanduser() / f"clips-{key[:24]}.safetensors"
-    cache, built = None, False
-    if path.exists():
-        found = read_keyed(path, FORMAT, key)
-        if found is not None:
-            t = found[0]
-            cache = WaveformFeatureCache(t["features"], [bytes(r) for r in t["digests"].tolist()], key)
-    if cache is None:
-        features = build_waveform_features(encoder, corpus_windows(corpus, indices, clip_samples))
-        write_keyed(path, FORMAT, key, {"features": features,
-                                        "digests": torch.tensor([list(d) for d in digests], dtype=torch.uint8)})
-        cache, built = WaveformFeatureCache(features, digests, key), True
-    return cache, {"path": str(path), "clips": len(digests), "built": built,
-                   "seconds": round(time.perf_counter() - started, 1)}
+def attach_feature_store(encoder, cache_dir: str | Path | None) -> WaveformFeatureStore | None:
+    """Attach a store to a waveform encoder (``takes_waveform``) when ``cache_dir`` is set; None otherwise."""
+    if not cache_dir or not getattr(encoder, "takes_waveform", False):
+        return None
+    key = store_key(encoder)
+    store = WaveformFeatureStore(Path(cache_dir).expanduser() / f"{encoder.config_name}-{key[:24]}.safetensors", key)
+    encoder.attach_cache(store)
+    return store
+
+
+def detach_feature_store(encoder, store: WaveformFeatureStore | None) -> dict[str, Any] | None:
+    """Detach, save what was added, and report the row counts."""
+    if store is None:
+        return None
+    encoder.attach_cache(None)
+    store.save()
+    return store.report()

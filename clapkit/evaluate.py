@@ -79,6 +79,7 @@ class EvaluateConfig:
     metrics: str = "metrics/evaluate.json"
     timings: str | None = "reports/timings/evaluate.json"  # wall-clock seconds: not a dvc output (varies per run)
     cache_dir: str | None = ".cache/clapkit/embeddings"  # audio embeddings per model and clip set; null = none
+    audio_cache_dir: str | None = "~/.cache/clapkit/audio-features"  # a waveform tower's (aisfx) feature store
     tasks: list[str] | str = "all"  # embedded tasks to evaluate ("all" = every task of tasks.json)
     datasets: dict[str, str] = field(default_factory=dict)  # paper datasets on disk: adapter name -> folder
     batch_size: int = 64
@@ -225,6 +226,11 @@ def run_stage(cfg: EvaluateConfig, embedder: Embedder | None = None, progress: b
         from .api import CLAP
 
         embedder = ClapEmbedder(CLAP.from_pretrained(cfg.model), cfg.batch_size, cfg.precision)
+    store = None
+    if isinstance(embedder, ClapEmbedder):  # a waveform tower (aisfx) reads clips it has seen from its store
+        from .audio_feature_cache import attach_feature_store
+
+        store = attach_feature_store(embedder.clap.model.audio.encoder, cfg.audio_cache_dir)
     guard = OverlapGuard.for_model(cfg.model, cfg.allow_training_overlap, cfg.cache_dir)
     checks = check_stage(guard, cfg)  # refuses before anything is embedded
     cache = EmbeddingCache(cfg.cache_dir, embedder.key)
@@ -264,6 +270,10 @@ def run_stage(cfg: EvaluateConfig, embedder: Embedder | None = None, progress: b
     atomic_write(results_dir / "map_embeddings.npy", lambda tmp: _save_npy(tmp, emb))
     write_json(results_dir / "map_clips.json", {"task": m.get("task", []), "id": m.get("id", [])})
     write_json(cfg.metrics, metrics)
+    if store is not None:
+        from .audio_feature_cache import detach_feature_store
+
+        detach_feature_store(embedder.clap.model.audio.encoder, store)
     seconds = time.time() - t0
     if cfg.timings:
         write_json(cfg.timings, {"seconds": round(seconds, 1), "tasks": len(rows)})

@@ -122,7 +122,7 @@ class TrainConfig:
     freeze_text: bool = False
     text_lr_scale: float = 1.0  # the text encoder's lr = lr * this (its projection keeps lr)
     text_cache_dir: str | None = "~/.cache/clapkit/text-features"  # frozen text's caption features; None = off
-    audio_cache_dir: str | None = "~/.cache/clapkit/audio-features"  # frozen waveform tower's clip features (aisfx)
+    audio_cache_dir: str | None = "~/.cache/clapkit/audio-features"  # frozen waveform tower's feature store (aisfx)
     temperature: float | None = None  # initial softmax temperature; None = the model config's (msclap: 0.07)
     learn_temperature: bool = True  # False: keep it fixed
     local_loss: bool = False
@@ -350,26 +350,14 @@ def attach_text_cache(cfg: TrainConfig, model: nn.Module, tokenizer, corpus, ind
     return report
 
 
-def attach_audio_cache(cfg: TrainConfig, model: nn.Module, corpus, indices, clip_samples: int) -> dict | None:
-    """A frozen audio encoder that reads the waveform (aisfx) answers from clip features computed once per corpus
-    (``clapkit.audio_feature_cache``) when ``audio_cache_dir`` is set; returns the cache's report."""
-    encoder = unwrap(model).audio.encoder
-    if not (cfg.freeze_audio and cfg.audio_cache_dir and getattr(encoder, "takes_waveform", False)):
+def attach_audio_cache(cfg: TrainConfig, model: nn.Module):
+    """A frozen audio encoder that reads the waveform (aisfx) answers from a feature store kept across runs
+    (``clapkit.audio_feature_cache``) when ``audio_cache_dir`` is set; None otherwise."""
+    if not cfg.freeze_audio:
         return None
-    from .audio_feature_cache import waveform_feature_cache
+    from .audio_feature_cache import attach_feature_store
 
-    cache, report = waveform_feature_cache(encoder, corpus, indices, clip_samples, cfg.audio_cache_dir)
-    encoder.attach_cache(cache)
-    return report
-
-
-def detach_audio_cache(model: nn.Module, report: dict | None) -> dict | None:
-    encoder = unwrap(model).audio.encoder
-    cache = getattr(encoder, "feature_cache", None)
-    if cache is None:
-        return report
-    encoder.attach_cache(None)
-    return {**(report or {}), "hits": cache.hits, "misses": cache.misses}
+    return attach_feature_store(unwrap(model).audio.encoder, cfg.audio_cache_dir)
 
 
 def detach_text_cache(model: nn.Module, report: dict | None) -> dict | None:
@@ -587,7 +575,7 @@ def train(cfg: TrainConfig, model_config: Mapping[str, Any], seed: int = 0, resu
         clap.model = model
     set_train_mode(model, cfg)
     text_cache = attach_text_cache(cfg, model, clap.tokenizer, corpus, train_idx + val_idx, device)
-    audio_cache = attach_audio_cache(cfg, model, corpus, train_idx + val_idx, clap.clip_samples)
+    audio_cache = attach_audio_cache(cfg, model)
     precision = Precision(cfg.precision, device)
     eval_prec = Precision(eval_precision, device)
     optimizer = make_optimizer(param_groups(model, cfg.weight_decay, text_lr_scale(cfg)), cfg.optimizer, cfg.lr,
@@ -700,7 +688,10 @@ def train(cfg: TrainConfig, model_config: Mapping[str, Any], seed: int = 0, resu
         history.append(_log_validation(live, step, epoch, run_validation(), progress and rank == 0))
     checkpoint(finished=True)
     text_cache = detach_text_cache(model, text_cache)
-    audio_cache = detach_audio_cache(model, audio_cache)
+    if audio_cache is not None:
+        from .audio_feature_cache import detach_feature_store
+
+        audio_cache = detach_feature_store(unwrap(model).audio.encoder, audio_cache)
     metrics = {}
     if rank == 0:
         final = history[-1]

@@ -69,7 +69,8 @@ class AisfxAudioEncoder(nn.Module):
         self.net = AisfxNet(self.aisfx)
         self.out_dim = self.aisfx.dim
         self.pretrained = cfg.pretrained
-        self.feature_cache = None  # clapkit.audio_feature_cache.WaveformFeatureCache while training frozen
+        self.config_name = "aisfx"  # names its feature store file
+        self.feature_cache = None  # a clapkit.audio_feature_cache.WaveformFeatureStore when attached
 
     def attach_cache(self, cache) -> None:
         self.feature_cache = cache
@@ -79,7 +80,7 @@ class AisfxAudioEncoder(nn.Module):
         x = resample(wave.float(), self.config.input_sample_rate, self.aisfx.sample_rate)
         return torch.stack([block_frames(self.frontend(clip), self.aisfx) for clip in x])
 
-    def compute(self, wave: torch.Tensor) -> torch.Tensor:
+    def _embed(self, wave: torch.Tensor) -> torch.Tensor:
         from ..training import resolve_precision
 
         dtype = resolve_precision(self.config.precision, wave.device)
@@ -90,10 +91,18 @@ class AisfxAudioEncoder(nn.Module):
             emb = self.net(blocks.flatten(0, 1)).float().view(b, n, -1)
         return emb.amax(dim=1) if self.aisfx.clip_pool == "max" else emb.mean(dim=1)
 
+    def compute(self, wave: torch.Tensor) -> torch.Tensor:
+        """(B, samples) -> (B, 512).  In eval mode each clip is computed on its own: its features then do not depend
+        on the batch it came in (what makes a feature store exact); in train mode (fine-tuning: BatchNorm batch
+        statistics) the batch goes through together."""
+        if self.training:
+            return self._embed(wave)
+        return torch.cat([self._embed(clip.unsqueeze(0)) for clip in wave])
+
     def forward(self, wave: torch.Tensor) -> torch.Tensor:
         if wave.ndim != 2:
             raise ValueError(f"aisfx audio encoder: expected (batch, samples), got {tuple(wave.shape)}")
-        if self.feature_cache is not None:
+        if self.feature_cache is not None and not self.training:  # attached only while the weights are fixed
             return self.feature_cache.lookup(wave, self.compute)
         return self.compute(wave)
 
