@@ -94,6 +94,22 @@ def write_bad_inputs(root: Path) -> tuple[Path, Path, dict[str, str]]:
     return jsonl, csv_path, expected
 
 
+def write_corpus(root: Path) -> Path:
+    """A clapkit corpus (``clapkit data build``'s layout) of 4 clips of one source, split train by the records."""
+    from clapkit.data.records import ClipRecord, write_jsonl
+
+    records = []
+    for i in range(4):
+        rel = f"synth/k{i}.wav"
+        (root / "synth").mkdir(parents=True, exist_ok=True)
+        sf.write(root / rel, tone(0.4 + 0.2 * i, 22050, 330 + 110 * i, seed=60 + i), 22050)
+        records.append(ClipRecord(id=f"synth/k{i}", path=rel, source="synth:test", licence="CC0-1.0", real=False,
+                                  labels={"tone": "sine tone"}, split="train"))
+    write_jsonl(root / "synth" / "clips.jsonl", records)
+    (root / "corpus.json").write_text(json.dumps({"sources": {"synth": {"clips": 4}}}))
+    return root
+
+
 @pytest.fixture(scope="module")
 def inputs(tmp_path_factory):
     root = tmp_path_factory.mktemp("shard_inputs")
@@ -105,7 +121,7 @@ def inputs(tmp_path_factory):
                                                             tone(1.2, RATE, 900, seed=42))])
     specs = [("manifest", "good", None, str(good)), ("manifest", "bad", None, str(jsonl)),
              ("manifest", "more", None, str(csv_path)), ("dataset", "esc50", "train", str(esc50)),
-             ("dataset", "audiocaps", None, str(caps))]
+             ("dataset", "audiocaps", None, str(caps)), ("corpus", "corpus", None, str(write_corpus(root / "data")))]
     return {"root": root, "specs": specs, "expected": expected}
 
 
@@ -125,12 +141,13 @@ def reference(inputs, tmp_path_factory) -> tuple[Path, dict]:
 
 def test_one_worker_two_workers_and_two_parts_give_byte_identical_shards(inputs, reference, tmp_path):
     out, summary = reference
-    # 17 good (2 of them val) + 1 CSV + 2 ESC-50 (forced to train) + 1 AudioCaps (test); the bad ones quarantined
-    assert summary["clips"] == {"train": 18, "val": 2, "test": 1} and summary["quarantined"] == 9 + 6
-    # train plans 15 + 9 bad files + 1 + 2 = 27 items: 6 shards of 5
-    assert summary["shards_built"] == summary["shards_planned"] == 6 + 1 + 1
+    # 17 good (2 of them val) + 1 CSV + 2 ESC-50 (forced to train) + 1 AudioCaps (test) + 4 corpus clips; the bad
+    # ones quarantined
+    assert summary["clips"] == {"train": 22, "val": 2, "test": 1} and summary["quarantined"] == 9 + 6
+    # train plans 15 + 9 bad files + 1 + 2 + 4 = 31 items: 7 shards of at most 5
+    assert summary["shards_built"] == summary["shards_planned"] == 7 + 1 + 1
     expected = file_hashes(out)
-    assert {"train-000000.tar", "train-000005.tar", "val-000000.tar", "test-000000.tar", "train.json", "val.json",
+    assert {"train-000000.tar", "train-000006.tar", "val-000000.tar", "test-000000.tar", "train.json", "val.json",
             "test.json", "samples.jsonl", "quarantine.jsonl", "build.json"} <= set(expected)
     assert not [name for name in expected if ".tmp" in name]
 
@@ -138,7 +155,7 @@ def test_one_worker_two_workers_and_two_parts_give_byte_identical_shards(inputs,
     assert two["clips"] == summary["clips"] and file_hashes(tmp_path / "workers") == expected
 
     first = build_shards(inputs["specs"], tmp_path / "parts", CFG, part="0/2", progress=False)
-    assert first["shards_in_part"] == 4 and len(first["pending"]) == 4
+    assert first["shards_in_part"] == 5 and len(first["pending"]) == 4
     assert not (tmp_path / "parts" / "train.json").exists()  # no index before every part is done
     second = build_shards(inputs["specs"], tmp_path / "parts", CFG, part="1/2", progress=False)
     assert "pending" not in second and second["shards_built"] == 4
@@ -170,7 +187,7 @@ def test_an_interrupted_build_resumes_to_the_same_shards(inputs, reference, tmp_
     assert [n for n in names if n.startswith(".train-000002.tar.tmp-")] and "train.json" not in names
 
     resumed = build_shards(inputs["specs"], out, CFG, progress=False)
-    assert resumed["shards_kept"] == 3 and resumed["shards_built"] == 5
+    assert resumed["shards_kept"] == 3 and resumed["shards_built"] == 6
     assert file_hashes(out) == file_hashes(reference[0])
 
     # a finished shard damaged afterwards (its sha256 no longer its record's) is rebuilt; the others are kept
@@ -179,7 +196,7 @@ def test_an_interrupted_build_resumes_to_the_same_shards(inputs, reference, tmp_
     data[600] ^= 0xFF
     damaged.write_bytes(bytes(data))
     again = build_shards(inputs["specs"], out, CFG, progress=False)
-    assert again["shards_built"] == 1 and again["shards_kept"] == 7
+    assert again["shards_built"] == 1 and again["shards_kept"] == 8
     assert file_hashes(out) == file_hashes(reference[0])
 
 
@@ -200,7 +217,7 @@ def test_every_bad_input_is_quarantined_with_its_reason_and_line(inputs, referen
     assert all(q["shard"].endswith(".tar") and q["dataset"] == "bad" for q in quarantined if "shard" in q)
     stored = {s["key"] for s in read_samples(out)}
     assert not {k for k in stored if k.startswith("bad_")}
-    assert len(stored) == 21
+    assert len(stored) == 25
 
 
 # --- what a sample holds -------------------------------------------------------------------------------------------
@@ -263,6 +280,10 @@ def test_adapters_keep_human_captions_make_label_captions_and_force_splits(refer
     assert all(m["split"] == "train" and len(m["captions"]) >= 2 for m in esc)
     assert any("dog" in c for c in esc[0]["captions"]) and any("rain" in c for c in esc[1]["captions"])
     assert esc[0]["path"].startswith("audio/")  # relative to the dataset root
+    corpus = [metas[f"synth/k{i}"] for i in range(4)]  # the corpus's own clip ids, captions made as prepare does
+    assert all(m["dataset"] == "corpus" and m["split"] == "train" and m["path"] == f"synth/k{i}.wav"
+               for i, m in enumerate(corpus))
+    assert all("sine tone" in " ".join(m["captions"]) for m in corpus)
     csv = metas["more/clips/csv0"]
     assert csv["captions"] == ["a beep"] and csv["labels"] == {"event": "beep"} and csv["split"] == "train"
 
@@ -270,7 +291,7 @@ def test_adapters_keep_human_captions_make_label_captions_and_force_splits(refer
 def test_content_hashes_come_from_the_sample_index(inputs, reference, tmp_path):
     out, _ = reference
     hashes = shard_content_hashes([out])
-    assert len(hashes) == 21 and hashes == [s["content_hash"] for s in read_samples(out)]
+    assert len(hashes) == 25 and hashes == [s["content_hash"] for s in read_samples(out)]
     good = {file_content_hash(p) for p in (inputs["root"] / "clips").glob("g*")}
     assert good <= set(hashes)
     assert shard_content_hashes([out, out]) == hashes + hashes
@@ -295,3 +316,21 @@ def test_command_line_builds_at_the_preset_rate(inputs, tmp_path):
         main(["shards", "build", "--out", str(tmp_path / "none")])
     with pytest.raises(ValueError, match="expected name"):
         main(["shards", "build", "--dataset", "/data/esc50", "--out", str(tmp_path / "none")])
+
+
+def test_an_unexpected_error_on_one_file_is_quarantined_not_fatal(inputs, tmp_path, monkeypatch):
+    real = shard_build.encode_clip
+
+    def fails_on_g03(file, cfg):
+        if file.endswith("g03.flac"):
+            raise MemoryError("simulated")
+        return real(file, cfg)
+
+    monkeypatch.setattr(shard_build, "encode_clip", fails_on_g03)
+    summary = build_shards(inputs["specs"][:1], tmp_path / "shards", CFG, progress=False)
+    assert summary["clips"] == {"train": 14, "val": 2} and summary["quarantined"] == 1
+    (line,) = (tmp_path / "shards" / "quarantine.jsonl").read_text().splitlines()
+    assert json.loads(line)["path"] == "clips/g03.flac" and json.loads(line)["reason"] == \
+        "unexpected error: MemoryError: simulated"
+    with pytest.raises(ValueError, match="--part 2/2"):
+        build_shards(inputs["specs"][:1], tmp_path / "x", CFG, part="2/2", progress=False)
