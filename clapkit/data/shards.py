@@ -93,7 +93,7 @@ class BadSampleWarning(UserWarning):
 
 def read_index(shard_dir: str | Path, split: str = "train") -> dict[str, Any]:
     """``<shard_dir>/<split>.json`` (written by ``clapkit shards build``), checked to be of the format read here."""
-    from .shard_build import FORMAT
+    from .shard_audio import FORMAT
 
     path = Path(shard_dir) / f"{split}.json"
     if not path.is_file():
@@ -216,7 +216,7 @@ def count_shard_samples(url: str) -> int:
 def _decode(url: str, raw: dict[str, Any]) -> dict[str, Any] | None:
     """``{"id", "captions", "wave"}`` (wave: float32, ``int16 / 32767`` of the stored FLAC), or None, with a
     warning, for a bad sample."""
-    from .shard_build import decode_flac
+    from .shard_audio import decode_flac
 
     key = raw.get("__key__")
     try:
