@@ -334,3 +334,24 @@ def test_an_unexpected_error_on_one_file_is_quarantined_not_fatal(inputs, tmp_pa
         "unexpected error: MemoryError: simulated"
     with pytest.raises(ValueError, match="--part 2/2"):
         build_shards(inputs["specs"][:1], tmp_path / "x", CFG, part="2/2", progress=False)
+
+
+def test_the_corpus_input_takes_prepares_slice_and_splits(inputs, tmp_path):
+    import hashlib as h
+    import shutil
+
+    from clapkit.data.prepare import assign_split
+    from clapkit.data.shard_inputs import read_corpus
+
+    root = inputs["root"] / "data"
+    items, problems = read_corpus("corpus", root, params={"prepare": {"limit_per_source": 2}})
+    by_hash = sorted((f"synth/k{i}" for i in range(4)), key=lambda c: h.sha256(c.encode()).hexdigest())
+    assert problems == [] and [it["id"] for it in items] == by_hash[:2]
+    # records without a split of their own get prepare's, from the group and prepare's salt and fractions
+    copy = tmp_path / "data"
+    shutil.copytree(root, copy)
+    clips = copy / "synth" / "clips.jsonl"
+    clips.write_text(clips.read_text().replace('"split": "train"', '"split": null'))
+    items, _ = read_corpus("corpus", copy)
+    assert [it["split"] for it in items] == [assign_split(f"synth/k{i}", "clapkit-split-v1", 0.2, 0.1)
+                                             for i in range(4)]

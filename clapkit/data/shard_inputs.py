@@ -34,7 +34,7 @@ file missing, a malformed row) are reported with the adapter's file and line.
 
 The clapkit corpus (``--corpus [split=]root``, ``clapkit data build``'s ``data/``): every source's clips.jsonl,
 captions and splits exactly as ``prepare`` makes them (``prepare.*`` of params.yaml: split salt and fractions,
-captions per clip; transfer sources form the ``transfer`` split).
+captions per clip, ``limit_per_source`` slices; transfer sources form the ``transfer`` split).
 """
 
 from __future__ import annotations
@@ -203,7 +203,7 @@ def read_corpus(name: str, root: str | Path, split: str | None = None,
                 params: dict[str, Any] | None = None) -> tuple[list[dict], list[dict]]:
     """(items, problems) of a clapkit corpus (``data/``), split and captioned as ``prepare`` does."""
     from .glosses import load_glosses
-    from .prepare import TRANSFER, PrepareConfig, assign_split
+    from .prepare import TRANSFER, PrepareConfig, _hash_order, assign_split
     from .records import read_jsonl
 
     cfg = PrepareConfig.from_params(params or {})
@@ -214,7 +214,10 @@ def read_corpus(name: str, root: str | Path, split: str | None = None,
     glosses = load_glosses(cfg.caption_glosses_exclude) if cfg.caption_glosses else None
     items, problems = [], []
     for source in sorted(json.loads(summary.read_text())["sources"]):
-        for rec in read_jsonl(root / source / "clips.jsonl"):
+        records = read_jsonl(root / source / "clips.jsonl")
+        if cfg.limit_per_source:  # the same tiny slice as prepare's
+            records = sorted(records, key=lambda r: _hash_order(r.id))[: cfg.limit_per_source]
+        for rec in records:
             file = root / rec.path
             if not file.is_file():
                 problems.append(_problem(str(root / source / "clips.jsonl"), None, f"audio file missing: {file}",
