@@ -55,6 +55,7 @@ def write_bad_inputs(root: Path) -> tuple[Path, Path, dict[str, str]]:
     bad.mkdir(parents=True)
     (bad / "garbage.wav").write_bytes(b"this is not audio at all" * 20)
     (bad / "empty.wav").write_bytes(b"")
+    sf.write(bad / "noframes.wav", np.zeros(0, np.float32), RATE)  # a valid header, no sample
     nan = tone(0.5, RATE, 300)
     nan[100] = np.nan
     sf.write(bad / "nan.wav", nan, RATE, subtype="FLOAT")
@@ -69,6 +70,7 @@ def write_bad_inputs(root: Path) -> tuple[Path, Path, dict[str, str]]:
     data = (bad / "truncated.wav").read_bytes()
     (bad / "truncated.wav").write_bytes(data[: len(data) // 2])
     expected = {"bad/garbage.wav": "unreadable: not audio", "bad/empty.wav": "empty file (0 bytes)",
+                "bad/noframes.wav": "empty: no audio samples",
                 "bad/nan.wav": "contains NaN or infinite samples", "bad/inf.wav": "contains NaN or infinite samples",
                 "bad/silent.wav": "all silent: RMS 0.00e+00 < silence_rms 0.0001",
                 "bad/long.wav": "over-long: 3.5 s > max_file_seconds 3",
@@ -76,10 +78,10 @@ def write_bad_inputs(root: Path) -> tuple[Path, Path, dict[str, str]]:
                 "bad/channels.wav": "10 channels > max_channels 8",
                 "bad/truncated.wav": "truncated: WAV data chunk declares"}
     rows = [json.dumps({"audio": p, "caption": f"bad {k}"}) for k, p in enumerate(expected)]
-    rows += [json.dumps({"audio": "bad/missing.wav", "caption": "gone"}),  # line 10
-             json.dumps({"audio": "bad/nan.wav", "captions": []}),  # line 11
-             "{not json",  # line 12
-             json.dumps({"caption": "no audio field"})]  # line 13
+    rows += [json.dumps({"audio": "bad/missing.wav", "caption": "gone"}),  # line 11
+             json.dumps({"audio": "bad/nan.wav", "captions": []}),  # line 12
+             "{not json",  # line 13
+             json.dumps({"caption": "no audio field"})]  # line 14
     jsonl = root / "bad.jsonl"
     jsonl.write_text("\n".join(rows) + "\n")
     sf.write(root / "clips" / "csv0.wav", tone(0.6, 22050, 440), 22050)
@@ -88,8 +90,8 @@ def write_bad_inputs(root: Path) -> tuple[Path, Path, dict[str, str]]:
                         "clips/csv0.wav,a beep,,beep,train\n"
                         "clips/nope.wav,a beep,,beep,train\n"  # line 3: missing file
                         'clips/csv0.wav,,,"beep",train\n')  # line 4: no caption
-    expected.update({"bad.jsonl:10": "audio file missing", "bad.jsonl:11": "no caption",
-                     "bad.jsonl:12": "not a JSON object", "bad.jsonl:13": "no audio path",
+    expected.update({"bad.jsonl:11": "audio file missing", "bad.jsonl:12": "no caption",
+                     "bad.jsonl:13": "not a JSON object", "bad.jsonl:14": "no audio path",
                      "more.csv:3": "audio file missing", "more.csv:4": "no caption"})
     return jsonl, csv_path, expected
 
@@ -143,8 +145,8 @@ def test_one_worker_two_workers_and_two_parts_give_byte_identical_shards(inputs,
     out, summary = reference
     # 17 good (2 of them val) + 1 CSV + 2 ESC-50 (forced to train) + 1 AudioCaps (test) + 4 corpus clips; the bad
     # ones quarantined
-    assert summary["clips"] == {"train": 22, "val": 2, "test": 1} and summary["quarantined"] == 9 + 6
-    # train plans 15 + 9 bad files + 1 + 2 + 4 = 31 items: 7 shards of at most 5
+    assert summary["clips"] == {"train": 22, "val": 2, "test": 1} and summary["quarantined"] == 10 + 6
+    # train plans 15 + 10 bad files + 1 + 2 + 4 = 32 items: 7 shards of at most 5
     assert summary["shards_built"] == summary["shards_planned"] == 7 + 1 + 1
     expected = file_hashes(out)
     assert {"train-000000.tar", "train-000006.tar", "val-000000.tar", "test-000000.tar", "train.json", "val.json",
