@@ -174,8 +174,8 @@ def _finished(out: Path, job: ShardJob, verify: bool) -> dict[str, Any] | None:
         return None
 
 
-def build_shard(job: ShardJob, cfg: BuildConfig, out: Path) -> dict[str, Any]:
-    """Write one shard (temp + rename) and its record; returns the record."""
+def build_shard(job: ShardJob, cfg: BuildConfig, out: Path, on_clip=None) -> dict[str, Any]:
+    """Write one shard (temp + rename) and its record; returns the record.  ``on_clip()`` after each input."""
     import torch
 
     threads = torch.get_num_threads()
@@ -185,6 +185,8 @@ def build_shard(job: ShardJob, cfg: BuildConfig, out: Path) -> dict[str, Any]:
     try:
         with tarfile.open(tmp, "w", format=tarfile.GNU_FORMAT) as tar:
             for item in job.items:
+                if on_clip is not None:
+                    on_clip()
                 try:
                     pcm, facts = encode_clip(item["file"], cfg)
                 except Exception as err:  # one bad file never stops a build: it is listed with the reason
@@ -210,10 +212,23 @@ def build_shard(job: ShardJob, cfg: BuildConfig, out: Path) -> dict[str, Any]:
     return record
 
 
-def _build_one(args: tuple[ShardJob, BuildConfig, str]) -> tuple[str, int]:
+_clips_done = None  # in a worker process: the pool's shared count of inputs handled (the progress bar reads it)
+
+
+def _init_worker(counter) -> None:
+    global _clips_done
+    _clips_done = counter
+
+
+def _count_clip() -> None:
+    with _clips_done.get_lock():
+        _clips_done.value += 1
+
+
+def _build_one(args: tuple[ShardJob, BuildConfig, str]) -> str:
     job, cfg, out = args
-    build_shard(job, cfg, Path(out))
-    return job.name, len(job.items)
+    build_shard(job, cfg, Path(out), on_clip=_count_clip)
+    return job.name
 
 
 def _parse_part(part: str | tuple[int, int] | None) -> tuple[int, int]:
@@ -240,14 +255,20 @@ def _run_jobs(todo: list[ShardJob], cfg: BuildConfig, out: Path, workers: int, p
     try:
         if workers <= 1:
             for job in todo:
-                bar.update(_build_one((job, cfg, str(out)))[1])
+                build_shard(job, cfg, out, on_clip=lambda: bar.update(1))
             return
         import multiprocessing as mp
 
         # spawn, not fork: a forked torch (already threaded in the parent) can deadlock in its thread pools
-        with mp.get_context("spawn").Pool(workers) as pool:
-            for _, n in pool.imap_unordered(_build_one, [(job, cfg, str(out)) for job in todo]):
-                bar.update(n)
+        ctx = mp.get_context("spawn")
+        counter = ctx.Value("q", 0)
+        with ctx.Pool(workers, initializer=_init_worker, initargs=(counter,)) as pool:
+            result = pool.map_async(_build_one, [(job, cfg, str(out)) for job in todo], chunksize=1)
+            while not result.ready():
+                result.wait(0.5)
+                bar.update(counter.value - bar.n)
+            result.get()  # a worker's exception is raised here
+            bar.update(counter.value - bar.n)
     finally:
         bar.close()
 
