@@ -253,6 +253,7 @@ def _run_jobs(todo: list[ShardJob], cfg: BuildConfig, out: Path, workers: int, p
     bar = tqdm(total=sum(len(j.items) for j in todo), unit="clip", desc="shards build", disable=not progress,
                mininterval=1.0, smoothing=0.1)
     try:
+        workers = min(workers, len(todo))  # no more processes than shards to build
         if workers <= 1:
             for job in todo:
                 build_shard(job, cfg, out, on_clip=lambda: bar.update(1))
