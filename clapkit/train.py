@@ -67,6 +67,7 @@ from torch import nn
 from .checkpointing import (corpus_hash, find_resumable, load_checkpoint, model_fingerprint, run_directory,
                             run_identity, save_checkpoint, unwrap)
 from .config import dataclass_from_dict, load_params, model_config_from_params
+from .data.shards import parse_shard_mixture
 from .zeroshot import DEFAULT_PRECISION as DEFAULT_EVAL_PRECISION
 from .losses import POSITIVES, ClipLoss, clamp_logit_scale, make_loss
 from .text import atomic_write_text
@@ -83,7 +84,9 @@ class TrainConfig:
     """Block ``train:`` of params.yaml (comments there say why each value)."""
 
     prepared: str = "prepared"
-    shards: str | None = None  # None: index prepared/ directly; a `clapkit shards write` directory: stream it
+    # None: index prepared/ directly.  `clapkit shards build` folders to stream: one folder, or a weighted mixture
+    # ({folder: weight} or [{path, weight}]; weight = upsampling factor, clapkit.data.shards.ShardSet)
+    shards: str | list | dict | None = None
     shuffle_buffer: int = 1000  # streaming only: samples in the shuffle buffer
     out: str = "models/clap"
     checkpoint_dir: str = "checkpoints/train"
@@ -147,6 +150,10 @@ class TrainConfig:
         if self.max_steps < 1 or self.batch_size < 2 or self.accum_steps < 1:
             problems.append("max_steps >= 1, batch_size >= 2 and accum_steps >= 1 are required")
         problems += self._init_problems()
+        try:
+            parse_shard_mixture(self.shards)
+        except ValueError as err:
+            problems.append(str(err).removeprefix("train."))
         if problems:
             raise ValueError("params.yaml train: " + "; ".join(problems))
 
@@ -183,6 +190,8 @@ class TrainConfig:
             c.pop(key)
         if not self.shards:  # indexed batches do not depend on the workers; a shard stream's order does
             c.pop("num_workers")
+        else:  # the folders' contents are the corpus hash; their weights are settings
+            c["shard_weights"] = [weight for _, weight in parse_shard_mixture(self.shards)]
         return c
 
 
@@ -529,8 +538,8 @@ def _identity(cfg: TrainConfig, model_config: Mapping[str, Any], seed: int, worl
               initial_weights: str, eval_precision: str) -> dict[str, Any]:
     memo = Path(cfg.checkpoint_dir) / "corpus-hashes.json"
     corpus = corpus_hash(cfg.prepared, memo)
-    if cfg.shards:
-        corpus += "+" + corpus_hash(cfg.shards, memo.with_name("shard-hashes.json"))
+    for k, (folder, _) in enumerate(parse_shard_mixture(cfg.shards)):
+        corpus += "+" + corpus_hash(folder, memo.with_name(f"shard-hashes-{k}.json"))
     # the validation precision is part of a run: the validation loss drives the plateau schedule
     return run_identity({"train": cfg.identity_params(), "model": dict(model_config), "seed": seed,
                          "eval_precision": eval_precision},
@@ -613,9 +622,10 @@ def train(cfg: TrainConfig, model_config: Mapping[str, Any], seed: int = 0, resu
         from .data.loader import make_stream_loader
         from .data.shards import ShardStream
 
-        dataset = ShardStream.from_index(cfg.shards, "train", clap.clip_samples, seed=seed, train=True,
-                                         shuffle_buffer=cfg.shuffle_buffer, rank=rank, world=world,
-                                         per_rank_batch=per_rank_batch)
+        dataset = ShardStream.from_mixture(parse_shard_mixture(cfg.shards), "train", clap.clip_samples,
+                                           sample_rate=clap.sample_rate, seed=seed, train=True,
+                                           shuffle_buffer=cfg.shuffle_buffer, rank=rank, world=world,
+                                           per_rank_batch=per_rank_batch)
         per_epoch = dataset.batches_per_epoch  # from the index: the same on every rank
         if per_epoch < 1:
             raise ValueError(f"{cfg.shards}: fewer training clips than one batch of {cfg.batch_size}")

@@ -1,5 +1,6 @@
-"""clapkit.data.shards (ShardStream, write_shards) read through clapkit.data.loader.make_stream_loader: exact
-per-rank batch counts whatever the workers and shard sizes, determinism, resuming mid-epoch, bad samples."""
+"""clapkit.data.shards (ShardStream) read through clapkit.data.loader.make_stream_loader, on shards written by
+clapkit.data.shard_build: exact per-rank batch counts whatever the workers and shard sizes, determinism, resuming
+mid-epoch, bad samples, weighted mixtures of shard folders."""
 
 from __future__ import annotations
 
@@ -16,6 +17,7 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+import soundfile as sf
 import torch
 
 from clapkit.data.loader import ClipCaptionDataset, make_stream_loader
@@ -24,10 +26,12 @@ from clapkit.data.shards import (
     BadSampleWarning,
     ShardStream,
     count_shard_samples,
+    ShardSet,
+    parse_shard_mixture,
     read_index,
     read_shard_sizes,
-    write_shards,
 )
+from clapkit.data.shard_build import PCM_SCALE, BuildConfig, build_shards, read_samples
 from clapkit.text import TextTokenizer, train_wordpiece
 
 SAMPLE_RATE = 1000
@@ -75,24 +79,53 @@ def write_prepared(root: Path) -> Path:
 
 @dataclass
 class Shards:
-    dir: Path
+    root: Path  # holds one shard folder per split: <root>/<split>/
     paths: list[str]
     sizes: list[int]
     corpus: PreparedCorpus
+    listed: list[int]  # the clip numbers in the listed shard order (the build shuffles clips into shards)
+
+
+def build_split(corpus: PreparedCorpus, root: Path, split: str, shard_size: int) -> Path:
+    """The clips of ``split`` as 32-bit float WAVs + a manifest, built into ``<root>/shards/<split>``: the stored
+    audio is the prepared waveform quantised to 16 bits (same rate, no cut)."""
+    lines = []
+    for i in corpus.split(split):
+        row = corpus.rows[i]
+        rel = row["id"].removeprefix("synth/") + ".wav"
+        (root / "audio" / rel).parent.mkdir(parents=True, exist_ok=True)
+        sf.write(root / "audio" / rel, corpus.waveform(i).astype(np.float32), SAMPLE_RATE, subtype="FLOAT")
+        lines.append(json.dumps({"audio": rel, "captions": row["captions"]}))
+    manifest = root / "audio" / f"{split}.jsonl"
+    manifest.write_text("\n".join(lines) + "\n")
+    cfg = BuildConfig(SAMPLE_RATE, 1.0, shard_size=shard_size, seed=SEED, min_sample_rate=SAMPLE_RATE)
+    summary = build_shards([("manifest", "synth", split, str(manifest))], root / "shards" / split, cfg,
+                           progress=False)
+    assert summary["clips"] == {split: len(corpus.split(split))} and summary["quarantined"] == 0
+    return root / "shards" / split
+
+
+def quantised(wave: torch.Tensor) -> torch.Tensor:
+    """What a shard stores of a float waveform, read back: ``round(x * 32767) / 32767``."""
+    return torch.from_numpy(np.round(np.clip(wave.numpy(), -1, 1) * PCM_SCALE).astype(np.int16).astype(np.float32)
+                            / np.float32(PCM_SCALE))
 
 
 @pytest.fixture(scope="module")
 def shards(tmp_path_factory) -> Shards:
     root = tmp_path_factory.mktemp("shard_stream")
-    prepared = write_prepared(root / "prepared")
-    paths, sizes = [], []
+    corpus = PreparedCorpus(write_prepared(root / "prepared"))
+    paths, sizes, listed = [], [], []
     for split, (n, shard_size) in SPLITS.items():
-        index = write_shards(prepared, root / "shards", split, shard_size=shard_size)
+        folder = build_split(corpus, root, split, shard_size)
+        index = read_index(folder, split)
         assert index["clips"] == n and sum(index["sizes"]) == n
-        paths += read_index(root / "shards", split)[0]
-        sizes += read_shard_sizes(root / "shards", split)
+        paths += [str(folder / name) for name in index["shards"]]
+        sizes += read_shard_sizes(folder, split)
+        listed += [corpus.index[f"synth/{split}/" + s["key"].rsplit("_", 1)[1]] for s in read_samples(folder)]
     assert sizes == [9, 9, 9, 3, 5, 5, 4, 2, 2, 2, 1]
-    return Shards(root / "shards", paths, sizes, PreparedCorpus(prepared))
+    assert sorted(listed) == list(range(N_CLIPS)) and listed != sorted(listed)  # shuffled into the shards
+    return Shards(root / "shards", paths, sizes, corpus, listed)
 
 
 @pytest.fixture(scope="module")
@@ -183,7 +216,8 @@ def test_crops_and_captions_match_the_indexed_dataset(shards):
     for sample in samples:
         reference = dataset[corpus.index[sample["id"]]]
         assert sample["caption"] == reference["caption"]
-        torch.testing.assert_close(sample["wave"], reference["wave"], rtol=0, atol=0)  # float16 both ways: exact
+        # the same crop of the same audio, stored in 16 bits: exact
+        torch.testing.assert_close(sample["wave"], quantised(reference["wave"]), rtol=0, atol=0)
 
 
 def test_longer_epochs_wrap_round_the_shards(shards, tokenizer):
@@ -217,35 +251,41 @@ def test_constructor_refuses_impossible_plans(shards):
 # --- evaluation ----------------------------------------------------------------------------------------------------
 
 def test_evaluation_reads_every_clip_once_in_shard_order(shards, tokenizer):
-    listed = list(range(N_CLIPS))  # the clips in write order, which is the listed shard order
+    listed = shards.listed  # the clips in the listed shard order
     for num_workers in (0, 2):
         ranks = [make_stream(shards, rank=r, train=False) for r in range(2)]
         assert [s.batches_per_epoch for s in ranks] == [7, 7]  # 25 and 26 clips in batches of 4
         epoch = [epoch_batches(s, tokenizer, num_workers) for s in ranks]
         assert [[len(b["captions"]) for b in batches] for batches in epoch] == [[4] * 6 + [1], [4] * 6 + [2]]
         clips = clips_of(epoch[0]) + clips_of(epoch[1])
-        assert sorted(clips) == listed
+        assert sorted(clips) == sorted(listed)
         if num_workers == 0:
             assert clips == listed
         # the first caption, the centre crop
         assert all(c.endswith("variant 0") for c in itertools.chain(*(b["captions"] for b in epoch[0])))
     stream = make_stream(shards, rank=0, world=1, train=False)
     sample = next(iter(stream))
-    expected = torch.from_numpy(shards.corpus.waveform(0))  # clip 0: 40 samples, repeat-padded to 64
-    assert torch.equal(sample["wave"], torch.cat([expected, expected[:24]]))
+    expected = quantised(torch.from_numpy(shards.corpus.waveform(listed[0]).astype(np.float32)))
+    assert sample["id"] == shards.corpus.rows[listed[0]]["id"]
+    assert torch.equal(sample["wave"], torch.cat([expected] * 2)[:CLIP_SAMPLES])  # 40-100 samples, repeat-padded
 
 
 # --- the index -----------------------------------------------------------------------------------------------------
 
-def test_index_records_shard_sizes_and_old_indexes_are_read(shards, tmp_path):
+def test_index_records_shard_sizes_and_other_formats_are_refused_by_name(shards, tmp_path):
     assert [count_shard_samples(p) for p in shards.paths] == shards.sizes
-    index = json.loads((shards.dir / "val.json").read_text())
-    assert index["sizes"] == [5, 5, 4] and index["shard_size"] == 5
-    del index["sizes"]  # as written before the sizes were recorded
-    (tmp_path / "val.json").write_text(json.dumps(index))
-    assert read_shard_sizes(tmp_path, "val") == [5, 5, 4]
-    stream = ShardStream.from_index(shards.dir, "val", CLIP_SAMPLES, per_rank_batch=7)
+    index = json.loads((shards.root / "val" / "val.json").read_text())
+    assert index["sizes"] == [5, 5, 4] and index["shard_size"] == 5 and index["sample_rate"] == SAMPLE_RATE
+    stream = ShardStream.from_index(shards.root / "val", "val", CLIP_SAMPLES, per_rank_batch=7)
     assert stream.shard_sizes == [5, 5, 4] and stream.batches_per_epoch == 2
+    # an index of the former float16 .npy shards (`clapkit shards write`): refused, naming the file
+    old = {k: index[k] for k in ("split", "clips", "shard_size", "shards", "sizes")}
+    (tmp_path / "val.json").write_text(json.dumps(old))
+    with pytest.raises(ValueError, match=r"val\.json: shards of format 'npy.*rebuild them with `clapkit shards build`"):
+        read_shard_sizes(tmp_path, "val")
+    (tmp_path / "val.json").write_text(json.dumps({**index, "sizes": [5, 5, 3]}))
+    with pytest.raises(ValueError, match="inconsistent index"):
+        ShardStream.from_index(tmp_path, "val", CLIP_SAMPLES, per_rank_batch=7)
 
 
 # --- bad samples ---------------------------------------------------------------------------------------------------
@@ -260,25 +300,39 @@ def replace_member(tar_path: Path, name: str, content: bytes) -> None:
             dst.addfile(member, io.BytesIO(data))
 
 
+@dataclass
+class Damaged:
+    paths: list[str]
+    bad: dict[str, str]  # key -> shard name
+    lost: set[int]  # the clip numbers that cannot be read
+
+
 @pytest.fixture
-def damaged(shards, tmp_path) -> tuple[list[str], dict[str, str]]:
-    """A copy of the shards with three bad samples and one missing shard; returns (paths, {key: shard name})."""
+def damaged(shards, tmp_path) -> Damaged:
+    """A copy of the shards with three bad samples and one missing shard."""
     out = tmp_path / "damaged"
-    shutil.copytree(shards.dir, out)
-    bad = {"synth_train_c001": "train-000000.tar", "synth_train_c012": "train-000001.tar",
-           "synth_val_c035": "val-000001.tar"}
-    replace_member(out / "train-000000.tar", "synth_train_c001.npy", b"not a numpy file")
-    replace_member(out / "train-000001.tar", "synth_train_c012.json", b"{broken json")
-    with tarfile.open(out / "val-000001.tar") as tar:
-        meta = json.loads(tar.extractfile("synth_val_c035.json").read())
-    replace_member(out / "val-000001.tar", "synth_val_c035.json", json.dumps({**meta, "captions": []}).encode())
-    paths = [str(out / Path(p).name) for p in shards.paths]
-    (out / "test-000003.tar").unlink()  # the 1-clip shard
-    return paths, bad
+    shutil.copytree(shards.root, out)
+    in_shard = {}
+    for split in SPLITS:
+        for sample in read_samples(out / split):
+            in_shard.setdefault(sample["shard"], []).append(sample["key"])
+    bad = {in_shard["train-000000.tar"][1]: "train-000000.tar", in_shard["train-000001.tar"][4]: "train-000001.tar",
+           in_shard["val-000001.tar"][2]: "val-000001.tar"}
+    flac, broken_json, no_caption = bad
+    replace_member(out / "train" / "train-000000.tar", f"{flac}.flac", b"not a flac file")
+    replace_member(out / "train" / "train-000001.tar", f"{broken_json}.json", b"{broken json")
+    with tarfile.open(out / "val" / "val-000001.tar") as tar:
+        meta = json.loads(tar.extractfile(f"{no_caption}.json").read())
+    replace_member(out / "val" / "val-000001.tar", f"{no_caption}.json", json.dumps({**meta, "captions": []}).encode())
+    (out / "test" / "test-000003.tar").unlink()  # the 1-clip shard
+    paths = [str(out / Path(p).parent.name / Path(p).name) for p in shards.paths]
+    lost = {shards.corpus.index["synth/" + k.removeprefix("synth_").replace("_", "/")]
+            for k in [*bad, *in_shard["test-000003.tar"]]}
+    return Damaged(paths, bad, lost)
 
 
 def test_bad_samples_are_skipped_named_and_replaced(shards, damaged, tokenizer):
-    paths, bad = damaged
+    paths, bad = damaged.paths, damaged.bad
     # one rank reading every position: the 4 unreadable clips are replaced by reading on round the epoch order
     stream = ShardStream(paths, CLIP_SAMPLES, seed=SEED, shuffle_buffer=6, per_rank_batch=3,
                          shard_sizes=shards.sizes)
@@ -288,13 +342,14 @@ def test_bad_samples_are_skipped_named_and_replaced(shards, damaged, tokenizer):
         batches = epoch_batches(stream, tokenizer, 0)
     assert len(batches) == 17 and all(len(b["captions"]) == 3 for b in batches)
     clips = Counter(clips_of(batches))
-    assert not {1, 12, 35, 50} & set(clips)  # 50: the clip of the missing shard
+    assert len(damaged.lost) == 4 and not damaged.lost & set(clips)  # 3 bad samples, 1 clip in the missing shard
     assert len(clips) == 47 and sum(clips.values()) == 51  # every readable clip, 4 of them twice
     messages = [str(w.message) for w in caught if issubclass(w.category, BadSampleWarning)]
     for key, shard in bad.items():
         assert any(shard in m and repr(key) in m for m in messages), (key, messages)
     assert any("test-000003.tar" in m and "unreadable shard" in m for m in messages)
     assert any("no caption" in m for m in messages) and any("JSONDecodeError" in m for m in messages)
+    assert any("LibsndfileError" in m or "not a flac" in m.lower() for m in messages), messages
     # the counts hold on every rank with workers too
     for num_workers in (0, 2):
         with warnings.catch_warnings():
@@ -319,3 +374,63 @@ def test_a_stream_with_no_readable_clip_raises_instead_of_spinning(shards, tmp_p
         warnings.simplefilter("ignore", BadSampleWarning)
         with pytest.raises(RuntimeError, match="no readable clip"):
             list(stream)
+
+
+# --- mixtures of shard folders -------------------------------------------------------------------------------------
+
+def test_train_shards_setting_parses_to_folders_and_weights():
+    assert parse_shard_mixture(None) == [] and parse_shard_mixture("") == []
+    assert parse_shard_mixture("shards/a") == [("shards/a", 1.0)]
+    assert parse_shard_mixture({"a": 2, "b": "0.5"}) == [("a", 2.0), ("b", 0.5)]
+    assert parse_shard_mixture(["a", {"path": "b", "weight": 3}]) == [("a", 1.0), ("b", 3.0)]
+    for bad, message in (({"a": 0}, "weight > 0"), ({"a": "x"}, "must be a number"), (["a", "a"], "listed twice"),
+                         ([{"folder": "a"}], "neither a folder"), (3, "a folder, a list")):
+        with pytest.raises(ValueError, match=message):
+            parse_shard_mixture(bad)
+
+
+def mixture(shards: Shards, weights: dict[str, float]) -> list[ShardSet]:
+    return [ShardSet.from_index(shards.root / split, split, weight) for split, weight in weights.items()]
+
+
+def test_a_mixture_draws_each_folder_by_its_weight(shards, tokenizer):
+    """train (30 clips) at weight 2 and val (14) at 0.5: an epoch of 60 + 7 clips, every train clip exactly twice,
+    7 distinct val clips (other ones another epoch)."""
+    train_ids = {shards.corpus.rows[i]["id"] for i in shards.corpus.split("train")}
+    val_ids = {shards.corpus.rows[i]["id"] for i in shards.corpus.split("val")}
+    stream = ShardStream(mixture(shards, {"train": 2.0, "val": 0.5}), CLIP_SAMPLES, seed=SEED, shuffle_buffer=4,
+                         per_rank_batch=67)
+    assert stream.epoch_clips == 67 and stream.batches_per_epoch == 1
+    seen = {}
+    for epoch in (0, 1):
+        stream.set_epoch(epoch)
+        counts = Counter(s["id"] for s in stream)
+        assert {i: counts[i] for i in train_ids} == {i: 2 for i in train_ids}
+        val = {i for i in counts if i in val_ids}
+        assert len(val) == 7 and all(counts[i] == 1 for i in val) and sum(counts.values()) == 67
+        seen[epoch] = val
+    assert seen[0] != seen[1]
+    # the sources are interleaved: both appear in the first half of the epoch order
+    stream.set_epoch(0)
+    first_half = [s["id"] for s in itertools.islice(iter(stream), 33)]
+    assert set(first_half) & val_ids and set(first_half) & train_ids
+
+
+@pytest.mark.filterwarnings("ignore:This DataLoader will create 3 worker processes:UserWarning")
+def test_a_mixture_keeps_equal_whole_batches_per_rank_determinism_and_resume(shards, tokenizer):
+    def make(rank):
+        return ShardStream(mixture(shards, {"train": 1.5, "test": 2.0}), CLIP_SAMPLES, seed=SEED, shuffle_buffer=6,
+                           rank=rank, world=2, per_rank_batch=4)
+
+    assert make(0).epoch_clips == 45 + 14 and make(0).batches_per_epoch == 7
+    for num_workers in (0, 2):
+        epoch = [epoch_batches(make(r), tokenizer, num_workers, epoch=3) for r in range(2)]
+        assert [len(b) for b in epoch] == [7, 7] and all(len(b["captions"]) == 4 for bs in epoch for b in bs)
+        again = epoch_batches(make(1), tokenizer, num_workers, epoch=3)
+        assert [b["captions"] for b in again] == [b["captions"] for b in epoch[1]]
+        rest = epoch_batches(make(1), tokenizer, num_workers, epoch=3, start_batch=3)
+        assert [b["captions"] for b in rest] == [b["captions"] for b in epoch[1][3:]]
+        assert all(torch.equal(a["wave"], b["wave"]) for a, b in zip(rest, epoch[1][3:]))
+    with pytest.raises(ValueError, match="built at 1000 Hz, the model reads 16000 Hz"):
+        ShardStream.from_mixture([(shards.root / "train", 1.0)], "train", CLIP_SAMPLES, sample_rate=16000,
+                                 per_rank_batch=4)

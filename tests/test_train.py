@@ -113,8 +113,12 @@ from clapkit.models.clap import load_model_config  # noqa: E402
 TONE_KINDS = ["sine tone", "square wave", "white noise", "chirp"]
 
 
-def make_prepared(root: Path, n: int = 64) -> Path:
-    """``n`` short clips of 4 signal kinds (task ``tone``), prepared at 16 kHz, 1 s clips cached 1.5 s."""
+PREPARE_FRACTIONS = {"test_fraction": 0.2, "val_fraction": 0.2}  # make_prepared's splits
+
+
+def make_prepared(root: Path, n: int = 64, sample_rate: int = 16000) -> Path:
+    """``n`` short clips of 4 signal kinds (task ``tone``), written at 16 kHz, prepared at ``sample_rate``, 1 s
+    clips cached 1.5 s."""
     from clapkit.audio import FrontendConfig
     from clapkit.data.prepare import PrepareConfig, prepare
     from clapkit.data.records import ClipRecord, write_jsonl
@@ -135,8 +139,8 @@ def make_prepared(root: Path, n: int = 64) -> Path:
     write_jsonl(root / "fixture" / "clips.jsonl", records)
     (root / "corpus.json").write_text(json.dumps({"sources": {"fixture": {"clips": n}}}))
     cfg = PrepareConfig(corpus=str(root), out=str(root / "prepared"), metrics=str(root / "data.json"),
-                        cache_seconds=1.5, workers=1, test_fraction=0.2, val_fraction=0.2)
-    prepare(cfg, FrontendConfig(sample_rate=16000, clip_seconds=1.0), progress=False)
+                        cache_seconds=1.5, workers=1, **PREPARE_FRACTIONS)
+    prepare(cfg, FrontendConfig(sample_rate=sample_rate, clip_seconds=1.0), progress=False)
     return root / "prepared"
 
 
@@ -472,15 +476,82 @@ def test_encoder_init_from_file_and_freezing(prepared, tmp_path):
 
 # The reader itself (exact per-rank counts, determinism, resuming, bad samples) is tested in test_shard_stream.py.
 
+def build_corpus_shards(prepared: Path, out: Path, sample_rate: int = 16000, shard_size: int = 16) -> dict:
+    """``clapkit shards build --corpus`` of the corpus ``prepared`` was made from, 1.5 s kept per clip."""
+    from clapkit.data.shard_build import BuildConfig, build_shards
+
+    return build_shards([("corpus", "corpus", None, str(prepared.parent))], out,
+                        BuildConfig(sample_rate, 1.5, shard_size=shard_size), params={"prepare": PREPARE_FRACTIONS},
+                        progress=False)
+
+
 def test_training_streams_shards(prepared, tmp_path):
-    from clapkit.data.shards import write_shards
+    from clapkit.data.prepare import PreparedCorpus
+    from clapkit.data.shard_build import read_samples
+    from clapkit.data.shards import read_index
     from clapkit.train import train
 
-    write_shards(prepared, tmp_path / "shards", "train", shard_size=16)
+    summary = build_corpus_shards(prepared, tmp_path / "shards")
+    corpus = PreparedCorpus(prepared)
+    # the corpus input splits as prepare does: the shards' train split is prepared/'s
+    assert summary["clips"] == {s: len(corpus.split(s)) for s in ("train", "val", "test")} == \
+        {"train": 39, "val": 12, "test": 13}
+    built = {s["key"] for s in read_samples(tmp_path / "shards") if s["split"] == "train"}
+    assert built == {"corpus_" + corpus.rows[i]["id"].replace("/", "_") for i in corpus.split("train")}
+    assert read_index(tmp_path / "shards", "train")["sizes"] == [16, 16, 7]
     metrics = train(train_config(tmp_path, prepared, shards=str(tmp_path / "shards"), max_steps=5,
                                  checkpoint_every=2), load_model_config("clap-tiny-htsat-gpt2"), progress=False)
     assert metrics["step"] == 5 and metrics["epochs"] == 1.25  # 39 clips -> 4 steps per epoch
     assert (tmp_path / "clap" / "model.safetensors").is_file()
+
+
+def write_manifest_dataset(root: Path, n: int = 6) -> Path:
+    """``n`` stereo 22.05 kHz clips of 0.7-1.2 s and a JSONL manifest with two captions each."""
+    rng = np.random.default_rng(1)
+    lines = []
+    for i in range(n):
+        t = np.arange(int(22050 * (0.7 + 0.1 * i))) / 22050
+        x = np.stack([np.sin(2 * np.pi * (500 + 50 * i) * t), 0.3 * rng.standard_normal(len(t))], axis=1)
+        (root / "audio").mkdir(parents=True, exist_ok=True)
+        sf.write(root / "audio" / f"m{i}.wav", (0.3 * x).astype(np.float32), 22050)
+        lines.append(json.dumps({"audio": f"audio/m{i}.wav", "captions": [f"a tone and noise, take {i}",
+                                                                          "a tone over hiss"]}))
+    (root / "extra.jsonl").write_text("\n".join(lines) + "\n")
+    return root / "extra.jsonl"
+
+
+@pytest.mark.parametrize("preset", ["embedded", "paper"])
+def test_training_from_a_weighted_mixture_of_built_shards(preset, prepared, tmp_path):
+    """Two shard folders built at the preset's rate (the corpus, weight 1, and a manifest of 6 clips, weight 2)
+    train: an epoch is 39 + 2 x 6 = 51 clips, 6 steps of 8.  The tiny model reads the preset's rate; shards of
+    another rate are refused."""
+    from clapkit.config import load_params
+    from clapkit.data.shard_build import BuildConfig, build_shards
+    from clapkit.train import train
+
+    frontend = load_params(Path(__file__).resolve().parents[1] / "params.yaml")["frontend"][preset]
+    rate = int(frontend["sample_rate"])
+    model_cfg = load_model_config("clap-tiny-htsat-gpt2")
+    # the preset's rate and STFT; the tiny model's 16 mels, 1 s clips and 20 ms hop (its encoder takes 64 frames)
+    model_cfg["frontend"].update(sample_rate=rate, n_fft=frontend["n_fft"], win_length=frontend["win_length"],
+                                 f_max=frontend["f_max"], hop_length=rate // 50)
+    if rate != 16000:
+        prepared = make_prepared(tmp_path / "corpus", sample_rate=rate)
+    build_corpus_shards(prepared, tmp_path / "corpus-shards", sample_rate=rate)
+    manifest = write_manifest_dataset(tmp_path / "extra")
+    summary = build_shards([("manifest", "extra", None, str(manifest))], tmp_path / "extra-shards",
+                           BuildConfig(rate, 1.5, shard_size=4), progress=False)
+    assert summary["clips"] == {"train": 6} and summary["quarantined"] == 0
+    shards = {str(tmp_path / "corpus-shards"): 1, str(tmp_path / "extra-shards"): 2}
+    metrics = train(train_config(tmp_path / "run", prepared, shards=shards, max_steps=3), model_cfg, progress=False)
+    assert metrics["step"] == 3 and metrics["epochs"] == 0.5  # 3 of 6 steps
+    assert (tmp_path / "run" / "clap" / "model.safetensors").is_file()
+    other = 16000 if rate != 16000 else 44100
+    build_shards([("manifest", "extra", None, str(manifest))], tmp_path / "other-rate",
+                 BuildConfig(other, 1.5, shard_size=4), progress=False)
+    with pytest.raises(ValueError, match=f"built at {other} Hz, the model reads {rate} Hz"):
+        train(train_config(tmp_path / "bad", prepared, shards=[str(tmp_path / "other-rate")], max_steps=1), model_cfg,
+              progress=False)
 
 
 def test_shard_training_with_workers_ends_its_epochs_and_resumes_exactly(prepared, tmp_path):
@@ -489,10 +560,9 @@ def test_shard_training_with_workers_ends_its_epochs_and_resumes_exactly(prepare
     ends with the same weights."""
     from clapkit.api import CLAP
     from clapkit.checkpointing import list_checkpoints
-    from clapkit.data.shards import write_shards
     from clapkit.train import train
 
-    write_shards(prepared, tmp_path / "shards", "train", shard_size=16)
+    build_corpus_shards(prepared, tmp_path / "shards")
     model_cfg = load_model_config("clap-tiny-htsat-gpt2")
 
     def run(name):
