@@ -174,13 +174,12 @@ def training_data(cfg, prepared_train_rows: Sequence[Mapping[str, Any]],
     from .init_weights import parse_init
 
     data = TrainingData()
-    if cfg.shards:
-        if (Path(cfg.shards) / "samples.jsonl").is_file():
-            data.add(iter_shard_hashes(cfg.shards), f"{cfg.shards}/samples.jsonl")
-            data.sources.append(f"{cfg.shards}/samples.jsonl")
-        else:  # `clapkit shards write` shards: the prepared train split, which that command writes out
-            data.add(row_hashes(prepared_train_rows, f"{cfg.prepared}/manifest.jsonl"), cfg.prepared)
-            data.sources.append(f"{cfg.prepared} (train split, which `clapkit shards write` wrote to {cfg.shards})")
+    if cfg.shards:  # every folder of the mixture (`clapkit shards build` writes samples.jsonl beside its shards)
+        from .data.shards import parse_shard_mixture
+
+        for folder, _ in parse_shard_mixture(cfg.shards):
+            data.add(iter_shard_hashes(folder), f"{folder}/samples.jsonl")
+            data.sources.append(f"{folder}/samples.jsonl")
     else:
         data.add(row_hashes(prepared_train_rows, f"{cfg.prepared}/manifest.jsonl"), cfg.prepared)
         data.sources.append(f"{cfg.prepared} (train split)")
