@@ -54,7 +54,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Mapping, Sequence
 
-from .grid_rows import KNOBS, ROWS, GridRow, base_knobs, check_rows, normalise_knobs
+from .grid_rows import KNOBS, PINNED, ROWS, GridRow, base_knobs, check_rows, normalise_knobs
 from .text import atomic_write_text
 
 # the rows themselves: clapkit.grid_rows (re-exported here); the summary: clapkit.grid_summary
@@ -98,7 +98,9 @@ class Experiment:
         out = dict(self.extra)
         own = normalise_knobs(self.base)
         knobs = self.knobs
-        out.update({k: v for k, v in self.row.overrides.items() if knobs[k] != own[k]})
+        pinned = self.base.get(PINNED, ())
+        out.update({k: v for k, v in self.row.overrides.items() if k not in pinned and knobs[k] != own[k]})
+        out.update({k: knobs[k] for k in pinned})  # a pinned budget, scaled to the row's (grid_rows.GridRow.knobs)
         if self.seed != self.workspace_seed:
             out["seed"] = self.seed
         return out

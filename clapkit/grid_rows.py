@@ -12,12 +12,12 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import Any, Mapping, Sequence
 
-__all__ = ["KNOBS", "TOWER_KNOBS", "GridRow", "ROWS", "base_knobs", "check_rows", "normalise_knobs", "towers",
+__all__ = ["KNOBS", "TOWER_KNOBS", "GridRow", "ROWS", "base_knobs", "check_rows", "normalise_knobs", "towers", "with_preset_towers",
            "workspace_row"]
 
 # the knobs every row states: what makes its towers (and their pretraining) what they are
 TOWER_KNOBS = ("model.audio_encoder", "model.text_encoder", "pretrain.tasks", "train.freeze_audio",
-               "train.freeze_text", "train.text_lr_scale")
+               "train.freeze_text", "train.text_lr_scale", "train.max_steps")
 # params.yaml keys that define a row (the grid's knobs); a row's values are params.yaml's with its overrides
 KNOBS = TOWER_KNOBS + ("train.temperature", "train.learn_temperature", "train.batch_size")
 # a knob's value when params.yaml leaves it null or lacks it (runs from before the key existed): None = the preset's
@@ -27,10 +27,13 @@ KNOB_DEFAULTS = {"model.audio_encoder": "htsat", "model.text_encoder": "gpt2", "
 
 
 def towers(audio: str, text: str, tasks: str, *, freeze_audio: bool = False, freeze_text: bool = False,
-           text_lr_scale: float = 1.0) -> dict[str, Any]:
-    """The tower knobs of a row, all of them (``TOWER_KNOBS``)."""
+           text_lr_scale: float = 1.0, steps: int = 200) -> dict[str, Any]:
+    """The tower knobs of a row, all of them (``TOWER_KNOBS``).  ``steps``: the contrastive budget, stated by every
+    row because the default (both towers frozen: a step costs ~0.1 s) trains 1000 where an encoder-training row
+    trains 200 (~1 s a step)."""
     return {"model.audio_encoder": audio, "model.text_encoder": text, "pretrain.tasks": tasks,
-            "train.freeze_audio": freeze_audio, "train.freeze_text": freeze_text, "train.text_lr_scale": text_lr_scale}
+            "train.freeze_audio": freeze_audio, "train.freeze_text": freeze_text, "train.text_lr_scale": text_lr_scale,
+            "train.max_steps": steps}
 
 
 @dataclass(frozen=True)
@@ -42,15 +45,20 @@ class GridRow:
     slug: str = ""
 
     def knobs(self, base: Mapping[str, Any]) -> dict[str, Any]:
-        """The row's knob values: ``base`` (params.yaml's, see ``base_knobs``) with the row's overrides."""
-        k = dict(base)
-        k.update(self.overrides)
+        """The row's knob values: ``base`` (params.yaml's, see ``base_knobs``) with the row's overrides, except the
+        budget knobs ``--tiny`` / ``--set`` pinned (``PINNED``): those win over every row (a tiny grid trains a few
+        steps whatever budget a row states)."""
+        pinned = base.get(PINNED, ())
+        k = {key: v for key, v in base.items() if key != PINNED}
+        k.update({key: v for key, v in self.overrides.items() if key not in pinned})
+        for key in pinned:  # scaled by the row's own budget: a 1000-step row stays 5x a 200-step one
+            if key in self.overrides and isinstance(self.overrides[key], int):
+                k[key] = max(1, -(-base[key] * self.overrides[key] // REFERENCE_STEPS))
         return normalise_knobs(k)
 
 
 HTSAT22_GPT2 = towers("htsat", "gpt2", "all")
 # aisfx comes pretrained (its packaged weights): no pretraining of ours (the pretrain stage writes those weights)
-AISFX_FROZEN = {"model.audio_encoder": "aisfx", "pretrain.tasks": "none", "train.freeze_audio": True}
 
 ROWS: tuple[GridRow, ...] = (
     GridRow("HTSAT-22 + GPT-2", HTSAT22_GPT2, (0, 1, 2), "HTSAT-22+GPT2", "htsat22-gpt2"),
@@ -74,6 +82,9 @@ ROWS: tuple[GridRow, ...] = (
     GridRow("aisfx (frozen) + MiniLM (fine-tuned)",
             towers("aisfx", "minilm", "none", freeze_audio=True, text_lr_scale=0.1), (0, 1), None, "aisfx-minilm-ft"),
     GridRow("aisfx (frozen) + GPT-2", towers("aisfx", "gpt2", "none", freeze_audio=True), (0,), None, "aisfx-gpt2"),
+    GridRow("aisfx + MiniLM, both frozen, 1000 steps",  # the embedded default since 2026-12-03 (README)
+            towers("aisfx", "minilm", "none", freeze_audio=True, freeze_text=True, steps=1000), (0, 1), None,
+            "aisfx-minilm-frozen-1000"),
 )
 FLOOR = "aisfx-minilm-frozen"  # the slug of the floor row: both pretrained towers frozen
 
@@ -93,16 +104,50 @@ def base_knobs(params: Mapping[str, Any], extra: Mapping[str, Any] | None = None
     change of params.yaml (say train.batch_size) moves the whole grid with it instead of breaking the matching."""
     base = {k: get_dotted(params, k) for k in KNOBS}
     base.update({k: v for k, v in (extra or {}).items() if k in KNOBS})
+    base = with_preset_towers(base, params)
+    base[PINNED] = tuple(sorted(k for k in (extra or {}) if k in BUDGET_KNOBS))
     return base
 
 
-def normalise_knobs(knobs: Mapping[str, Any]) -> dict[str, Any]:
-    """Same meaning, same value: a null tower is the preset's own (HTSAT / GPT-2 when embedded), a missing freeze is
-    false, a missing text learning-rate scale is 1."""
+def with_preset_towers(knobs: Mapping[str, Any], params: Mapping[str, Any]) -> dict[str, Any]:
+    """A null tower knob named: the tower of params.yaml's ``model.<preset>`` config (the embedded default's aisfx /
+    minilm, msclap-2023's htsat / gpt2), so that a row naming that tower is the same experiment."""
+    from .models.clap import load_model_config
+
     out = dict(knobs)
+    preset = params.get("preset", "embedded")
+    name = get_dotted(params, f"model.{preset}")
+    if name is None or (out.get("model.audio_encoder") is not None and out.get("model.text_encoder") is not None):
+        return out
+    cfg = load_model_config(name)
+    audio, text = cfg["audio_encoder"], cfg["text_encoder"]
+    if out.get("model.audio_encoder") is None and isinstance(audio, Mapping):
+        out["model.audio_encoder"] = audio.get("name")
+    if out.get("model.text_encoder") is None and isinstance(text, Mapping):
+        out["model.text_encoder"] = text.get("pretrained") or text.get("name")
+    return out
+
+
+PINNED = "_pinned"  # in a base: the budget knobs --tiny / --set set, which no row overrides
+BUDGET_KNOBS = ("train.max_steps",)  # every row states its budget; a tiny grid still runs a few steps
+REFERENCE_STEPS = 200  # the encoder-training rows' budget: --tiny's train.max_steps is per 200 of a row's steps
+PACKAGED_TOWERS = {"aisfx", "minilm"}  # towers with packaged pretrained weights: train freezes them when told null
+
+
+def normalise_knobs(knobs: Mapping[str, Any]) -> dict[str, Any]:
+    """Same meaning, same value: a null tower is the preset's own (HTSAT / GPT-2 when embedded); a null freeze is
+    what the train stage makes of it (frozen for a packaged tower, ``clapkit.train.resolve_freezes``); any
+    ``pretrain.tasks`` of the packaged aisfx tower is none (the stage writes its weights, ``clapkit.pretrain``); a
+    missing text learning-rate scale is 1."""
+    out = {k: v for k, v in knobs.items() if k != PINNED}
+    for key, tower in (("train.freeze_audio", "model.audio_encoder"), ("train.freeze_text", "model.text_encoder")):
+        if out.get(key) is None and out.get(tower) in PACKAGED_TOWERS:
+            out[key] = True
     for key, default in KNOB_DEFAULTS.items():
         if out.get(key) is None:
             out[key] = default
+    if out.get("model.audio_encoder") == "aisfx" and "pretrain.tasks" in out:
+        out["pretrain.tasks"] = "none"
     return out
 
 

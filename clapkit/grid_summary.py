@@ -27,7 +27,7 @@ import math
 from typing import Any, Iterable, Mapping, Sequence
 
 from .grid import FORMAT
-from .grid_rows import FLOOR, KNOBS, ROWS, GridRow, check_rows, normalise_knobs, workspace_row
+from .grid_rows import FLOOR, KNOBS, ROWS, GridRow, check_rows, normalise_knobs, with_preset_towers, workspace_row
 from .grid_rows import get_dotted as _get
 from .stats import paired_t_test, student_t_quantile
 
@@ -84,7 +84,7 @@ WORKSPACE = "@workspace"  # in COMPARISONS: the row whose knobs are params.yaml'
 
 
 def knobs_of(params: Mapping[str, Any]) -> dict[str, Any]:
-    return normalise_knobs({k: _get(params, k) for k in KNOBS})
+    return normalise_knobs(with_preset_towers({k: _get(params, k) for k in KNOBS}, params))
 
 
 def _mean_std(values: Sequence[float]) -> tuple[float, float | None]:

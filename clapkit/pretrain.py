@@ -548,15 +548,15 @@ def pretrain(cfg: PretrainConfig, frontend: FrontendConfig, model_name: str, mod
     random.seed(seed)
     np.random.seed(seed)
     model = PretrainModel(frontend, model_config["audio_encoder"], cfg, vocab)
-    if getattr(model.encoder, "takes_waveform", False):  # a packaged pretrained tower (aisfx): nothing to pretrain
-        if tasks and cfg.steps:
-            raise ValueError(f"the {model_config['audio_encoder'].get('name')} audio encoder comes pretrained (its "
-                             "own front-end, packaged weights): set pretrain.tasks: none, and this stage writes "
-                             "those weights for the train stage")
-        if model.encoder.pretrained:
-            from .models.aisfx_encoder import load_packaged_audio_encoder
+    packaged = getattr(model.encoder, "pretrained", None) if getattr(model.encoder, "takes_waveform", False) else None
+    if packaged:  # a packaged pretrained tower (aisfx): its weights, not ours to pretrain (the metrics say so)
+        from .models.aisfx_encoder import load_packaged_audio_encoder
 
-            load_packaged_audio_encoder(model.encoder)
+        load_packaged_audio_encoder(model.encoder)
+        if tasks and runtime.is_main:
+            print(f"pretrain: the {packaged} audio tower comes pretrained (packaged weights): the {len(tasks)} "
+                  f"tasks of pretrain.tasks={cfg.tasks!r} are not trained; writing its weights")
+        tasks = []
     log: list[dict[str, Any]] = []
     if tasks and cfg.steps:
         log = run_training(model, corpus, tasks, examples, cfg, seed, runtime, precision, progress, stop_after,
@@ -571,7 +571,7 @@ def pretrain(cfg: PretrainConfig, frontend: FrontendConfig, model_name: str, mod
         task_metrics, generations = evaluate_generation(model, corpus, tasks, examples, cfg, seed, precision)
     finished = time.perf_counter()
     model.to("cpu")
-    mode = cfg.tasks if isinstance(cfg.tasks, str) else "list"
+    mode = f"packaged:{packaged}" if packaged else cfg.tasks if isinstance(cfg.tasks, str) else "list"
     info = {"model_config": model_name, "audio_encoder": model_config["audio_encoder"], "frontend": asdict(frontend),
             "mode": mode, "tasks": [t.name for t in tasks], "prompts": {t.name: t.prompt for t in tasks if t.prompt},
             "steps": cfg.steps if tasks else 0, "seed": seed,

@@ -56,7 +56,7 @@ import math
 import os
 import time
 from contextlib import nullcontext
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, replace
 from pathlib import Path
 from typing import Any, Iterable, Iterator, Mapping
 
@@ -121,8 +121,8 @@ class TrainConfig:
     audio_init: str = "pretrain"  # none | pretrain | <path>
     pretrain_dir: str = "models/pretrain"
     text_init: str = "none"  # none (the tower's own: random, or its packaged pretrained weights) | <path>
-    freeze_audio: bool = False
-    freeze_text: bool = False
+    freeze_audio: bool | None = None  # None: frozen when the tower is packaged pretrained (aisfx), else trained
+    freeze_text: bool | None = None  # None: frozen when the tower is packaged pretrained (minilm), else trained
     text_lr_scale: float = 1.0  # the text encoder's lr = lr * this (its projection keeps lr)
     text_cache_dir: str | None = "~/.cache/clapkit/text-features"  # frozen text's caption features; None = off
     audio_cache_dir: str | None = "~/.cache/clapkit/audio-features"  # frozen waveform tower's feature store (aisfx)
@@ -337,6 +337,19 @@ def _init_towers(cfg: TrainConfig, clap) -> list[dict[str, Any]]:
 
         report.append(load_packaged_text_encoder(model.text.encoder, model.text.encoder.pretrained))
     return report
+
+
+def resolve_freezes(cfg: TrainConfig, model_config: Mapping[str, Any]) -> TrainConfig:
+    """``freeze_audio`` / ``freeze_text`` null: a packaged pretrained tower (one with ``pretrained`` in its config:
+    aisfx, minilm) is frozen, a tower this pipeline trains from scratch or from the pretrain stage is not.  So the
+    embedded default (both packaged) trains only the projections and the temperature, while ``preset: paper``
+    (msclap-2023's HTSAT + GPT-2) trains everything, with no knob to flip."""
+    def packaged(tower: Any) -> bool:
+        return isinstance(tower, Mapping) and bool(tower.get("pretrained"))
+
+    audio = cfg.freeze_audio if cfg.freeze_audio is not None else packaged(model_config.get("audio_encoder"))
+    text = cfg.freeze_text if cfg.freeze_text is not None else packaged(model_config.get("text_encoder"))
+    return replace(cfg, freeze_audio=audio, freeze_text=text)
 
 
 def text_lr_scale(cfg: TrainConfig):
@@ -557,6 +570,7 @@ def train(cfg: TrainConfig, model_config: Mapping[str, Any], seed: int = 0, resu
 
     if cfg.threads:
         torch.set_num_threads(cfg.threads)
+    cfg = resolve_freezes(cfg, model_config)
     runtime = setup_runtime(cfg.device)
     rank, world, device = runtime.rank, runtime.world, runtime.device
     if cfg.batch_size % (world * cfg.accum_steps):

@@ -18,7 +18,11 @@ from clapkit.models.clap import load_model_config
 from tests.test_train import make_prepared, train_config
 
 torch.set_num_threads(1)
+# These tests were written against the from-scratch default (HTSAT-22 + GPT-2, 200 steps), which the grid still
+# measures; params.yaml's default is now the packaged towers (test_rows_do_not_depend_on_the_default_towers covers it)
 PARAMS = load_params("params.yaml")
+PARAMS["model"]["embedded"] = "clap-small-htsat-gpt2"
+PARAMS["train"]["max_steps"] = 200
 
 
 def params_with(**model):
@@ -227,7 +231,7 @@ def base():
 def aisfx_minilm_default():
     """params.yaml with the default switched to aisfx (frozen) + MiniLM fine-tuned, as the lead may do."""
     return _exp_params(**{"model.audio_encoder": "aisfx", "model.text_encoder": "minilm", "pretrain.tasks": "none",
-                          "train.freeze_audio": True, "train.text_lr_scale": 0.1})
+                          "train.freeze_audio": True, "train.freeze_text": False, "train.text_lr_scale": 0.1})
 
 
 def test_grid_plan():
@@ -235,7 +239,7 @@ def test_grid_plan():
     from clapkit.grid_rows import TOWER_KNOBS, GridRow
 
     exps = experiments(base=base())
-    assert len({e.name for e in exps}) == len(exps) == sum(len(r.seeds) for r in ROWS) == 21
+    assert len({e.name for e in exps}) == len(exps) == sum(len(r.seeds) for r in ROWS) == 23
     assert [e.name for e in exps if e.is_workspace] == ["htsat22-gpt2-s0"]  # the workspace's own run
     assert exps[0].set_params == {} and exps[0].command(queue=False) == ["dvc", "exp", "run", "-n", "htsat22-gpt2-s0"]
     assert len({tuple(sorted(r.knobs(base()).items())) for r in ROWS}) == len(ROWS)  # every row differs
@@ -265,7 +269,7 @@ def test_grid_plan():
     assert by_name["aisfx-gpt2-s0"].set_params == aisfx and "aisfx-gpt2-s1" not in by_name
     assert {r.slug: r.seeds for r in ROWS[8:]} == {"htsat22-minilm-frozen": (0, 1), "htsat22-minilm-ft": (0, 1),
                                                    "aisfx-minilm-frozen": (0, 1), "aisfx-minilm-ft": (0, 1),
-                                                   "aisfx-gpt2": (0,)}
+                                                   "aisfx-gpt2": (0,), "aisfx-minilm-frozen-1000": (0, 1)}
     assert '-S train.freeze_audio=true' in " ".join(by_name["aisfx-gpt2-s0"].command())
     # every row states every tower knob; every override names a real params.yaml key
     for r in ROWS:
@@ -461,7 +465,10 @@ def test_tiny_grid_and_set_overrides(tmp_path, capsys):
     with pytest.raises(ValueError, match="block.key=value"):
         parse_set(["max_steps"])
     exps = experiments(ROWS, TINY, "tiny-")
-    assert exps[0].name == "tiny-htsat22-gpt2-s0" and exps[0].set_params == TINY  # queued too: not the workspace
+    # params.yaml's default is the packaged towers: the HTSAT-22 + GPT-2 row names its towers; TINY's budget wins
+    assert exps[0].name == "tiny-htsat22-gpt2-s0" and exps[0].set_params == dict(TINY, **{
+        "model.audio_encoder": "htsat", "model.text_encoder": "gpt2", "pretrain.tasks": "all",
+        "train.freeze_audio": False, "train.freeze_text": False})  # queued too: not the workspace
     assert not any(e.is_workspace for e in exps)
     b32 = next(e for e in exps if e.row.overrides.get("train.batch_size") == 32)
     assert b32.set_params["train.batch_size"] == 32 and b32.set_params["train.max_steps"] == TINY["train.max_steps"]
@@ -469,12 +476,13 @@ def test_tiny_grid_and_set_overrides(tmp_path, capsys):
     assert "-n tiny-htsat22-gpt2-s0" in cmd and "-S pretrain.steps=4" in cmd
     assert main(["grid", "plan", "--tiny"]) == 0
     out = capsys.readouterr().out
-    assert "tiny-cnn14-bert-s0" in out and "none has params.yaml's params: all 21 to queue" in out
+    assert "tiny-cnn14-bert-s0" in out and "none has params.yaml's params: all 23 to queue" in out
     assert main(["grid", "plan"]) == 0
     out = capsys.readouterr().out
-    assert "htsat22-gpt2-s0 is the workspace run (dvc repro), 20 to queue; 4 pretraining(s) beside the workspace's" in out
+    assert ("aisfx-minilm-frozen-1000-s0 is the workspace run (dvc repro), 22 to queue; 4 pretraining(s) beside the "
+            "workspace's") in out
     # a tiny run is matched to its rows with the tiny batch size as the base; the full-size runs are "other"
-    tiny = _exp_params(**{"train.batch_size": 8, "pretrain.tasks": "sound_events"})
+    tiny = _exp_params(**{"train.batch_size": 8, "train.max_steps": 4, "pretrain.tasks": "sound_events"})
     records = exp_show_fixture()
     records[1]["experiments"].append(_exp(_record("e8", "tiny-htsat-gpt2-s0", tiny, 0.1, 0.03)))
     (tmp_path / "show.json").write_text(json.dumps(records))

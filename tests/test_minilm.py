@@ -168,6 +168,7 @@ def test_tokenizer_gives_transformers_bert_ids_on_the_same_vocab(folder, tokeniz
 # --- the tower in the pipeline -----------------------------------------------------------------------------------
 
 PARAMS = load_params("params.yaml")
+PARAMS["model"]["embedded"] = "clap-small-htsat-gpt2"  # swap the text tower of the from-scratch pair (a test-size HTSAT)
 
 
 def minilm_params(preset: str = "embedded") -> dict:
@@ -327,7 +328,7 @@ def test_fine_tuned_minilm_trains_at_a_scaled_rate(prepared, tmp_path, encoder):
     from clapkit.train import TrainConfig, build_model, text_lr_scale, train
     from clapkit.training import LRSchedule, make_optimizer, param_groups
 
-    tc = train_config(tmp_path, prepared, max_steps=2, batch_size=4, text_lr_scale=0.1, lr=1e-3, warmup_steps=0)
+    tc = train_config(tmp_path, prepared, max_steps=2, batch_size=4, text_lr_scale=0.1, freeze_text=False, lr=1e-3, warmup_steps=0)
     clap, _ = build_model(tc, tiny_minilm_config(), seed=0)
     model = clap.model
     opt = make_optimizer(param_groups(model, 0.1, text_lr_scale(tc)), "adamw", tc.lr, tc.betas, tc.eps,
