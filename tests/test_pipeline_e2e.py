@@ -13,6 +13,7 @@ import yaml
 from clapkit.grid import TINY as TINY_STAGES
 
 REPO = Path(__file__).resolve().parents[1]
+DEFAULT_MODEL = yaml.safe_load((REPO / "params.yaml").read_text())["model"]["embedded"]
 
 
 TINY = {
@@ -26,6 +27,9 @@ TINY = {
     "prepare.transfer_sources": ["debian:xemacs21-basesupport", "synth:flite"],
     # a few optimiser steps per training stage (the tiny grid's): every stage runs and hands over its output
     **TINY_STAGES,
+    # first the from-scratch pair, so that the multi-task pretraining runs and hands its encoder to train; the
+    # default's packaged towers (aisfx + MiniLM, frozen) run last (DEFAULT_MODEL)
+    "model.embedded": "clap-small-htsat-gpt2",
 }
 
 
@@ -150,3 +154,22 @@ def test_pipeline_end_to_end_on_a_tiny_slice(tmp_path):
     (ws / "params.yaml").write_text(yaml.safe_dump(params, sort_keys=False))
     status = run(["dvc", "status", "--json"], ws, env)
     assert "pretrain" not in json.loads(status) and "train" in json.loads(status)
+
+    # the default model (params.yaml's own model.embedded): packaged pretrained towers, both frozen; pretrain writes
+    # the aisfx tower's packaged weights, train fits the projections from the towers' feature caches, evaluate runs
+    params["seed"] = 0
+    params["model"]["embedded"] = DEFAULT_MODEL
+    for key in ("text_cache_dir", "audio_cache_dir"):  # this run's own caches: a first run, not the machine's
+        params["train"][key] = str(tmp_path / key)
+    params["evaluate"]["audio_cache_dir"] = str(tmp_path / "audio_cache_dir")
+    (ws / "params.yaml").write_text(yaml.safe_dump(params, sort_keys=False))
+    out = run(["dvc", "repro"], ws, env)
+    for stage in ["pretrain", "train", "evaluate"]:
+        assert f"Running stage '{stage}'" in out, stage
+    assert json.loads((ws / "metrics/pretrain.json").read_text())["mode"] == "packaged:aisfx"
+    tm = json.loads((ws / "metrics/train.json").read_text())
+    assert tm["step"] == 4 and tm["init"][0]["path"].endswith("audio_encoder.safetensors")  # pretrain's: aisfx's
+    assert [e.get("packaged") for e in tm["init"]][1:] == ["minilm"]
+    em = json.loads((ws / "metrics/evaluate.json").read_text())
+    assert 0 <= em["transfer_zero_shot_score"] <= 1 and set(em["zero_shot"]) == set(tasks)
+    assert list((tmp_path / "audio_cache_dir").glob("aisfx-*.safetensors"))  # the tower's clip features, kept
