@@ -59,7 +59,8 @@ def main() -> int:
                 moved.append((cache_root / name, aside))
     seconds: dict[str, float] = {}
     load_before = os.getloadavg()
-    log_path = args.clone / "repro-timing.log"
+    log_path = args.out.with_suffix(".log")  # beside the JSON: a file in the clone would dirty its git status
+    log_path.parent.mkdir(parents=True, exist_ok=True)
     try:
         with open(log_path, "w") as log:
             seconds["make setup"] = timed("make setup", args.clone, log)

@@ -18,6 +18,16 @@ VOLATILE_CELL_KEYS = ("execution", "papermill")
 KERNEL_FILE = re.compile(r"[^\s'\"]*ipykernel_\d+[/\\]\d+\.py")
 
 
+def _machine_paths() -> list[tuple[str, str]]:
+    """Absolute paths that differ between clones and machines (a warning names a file of the venv or the
+    repository), longest first, with the placeholder that replaces them."""
+    import sys
+
+    paths = {os.path.realpath(sys.prefix): "<venv>", sys.prefix: "<venv>", os.getcwd(): "<repo>",
+             os.path.realpath(os.getcwd()): "<repo>"}
+    return sorted(paths.items(), key=lambda kv: -len(kv[0]))
+
+
 def scrub(nb: dict[str, Any]) -> dict[str, Any]:
     nb.get("metadata", {}).pop("papermill", None)
     nb.get("metadata", {}).get("widgets", None) and nb["metadata"].pop("widgets")
@@ -29,7 +39,10 @@ def scrub(nb: dict[str, Any]) -> dict[str, Any]:
         for out in cell.get("outputs", []):
             if out.get("output_type") == "stream":
                 text = "".join(out["text"]) if isinstance(out.get("text"), list) else out.get("text", "")
-                out["text"] = KERNEL_FILE.sub("<cell>", text)
+                text = KERNEL_FILE.sub("<cell>", text)
+                for path, mark in _machine_paths():  # same bytes from every clone: no absolute paths
+                    text = text.replace(path, mark)
+                out["text"] = text
     return nb
 
 

@@ -86,13 +86,14 @@ def keys_to_array(k: np.ndarray) -> np.ndarray:
 
 
 def read_shard_hashes(shard_dirs: str | Path | Sequence[str | Path]) -> list[str]:
-    """``content_hash`` of every line of ``<dir>/samples.jsonl`` (the shard index of ``clapkit shards build``) of
-    each shard directory: every sample, whatever its split (listing more than was trained on can only refuse more).
+    """``content_hash`` of the lines of ``<dir>/samples.jsonl`` (the shard index of ``clapkit shards build``) of each
+    shard directory whose ``split`` is the one training reads (``train``; a line without a split counts): a folder
+    built from a dataset's train and test splits trains on the first only, and its test split stays evaluable.
     A missing file, a line that is not JSON or has no ``content_hash`` is an error naming file and line."""
     return list(iter_shard_hashes(shard_dirs))
 
 
-def iter_shard_hashes(shard_dirs: str | Path | Sequence[str | Path]) -> Iterator[str]:
+def iter_shard_hashes(shard_dirs: str | Path | Sequence[str | Path], split: str = "train") -> Iterator[str]:
     """``read_shard_hashes`` one at a time."""
     dirs = [shard_dirs] if isinstance(shard_dirs, (str, Path)) else list(shard_dirs)
     for d in dirs:
@@ -105,9 +106,12 @@ def iter_shard_hashes(shard_dirs: str | Path | Sequence[str | Path]) -> Iterator
                 if not line.strip():
                     continue
                 try:
-                    h = json.loads(line)["content_hash"]
+                    sample = json.loads(line)
+                    h = sample["content_hash"]
                 except (json.JSONDecodeError, KeyError, TypeError):
                     raise ValueError(f"{path}:{n}: not a JSON object with a content_hash") from None
+                if sample.get("split", split) != split:
+                    continue
                 yield h
 
 

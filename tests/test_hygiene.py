@@ -76,6 +76,11 @@ def test_shard_index_hashes_are_read_and_bad_lines_named(tmp_path):
         (tmp_path / name / "samples.jsonl").write_text("\n".join(lines) + "\n\n")
     assert read_shard_hashes([tmp_path / "a", tmp_path / "b"]) == H[:3]
     assert read_shard_hashes(str(tmp_path / "b")) == H[2:3]
+    # a folder holding a dataset's train and test splits: training reads only train, so only train is listed
+    (tmp_path / "s").mkdir()
+    (tmp_path / "s" / "samples.jsonl").write_text("".join(
+        json.dumps({"content_hash": h, "split": sp}) + "\n" for h, sp in zip(H[:3], ("train", "test", "train"))))
+    assert read_shard_hashes(tmp_path / "s") == [H[0], H[2]]
     (tmp_path / "b" / "samples.jsonl").write_text(json.dumps({"content_hash": H[0]}) + "\n{\"key\": 1}\n")
     with pytest.raises(ValueError, match=r"b/samples.jsonl:2: not a JSON object with a content_hash"):
         read_shard_hashes([tmp_path / "b"])

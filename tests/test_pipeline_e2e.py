@@ -1,6 +1,7 @@
 """The whole pipeline, end to end, on a tiny slice of the corpus: `clapkit data build` + `dvc repro` in a copy
 of the repository, with a params override.  A broken stage cannot land."""
 
+import copy
 import json
 import os
 import shutil
@@ -173,3 +174,20 @@ def test_pipeline_end_to_end_on_a_tiny_slice(tmp_path):
     em = json.loads((ws / "metrics/evaluate.json").read_text())
     assert 0 <= em["transfer_zero_shot_score"] <= 1 and set(em["zero_shot"]) == set(tasks)
     assert list((tmp_path / "audio_cache_dir").glob("aisfx-*.safetensors"))  # the tower's clip features, kept
+
+    # training from WebDataset shards (issue 17): the tiny slice's corpus to FLAC shards with 2 workers, then the
+    # default model trains from them; every output of that run goes to tmp_path (the DVC outputs stay as they are)
+    run(["clapkit", "shards", "build", "--corpus", "data", "--out", "shards", "--workers", "2", "--shard-size", "40",
+         "--no-progress"], ws, env)
+    samples = [json.loads(line) for line in (ws / "shards/samples.jsonl").read_text().splitlines()]
+    train_rows = [r for r in manifest if r["split"] == "train"]
+    assert len([s for s in samples if s["split"] == "train"]) == len(train_rows) and len(list(
+        (ws / "shards").glob("train-*.tar"))) >= 2
+    sharded = copy.deepcopy(params)
+    sharded["train"].update(shards="shards", out=str(tmp_path / "clap-shards"), checkpoint_dir=str(tmp_path / "ckpt"),
+                            metrics=str(tmp_path / "train-shards.json"), live_dir=str(tmp_path / "live"), timings=None)
+    (ws / "params-shards.yaml").write_text(yaml.safe_dump(sharded, sort_keys=False))
+    run(["clapkit", "train", "--params", "params-shards.yaml", "--no-progress"], ws, env)
+    assert json.loads((tmp_path / "train-shards.json").read_text())["step"] == 4
+    record = json.loads((tmp_path / "clap-shards/config.json").read_text())["training_data"]
+    assert record["clips"] == len({s["content_hash"] for s in samples if s["split"] == "train"})

@@ -51,7 +51,10 @@ class ClipRecord:
     content_hash: str | None = None
 
     def to_json(self) -> str:
-        return json.dumps(asdict(self), ensure_ascii=False, sort_keys=True)
+        d = asdict(self)
+        if d["content_hash"] is None:  # not decoded here: left out, so a built corpus keeps the bytes data.dvc tracks
+            del d["content_hash"]
+        return json.dumps(d, ensure_ascii=False, sort_keys=True)
 
     @classmethod
     def from_dict(cls, d: dict[str, Any]) -> "ClipRecord":
