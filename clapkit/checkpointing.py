@@ -43,6 +43,8 @@ from typing import Any, Mapping
 import numpy as np
 import torch
 
+from .file_hash import file_sha256
+
 __all__ = ["FORMAT", "CheckpointError", "capture_rng_state", "code_hash", "config_hash", "corpus_hash",
            "find_resumable", "identity_differences", "list_checkpoints", "load_checkpoint", "model_fingerprint",
            "read_sidecar", "restore_rng_state", "run_directory", "run_identity", "save_checkpoint", "unwrap"]
@@ -91,14 +93,6 @@ def code_hash(package_dir: str | Path = _PACKAGE) -> str:
     return digest.hexdigest()[:16]
 
 
-def _file_digest(path: Path) -> str:
-    digest = hashlib.sha256()
-    with open(path, "rb") as f:
-        for block in iter(lambda: f.read(1 << 22), b""):
-            digest.update(block)
-    return digest.hexdigest()
-
-
 def corpus_hash(data_dir: str | Path, memo_path: str | Path | None = None) -> str:
     """sha256 over every file of a prepared corpus or a shard directory (relative names and contents).
 
@@ -119,7 +113,7 @@ def corpus_hash(data_dir: str | Path, memo_path: str | Path | None = None) -> st
         stat = path.stat()
         key = f"{stat.st_size}:{stat.st_mtime_ns}"
         entry = memo.get(rel)
-        file_hash = entry["sha256"] if isinstance(entry, dict) and entry.get("stat") == key else _file_digest(path)
+        file_hash = entry["sha256"] if isinstance(entry, dict) and entry.get("stat") == key else file_sha256(path)
         fresh[rel] = {"stat": key, "sha256": file_hash}
         digest.update(f"{rel}\0{file_hash}\0".encode())
     if memo_path is not None and fresh != memo:

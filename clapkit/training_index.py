@@ -19,7 +19,6 @@ plateau steps, and no gradient comes from them.
 
 from __future__ import annotations
 
-import hashlib
 import json
 import os
 from dataclasses import dataclass, field
@@ -29,6 +28,7 @@ from typing import Any, Iterable, Iterator, Mapping, Sequence
 import numpy as np
 
 from .data.fingerprint import HASH_VERSION
+from .file_hash import file_sha256
 
 __all__ = ["INDEX_FILE", "RECORD_KEY", "INDEX_FORMAT", "TrainingData", "hashes_to_array", "keys",
            "iter_shard_hashes", "read_shard_hashes", "row_hashes", "training_data", "write_training_index"]  # fmt: skip
@@ -200,14 +200,6 @@ def training_data(cfg, prepared_train_rows: Sequence[Mapping[str, Any]],
     return data
 
 
-def _sha256(path: Path) -> str:
-    h = hashlib.sha256()
-    with open(path, "rb") as f:
-        for block in iter(lambda: f.read(1 << 20), b""):
-            h.update(block)
-    return h.hexdigest()
-
-
 def write_training_index(model_dir: str | Path, data: TrainingData) -> dict[str, Any]:
     """Write ``training_index.npy`` into a ``save_pretrained`` directory and record it in its ``config.json``
     (both atomically, the index first); returns the record."""
@@ -218,7 +210,7 @@ def write_training_index(model_dir: str | Path, data: TrainingData) -> dict[str,
         np.save(f, arr, allow_pickle=False)
     os.replace(tmp, model_dir / INDEX_FILE)
     record = {"index": INDEX_FILE, "format": INDEX_FORMAT, "hash": HASH_VERSION,
-              "sha256": _sha256(model_dir / INDEX_FILE), "clips": int(arr.shape[0]),
+              "sha256": file_sha256(model_dir / INDEX_FILE), "clips": int(arr.shape[0]),
               "sources": list(data.sources), "unlisted": list(data.unlisted),
               "provenance": "partial" if data.unlisted else "complete"}
     config_path = model_dir / "config.json"

@@ -66,6 +66,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Iterable, Sequence
 
+from ..file_hash import file_sha256
 from .shard_audio import (FORMAT, PCM_SCALE, BuildConfig, ClipRejected, cut_and_resample, decode_flac,  # noqa: F401
                           encode_clip, flac_bytes, to_pcm16)
 
@@ -142,14 +143,6 @@ def plan_build(inputs: Sequence[tuple[str, str, str | None, str]], cfg: BuildCon
 
 # --- building -------------------------------------------------------------------------------------------------------
 
-def _sha256(path: Path) -> str:
-    h = hashlib.sha256()
-    with open(path, "rb") as f:
-        for block in iter(lambda: f.read(1 << 20), b""):
-            h.update(block)
-    return h.hexdigest()
-
-
 def _atomic_write(path: Path, text: str) -> None:
     tmp = path.with_name(f".{path.name}.tmp-{os.getpid()}")
     tmp.write_text(text, encoding="utf-8")
@@ -167,7 +160,7 @@ def _finished(out: Path, job: ShardJob, verify: bool) -> dict[str, Any] | None:
         tar = out / job.name
         if record.get("digest") != job.digest or tar.stat().st_size != record["bytes"]:
             return None
-        if verify and _sha256(tar) != record["sha256"]:
+        if verify and file_sha256(tar) != record["sha256"]:
             return None
         return record
     except (OSError, ValueError, KeyError, TypeError):
@@ -205,7 +198,7 @@ def build_shard(job: ShardJob, cfg: BuildConfig, out: Path, on_clip=None) -> dic
                                 "seconds": facts["seconds"]})
     finally:
         torch.set_num_threads(threads)
-    record = {"digest": job.digest, "sha256": _sha256(tmp), "bytes": tmp.stat().st_size, "samples": samples,
+    record = {"digest": job.digest, "sha256": file_sha256(tmp), "bytes": tmp.stat().st_size, "samples": samples,
               "quarantined": quarantined}
     os.replace(tmp, out / job.name)
     _atomic_write(_record_path(out, job.name), json.dumps(record, sort_keys=True) + "\n")
