@@ -170,10 +170,40 @@ def transfer_block(root: Path) -> str:
         f"(`metrics/evaluate.json`).\n")
 
 
+def _mean_sd(row: dict, score: str) -> str:
+    mean, std = row.get(f"{score}_mean"), row.get(f"{score}_std")
+    if mean is None:
+        return "not run"
+    return f"{mean:.3f}" + (f" ± {std:.3f}" if std is not None else "")
+
+
+def grid_block(root: Path) -> str:
+    s = _load(root, "reports/ablations.json")
+    lines = ["| row | seeds run | transfer score, mean ± sd over seeds | in-domain zero-shot | linear probe |",
+             "|---|---|---|---|---|"]
+    for r in s["rows"]:
+        seeds = ", ".join(str(x["seed"]) for x in r["runs"]) or "-"
+        mark = " (**default**)" if r.get("workspace") else ""
+        lines.append(f"| {r['row']}{mark} | {seeds} | {_mean_sd(r, 'transfer_score')} | "
+                     f"{_mean_sd(r, 'in_domain_score')} | {_mean_sd(r, 'linear_probe_score')} |")
+    tests = []
+    for c in s.get("comparisons", []):
+        t = c.get("transfer") or {}
+        if t.get("p_value") is not None:
+            tests.append(f"{c['claim']}: transfer difference {t['mean_difference']:+.3f} over seeds "
+                         f"{', '.join(map(str, t['seeds']))}, t({t['df']}) = {t['t']:.2f}, p = {t['p_value']:.2g}")
+    chance = next((r["transfer_chance"] for r in s["rows"] if r.get("transfer_chance") is not None), None)
+    lines.append("")
+    lines.append(f"Transfer chance {chance:.3f}; `reports/ablations.json`." if chance is not None else
+                 "`reports/ablations.json`.")
+    return "\n".join(lines) + "\n\n" + ("Paired tests on the transfer score (`comparisons`): " + "; ".join(tests)
+                                         + "." if tests else "No comparison has two common seeds yet.") + "\n"
+
+
 GENERATORS: dict[str, Callable[[Path], str]] = {"data": data_block, "pretrain": pretrain_block,
                                                  "pretrain_from_scratch": pretrain_htsat22_block,
                                                  "train": train_block, "evaluate": evaluate_block,
-                                                 "transfer": transfer_block}
+                                                 "transfer": transfer_block, "grid": grid_block}
 
 
 def render(readme: str, root: Path) -> str:
