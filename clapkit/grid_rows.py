@@ -131,7 +131,28 @@ def with_preset_towers(knobs: Mapping[str, Any], params: Mapping[str, Any]) -> d
 PINNED = "_pinned"  # in a base: the budget knobs --tiny / --set set, which no row overrides
 BUDGET_KNOBS = ("train.max_steps",)  # every row states its budget; a tiny grid still runs a few steps
 REFERENCE_STEPS = 200  # the encoder-training rows' budget: --tiny's train.max_steps is per 200 of a row's steps
-PACKAGED_TOWERS = {"aisfx", "minilm"}  # towers with packaged pretrained weights: train freezes them when told null
+
+
+def packaged_towers() -> set[str]:
+    """The towers of ``towers.json`` (any preset) that start from packaged pretrained weights (``pretrained`` in
+    their config: aisfx, minilm): the ones ``clapkit.train.resolve_freezes`` freezes when told null."""
+    import json
+
+    from .config import TOWERS_FILE
+
+    out = set()
+    for preset in json.loads(TOWERS_FILE.read_text(encoding="utf-8")).values():
+        if not isinstance(preset, dict):
+            continue
+        for kind, towers in preset.items():
+            for name, tower in towers.items():
+                config = tower.get("encoder", tower) if kind == "text" else tower
+                if isinstance(config, dict) and config.get("pretrained"):
+                    out.add(name)
+    return out
+
+
+PACKAGED_TOWERS = packaged_towers()
 
 
 def normalise_knobs(knobs: Mapping[str, Any]) -> dict[str, Any]:
@@ -146,7 +167,7 @@ def normalise_knobs(knobs: Mapping[str, Any]) -> dict[str, Any]:
     for key, default in KNOB_DEFAULTS.items():
         if out.get(key) is None:
             out[key] = default
-    if out.get("model.audio_encoder") == "aisfx" and "pretrain.tasks" in out:
+    if out.get("model.audio_encoder") in PACKAGED_TOWERS and "pretrain.tasks" in out:
         out["pretrain.tasks"] = "none"
     return out
 

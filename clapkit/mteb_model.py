@@ -29,7 +29,6 @@ Importing this module does not import mteb (nor does ``import clapkit``); only `
 from __future__ import annotations
 
 import argparse
-import hashlib
 import json
 import sys
 from pathlib import Path
@@ -40,6 +39,7 @@ import torch
 import torch.nn.functional as F
 
 from .api import CLAP
+from .file_hash import file_sha256
 
 __all__ = [
     "EMBEDDED_CORPUS",
@@ -91,11 +91,7 @@ MSCLAP_2023_TRAINING_TASKS = frozenset({
 
 def _file_revision(path: Path) -> str:
     """The first 16 hex digits of the weights file's sha256: results are filed under the exact weights."""
-    digest = hashlib.sha256()
-    with open(path, "rb") as f:
-        for block in iter(lambda: f.read(1 << 20), b""):
-            digest.update(block)
-    return digest.hexdigest()[:16]
+    return file_sha256(path)[:16]
 
 
 def _batches(inputs: Iterable[Mapping[str, Any]], show_progress_bar: bool, desc: str):

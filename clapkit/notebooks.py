@@ -29,6 +29,7 @@ def _machine_paths() -> list[tuple[str, str]]:
 
 
 def scrub(nb: dict[str, Any]) -> dict[str, Any]:
+    paths = _machine_paths()
     nb.get("metadata", {}).pop("papermill", None)
     nb.get("metadata", {}).get("widgets", None) and nb["metadata"].pop("widgets")
     for cell in nb.get("cells", []):
@@ -40,7 +41,7 @@ def scrub(nb: dict[str, Any]) -> dict[str, Any]:
             if out.get("output_type") == "stream":
                 text = "".join(out["text"]) if isinstance(out.get("text"), list) else out.get("text", "")
                 text = KERNEL_FILE.sub("<cell>", text)
-                for path, mark in _machine_paths():  # same bytes from every clone: no absolute paths
+                for path, mark in paths:  # same bytes from every clone: no absolute paths
                     text = text.replace(path, mark)
                 out["text"] = text
     return nb

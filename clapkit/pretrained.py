@@ -17,7 +17,6 @@ the file, and of the file's tensors only BERT's unused pooler and the ``position
 
 from __future__ import annotations
 
-import hashlib
 import json
 from dataclasses import dataclass
 from importlib import resources
@@ -25,6 +24,8 @@ from pathlib import Path
 from typing import Any
 
 import torch
+
+from .file_hash import file_sha256
 
 __all__ = ["PACKAGED", "PackagedModel", "PackagedWeightsError", "load_bert_state", "load_packaged_text_encoder",
            "packaged_model", "packaged_vocab", "verify_weights"]
@@ -94,12 +95,9 @@ def verify_weights(path: str | Path, sha256: str, size: int) -> None:
     if actual_size != size:
         raise PackagedWeightsError(f"{path}: {actual_size} bytes, expected {size} (not the weights clapkit "
                                    "was written against; reinstall the package)")
-    digest = hashlib.sha256()
-    with open(path, "rb") as f:
-        for block in iter(lambda: f.read(1 << 22), b""):
-            digest.update(block)
-    if digest.hexdigest() != sha256:
-        raise PackagedWeightsError(f"{path}: sha256 {digest.hexdigest()}, expected {sha256} (a modified or "
+    actual = file_sha256(path)
+    if actual != sha256:
+        raise PackagedWeightsError(f"{path}: sha256 {actual}, expected {sha256} (a modified or "
                                    "corrupted weights file; reinstall the package)")
 
 

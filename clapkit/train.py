@@ -64,6 +64,7 @@ import torch
 import torch.distributed as dist
 from torch import nn
 
+from .audio_feature_cache import attach_feature_store, detach_feature_store
 from .checkpointing import (corpus_hash, find_resumable, load_checkpoint, model_fingerprint, run_directory,
                             run_identity, save_checkpoint, unwrap)
 from .config import dataclass_from_dict, load_params, model_config_from_params
@@ -372,16 +373,6 @@ def attach_text_cache(cfg: TrainConfig, model: nn.Module, tokenizer, corpus, ind
     return report
 
 
-def attach_audio_cache(cfg: TrainConfig, model: nn.Module):
-    """A frozen audio encoder that reads the waveform (aisfx) answers from a feature store kept across runs
-    (``clapkit.audio_feature_cache``) when ``audio_cache_dir`` is set; None otherwise."""
-    if not cfg.freeze_audio:
-        return None
-    from .audio_feature_cache import attach_feature_store
-
-    return attach_feature_store(unwrap(model).audio.encoder, cfg.audio_cache_dir)
-
-
 def detach_text_cache(model: nn.Module, report: dict | None) -> dict | None:
     """Detach the cache; the report gains its row counts (``hits`` looked up, ``misses`` computed)."""
     encoder = unwrap(model).text.encoder
@@ -598,7 +589,8 @@ def train(cfg: TrainConfig, model_config: Mapping[str, Any], seed: int = 0, resu
         clap.model = model
     set_train_mode(model, cfg)
     text_cache = attach_text_cache(cfg, model, clap.tokenizer, corpus, train_idx + val_idx, device)
-    audio_cache = attach_audio_cache(cfg, model)
+    # a frozen waveform tower (aisfx) answers from its feature store, kept across runs (clapkit.audio_feature_cache)
+    audio_cache = attach_feature_store(unwrap(model).audio.encoder, cfg.audio_cache_dir) if cfg.freeze_audio else None
     precision = Precision(cfg.precision, device)
     eval_prec = Precision(eval_precision, device)
     optimizer = make_optimizer(param_groups(model, cfg.weight_decay, text_lr_scale(cfg)), cfg.optimizer, cfg.lr,
@@ -712,10 +704,7 @@ def train(cfg: TrainConfig, model_config: Mapping[str, Any], seed: int = 0, resu
         history.append(_log_validation(live, step, epoch, run_validation(), progress and rank == 0))
     checkpoint(finished=True)
     text_cache = detach_text_cache(model, text_cache)
-    if audio_cache is not None:
-        from .audio_feature_cache import detach_feature_store
-
-        audio_cache = detach_feature_store(unwrap(model).audio.encoder, audio_cache)
+    audio_cache = detach_feature_store(unwrap(model).audio.encoder, audio_cache)
     metrics = {}
     if rank == 0:
         final = history[-1]

@@ -18,7 +18,7 @@ Attribution (CC BY 4.0): Ma & Lerch, ISMIR 2022, see ``clapkit.aisfx_teacher``.
 
 from __future__ import annotations
 
-from dataclasses import asdict, dataclass, fields
+from dataclasses import asdict, dataclass
 from typing import Any, Mapping
 
 import torch
@@ -26,6 +26,7 @@ from torch import nn
 
 from ..aisfx_teacher import AisfxConfig, AisfxFrontend, AisfxNet, block_frames
 from ..audio import resample
+from ..strict import strict_from_dict
 
 __all__ = ["AisfxAudioEncoder", "AisfxEncoderConfig", "load_packaged_audio_encoder"]
 
@@ -40,11 +41,7 @@ class AisfxEncoderConfig:
 
     @classmethod
     def from_dict(cls, d: Mapping[str, Any] | None) -> "AisfxEncoderConfig":
-        d = dict(d or {})
-        unknown = sorted(set(d) - {f.name for f in fields(cls)})
-        if unknown:
-            raise ValueError(f"unknown aisfx audio encoder fields {unknown}")
-        cfg = cls(**d)
+        cfg = strict_from_dict(cls, d, "aisfx audio encoder")
         if cfg.clip_pool not in ("max", "mean"):
             raise ValueError(f"aisfx audio encoder: clip_pool must be 'max' or 'mean', got {cfg.clip_pool!r}")
         if cfg.precision not in ("auto", "fp32", "bf16"):
