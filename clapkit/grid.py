@@ -267,7 +267,9 @@ def _cmd_queue(args) -> int:
     from .grid_summary import parse_exp_show
 
     exps, _ = _grid(args)
-    done = {r["name"] for r in parse_exp_show(exp_show_json())}
+    # Experiments of older baselines count as done: a grid is often finished across commits (grid collect reads
+    # the same baselines).
+    done = {r["name"] for r in parse_exp_show(exp_show_json(grid_baselines()))}
     queued = 0
     for e in queue_order(exps):
         if e.name in done or (e.is_workspace and not args.include_workspace):

@@ -239,7 +239,7 @@ def test_grid_plan():
     from clapkit.grid_rows import TOWER_KNOBS, GridRow
 
     exps = experiments(base=base())
-    assert len({e.name for e in exps}) == len(exps) == sum(len(r.seeds) for r in ROWS) == 23
+    assert len({e.name for e in exps}) == len(exps) == sum(len(r.seeds) for r in ROWS) == 29
     assert [e.name for e in exps if e.is_workspace] == ["htsat22-gpt2-s0"]  # the workspace's own run
     assert exps[0].set_params == {} and exps[0].command(queue=False) == ["dvc", "exp", "run", "-n", "htsat22-gpt2-s0"]
     assert len({tuple(sorted(r.knobs(base()).items())) for r in ROWS}) == len(ROWS)  # every row differs
@@ -268,8 +268,8 @@ def test_grid_plan():
     assert by_name["aisfx-minilm-ft-s1"].set_params == dict(aisfx, **minilm, **{"train.text_lr_scale": 0.1, "seed": 1})
     assert by_name["aisfx-gpt2-s0"].set_params == aisfx and "aisfx-gpt2-s1" not in by_name
     assert {r.slug: r.seeds for r in ROWS[8:]} == {"htsat22-minilm-frozen": (0, 1), "htsat22-minilm-ft": (0, 1),
-                                                   "aisfx-minilm-frozen": (0, 1), "aisfx-minilm-ft": (0, 1),
-                                                   "aisfx-gpt2": (0,), "aisfx-minilm-frozen-1000": (0, 1)}
+                                                   "aisfx-minilm-frozen": (0, 1, 2, 3, 4), "aisfx-minilm-ft": (0, 1),
+                                                   "aisfx-gpt2": (0,), "aisfx-minilm-frozen-1000": (0, 1, 2, 3, 4)}
     assert '-S train.freeze_audio=true' in " ".join(by_name["aisfx-gpt2-s0"].command())
     # every row states every tower knob; every override names a real params.yaml key
     for r in ROWS:
@@ -476,10 +476,10 @@ def test_tiny_grid_and_set_overrides(tmp_path, capsys):
     assert "-n tiny-htsat22-gpt2-s0" in cmd and "-S pretrain.steps=4" in cmd
     assert main(["grid", "plan", "--tiny"]) == 0
     out = capsys.readouterr().out
-    assert "tiny-cnn14-bert-s0" in out and "none has params.yaml's params: all 23 to queue" in out
+    assert "tiny-cnn14-bert-s0" in out and "none has params.yaml's params: all 29 to queue" in out
     assert main(["grid", "plan"]) == 0
     out = capsys.readouterr().out
-    assert ("aisfx-minilm-frozen-1000-s0 is the workspace run (dvc repro), 22 to queue; 4 pretraining(s) beside the "
+    assert ("aisfx-minilm-frozen-1000-s0 is the workspace run (dvc repro), 28 to queue; 4 pretraining(s) beside the "
             "workspace's") in out
     # a tiny run is matched to its rows with the tiny batch size as the base; the full-size runs are "other"
     tiny = _exp_params(**{"train.batch_size": 8, "train.max_steps": 4, "pretrain.tasks": "sound_events"})
