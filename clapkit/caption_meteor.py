@@ -16,7 +16,8 @@ delta 0.75, exact module weight 1.0):
 
 Per clip, the statistics of the best-scoring reference are kept (Meteor's multi-reference rule), and the corpus
 score is computed once from the summed statistics, as Meteor's ``EVAL`` line that pycocoevalcap reads does: it is
-not the mean of the clips' scores.
+not the mean of the clips' scores.  One consequence, Meteor's own: the corpus's chunks add up, so several clips
+matched perfectly score below 1 (only a single whole match in a single chunk has no fragmentation penalty).
 
 The alignment maximises the number of matches, then minimises the number of chunks (Meteor's first two criteria; its
 third, the matches' summed distance, never changes the score).  Every assignment of repeated words is tried when
@@ -88,7 +89,9 @@ def align_exact(test: Sequence[str], reference: Sequence[str]) -> list[tuple[int
     return best
 
 
-def meteor_stats(test: Sequence[str], reference: Sequence[str], function_words: frozenset[str] = frozenset()) -> MeteorStats:
+def meteor_stats(test: Sequence[str], reference: Sequence[str],
+                 function_words: frozenset[str] = frozenset()) -> MeteorStats:  # fmt: skip
+    """One (test, reference) pair's statistics; ``function_words`` (default none, every word a content word)."""
     pairs = align_exact(test, reference)
     function_matches = sum(1 for i, _ in pairs if test[i] in function_words)
     return MeteorStats(
@@ -100,7 +103,8 @@ def meteor_stats(test: Sequence[str], reference: Sequence[str], function_words: 
     )  # fmt: skip
 
 
-def meteor_score_from_stats(stats: MeteorStats, parameters: tuple[float, float, float, float] = METEOR_EN_RANK) -> float:
+def meteor_score_from_stats(stats: MeteorStats,
+                            parameters: tuple[float, float, float, float] = METEOR_EN_RANK) -> float:  # fmt: skip
     """Meteor 1.5's score of (summed) statistics; exact matches count on both sides alike."""
     alpha, beta, gamma, delta = parameters
     weighted_matches = delta * stats.content_matches + (1 - delta) * stats.function_matches

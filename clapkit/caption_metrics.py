@@ -25,7 +25,13 @@ Audio captioning (AudioCaps, Clotho, DCASE Task 6) is scored with the COCO capti
   SPIDEr = (CIDEr-D + SPICE) / 2, ``None`` with SPICE.
 
 Inputs are dicts keyed by clip id: one candidate string per clip, a non-empty list of reference strings per clip
-(counts may differ between clips).  Results depend on neither the order of clips nor that of references.
+(counts may differ between clips).  Results depend on neither the order of clips nor that of references (up to
+the rounding of sums; METEOR keeps the first of equally scoring references, as Meteor does, which can matter only
+when their statistics differ).
+
+Known differences from the Java toolkit: the tokeniser (``clapkit.caption_tokenizer`` lists them; rare in captions),
+METEOR (exact matches only, see above) and SPICE (only with an installed jar).  BLEU, ROUGE-L and CIDEr-D follow
+the toolkit's arithmetic step by step, so on the same tokens they agree to rounding.
 """
 
 from __future__ import annotations
