@@ -334,15 +334,18 @@ def tiny_files(tmp_path):
     import json
 
     model = tiny_model()
-    path = tmp_path / "clapcap_tiny.pth"
-    torch.save({"model": clapcap_as_msclap(model)}, path)
-    config = tmp_path / "clapcap-tiny.json"
-    config.write_text(json.dumps(TINY))
     g = np.random.default_rng(0)
     clips = [tmp_path / "short_22k.wav", tmp_path / "stereo_16k.flac"]
     sf.write(clips[0], (0.3 * g.standard_normal(11025)).astype(np.float32), 22050)
     t = np.arange(24000) / 16000
     sf.write(clips[1], np.stack([np.sin(2 * math.pi * 440 * t), 0.2 * g.standard_normal(t.size)], 1).astype(np.float32), 16000)
+    with torch.no_grad():  # as centre_the_mapper_input: the clips' difference reaches the mapper, not their common part
+        mean = model.audio_embedding(CaptionModel(model).load_audio(clips)).mean(0)
+        model.mapper.linear.bias.copy_(-model.mapper.linear.weight @ mean)
+    path = tmp_path / "clapcap_tiny.pth"
+    torch.save({"model": clapcap_as_msclap(model)}, path)
+    config = tmp_path / "clapcap-tiny.json"
+    config.write_text(json.dumps(TINY))
     broken = tmp_path / "broken.wav"
     broken.write_bytes(b"RIFF not really a wav file")
     return model, path, config, clips, broken
