@@ -2,7 +2,7 @@
 
 __version__ = "0.1.0"
 
-__all__ = ["CLAP"]
+__all__ = ["CLAP", "CaptionModel"]
 
 
 def __getattr__(name: str):
@@ -11,4 +11,8 @@ def __getattr__(name: str):
         from .api import CLAP
 
         return CLAP
+    if name == "CaptionModel":
+        from .captioning import CaptionModel
+
+        return CaptionModel
     raise AttributeError(f"module 'clapkit' has no attribute {name!r}")

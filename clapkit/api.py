@@ -145,7 +145,8 @@ class CLAP:
 
         version = str(version)
         if version not in ("2023", "2022"):
-            raise ValueError(f"msclap version must be '2023' or '2022', got {version!r} (clapcap is not a CLAP model)")
+            raise ValueError(f"msclap version must be '2023' or '2022', got {version!r} (clapcap is not a CLAP model: "
+                             "use clapkit.CaptionModel.from_msclap)")
         cfg = load_model_config(config or f"msclap-{version}")
         if version == "2022":
             if bert_vocab is None:

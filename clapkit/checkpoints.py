@@ -55,7 +55,10 @@ __all__ = [
 ]
 
 VERSIONS = ("2023", "2022")
-AUDIO_PREFIX = {"2023": "audio_encoder.base.htsat.", "2022": "audio_encoder.base."}
+# The clapcap (captioning) file holds the 2023 audio tower under ``clap.``; clapkit.clapcap_checkpoint maps the rest.
+AUDIO_PREFIX = {"2023": "audio_encoder.base.htsat.", "2022": "audio_encoder.base.", "clapcap": "clap.base.htsat."}
+PROJECTION_PREFIX = {"2023": "audio_encoder.projection.", "2022": "audio_encoder.projection.",
+                     "clapcap": "clap.projection."}
 STFT_KEYS = ("spectrogram_extractor.stft.conv_real.weight", "spectrogram_extractor.stft.conv_imag.weight")
 DERIVED_BUFFER = re.compile(r".*\.(attn_mask|attn\.relative_position_index)")
 LEGACY_GPT2_BUFFER = re.compile(r"h\.\d+\.attn\.(bias|masked_bias)")
@@ -108,7 +111,8 @@ class LoadReport:
         design = self.mel_fb_design or "no known design"
         lines.append(f"mel filterbank: {design}; equals the model config's: {self.mel_fb_matches_config} "
                      f"(max abs diff {self.mel_fb_max_abs_diff:.3g})")
-        lines.append(f"logit_scale {self.logit_scale:.4f} (exp = {math.exp(self.logit_scale):.2f})")
+        if not math.isnan(self.logit_scale):  # a clapcap file has none
+            lines.append(f"logit_scale {self.logit_scale:.4f} (exp = {math.exp(self.logit_scale):.2f})")
         return "\n".join(lines)
 
 
@@ -138,6 +142,8 @@ def read_msclap_state_dict(path: str | Path) -> dict[str, torch.Tensor]:
                                     f"({detail.group(1).strip() if detail else str(err).splitlines()[0]})") from err
     except (RuntimeError, EOFError, OSError, ValueError) as err:
         raise CheckpointError(path, f"not a readable PyTorch checkpoint ({err})") from err
+    if _is_flat_state_dict(obj):  # a bare state dict, as torch.save(model.state_dict()) writes it
+        return obj
     if not isinstance(obj, dict) or "model" not in obj:
         found = sorted(map(str, obj))[:10] if isinstance(obj, dict) else type(obj).__name__
         raise CheckpointError(path, f"not an msclap checkpoint: expected a dict with a 'model' state dict, found {found}")
@@ -145,6 +151,11 @@ def read_msclap_state_dict(path: str | Path) -> dict[str, torch.Tensor]:
     if not isinstance(sd, dict) or not all(isinstance(v, torch.Tensor) for v in sd.values()):
         raise CheckpointError(path, "not an msclap checkpoint: 'model' is not a flat dict of tensors")
     return sd
+
+
+def _is_flat_state_dict(obj) -> bool:
+    return (isinstance(obj, dict) and bool(obj) and "model" not in obj
+            and all(isinstance(k, str) and isinstance(v, torch.Tensor) for k, v in obj.items()))
 
 
 def hann_dft_kernels(n_fft: int, win_length: int) -> tuple[torch.Tensor, torch.Tensor]:
@@ -162,7 +173,7 @@ def hann_dft_kernels(n_fft: int, win_length: int) -> tuple[torch.Tensor, torch.T
 def known_filterbank_designs(cfg: FrontendConfig, version: str) -> dict[str, torch.Tensor]:
     """Candidate filterbanks a msclap checkpoint may hold, by description (see msclap-2023 notes §1.2)."""
     designs = {"as configured": dict()}
-    if version == "2023":
+    if version in ("2023", "clapcap"):
         designs.update({
             "HTS-AT config.py design: sr 32000, 50-14000 Hz (msclap's HTSAT)": dict(filterbank_sample_rate=32000, f_min=50.0, f_max=14000.0),
             "YAML/paper design: sr 44100, 50-8000 Hz": dict(filterbank_sample_rate=44100, f_min=50.0, f_max=8000.0),
@@ -179,15 +190,20 @@ def _close(a: torch.Tensor, b: torch.Tensor, atol: float) -> bool:
 
 def map_msclap_state_dict(sd: dict[str, torch.Tensor], version: str, model: torch.nn.Module,
                           path: str | Path = "<state dict>") -> tuple[dict[str, torch.Tensor], LoadReport]:
-    """Rename, verify and drop msclap keys for ``model`` (a clapkit CLAPModel); raise on any mismatch."""
-    if version not in VERSIONS:
+    """Rename, verify and drop msclap keys for ``model`` (a clapkit CLAPModel); raise on any mismatch.
+
+    ``version`` "clapcap": ``sd`` holds only the file's ``clap.*`` audio tower and ``model`` only an ``.audio``
+    tower (``clapkit.clapcap_checkpoint`` maps the mapper and GPT-2 around this call).
+    """
+    if version not in VERSIONS + ("clapcap",):
         raise ValueError(f"msclap version must be one of {VERSIONS}, got {version!r}")
     report = LoadReport(path=str(path), version=version)
-    _check_flavour(sd, version, path)
+    if version in VERSIONS:
+        _check_flavour(sd, version, path)
     target = model.state_dict()
     buffers = dict(model.named_buffers())
     frontend_cfg: FrontendConfig = model.audio.frontend.cfg
-    audio_prefix = AUDIO_PREFIX[version]
+    audio_prefix, projection_prefix = AUDIO_PREFIX[version], PROJECTION_PREFIX[version]
     head_shapes, head_problem = _audioset_head_shapes(model.audio.encoder)
 
     mapped: dict[str, torch.Tensor] = {}
@@ -227,8 +243,8 @@ def map_msclap_state_dict(sd: dict[str, torch.Tensor], version: str, model: torc
                     drop("derived HTSAT buffers, verified equal to the config's", key)
             else:
                 put(f"audio.encoder.{rest}", key)
-        elif key.startswith("audio_encoder.projection."):
-            put("audio.projection." + key[len("audio_encoder.projection."):], key)
+        elif key.startswith(projection_prefix):
+            put("audio.projection." + key[len(projection_prefix):], key)
         elif key.startswith("caption_encoder.base."):
             rest = key[len("caption_encoder.base."):]
             new = TEXT_MODEL_ATTR + rest
@@ -352,19 +368,20 @@ def _is_arange(t: torch.Tensor) -> bool:
     return torch.equal(t.reshape(-1).long(), torch.arange(t.numel()))
 
 
-def _uninitialised_model(config):
+def _uninitialised_model(config, model_cls=None):
     """A CLAPModel from ``config`` without random initialisation (seconds for 160-200 M parameters, all
     about to be overwritten).  Safe because loading is strict: every parameter and persistent
     buffer is replaced, and the non-persistent buffers (window, HTSAT masks, position ids) are computed, not
     drawn.  ``no_init_weights`` is what transformers' own ``from_pretrained`` uses for the same purpose."""
-    from .models.clap import CLAPModel  # late: keeps ``import clapkit.checkpoints`` light
+    if model_cls is None:
+        from .models.clap import CLAPModel as model_cls  # late: keeps ``import clapkit.checkpoints`` light
 
     try:
         from transformers.initialization import no_init_weights
     except ImportError:  # another transformers layout: pay for the initialisation
-        return CLAPModel(config)
+        return model_cls(config)
     with no_init_weights():
-        return CLAPModel(config)
+        return model_cls(config)
 
 
 def load_msclap(path: str | Path, version: str = "2023", model: Any = None,
@@ -375,9 +392,15 @@ def load_msclap(path: str | Path, version: str = "2023", model: Any = None,
     The model is ``model`` if given, else built from ``config`` (a model config name, JSON path or dict;
     default: the shipped ``msclap-<version>``) without wasting time on random initialisation.  ``state_dict``:
     the file's ``read_msclap_state_dict(path)`` when the caller has already read it (not read twice).
+    ``version="clapcap"``: ``clapcap_weights_2023.pth`` into a ``ClapCapModel`` (``clapkit.clapcap_checkpoint``;
+    default config ``clapcap-2023``).
     """
+    if version == "clapcap":  # the captioning model: its own module, the same strictness
+        from .clapcap_checkpoint import load_clapcap
+
+        return load_clapcap(path, model=model, config=config, state_dict=state_dict)
     if version not in VERSIONS:
-        raise ValueError(f"msclap version must be one of {VERSIONS}, got {version!r}")
+        raise ValueError(f"msclap version must be one of {VERSIONS + ('clapcap',)}, got {version!r}")
     if model is not None and config is not None:
         raise ValueError("pass either model or config, not both")
     sd = read_msclap_state_dict(path) if state_dict is None else state_dict
@@ -385,8 +408,13 @@ def load_msclap(path: str | Path, version: str = "2023", model: Any = None,
         model = _uninitialised_model(config if config is not None else f"msclap-{version}")
     mapped, report = map_msclap_state_dict(sd, version, model, path)
     model.load_state_dict(mapped, strict=True)
+    describe_filterbank(report, model.audio.frontend, version)
+    report.logit_scale = float(model.logit_scale.detach())
+    return model.eval(), report
 
-    frontend = model.audio.frontend
+
+def describe_filterbank(report: LoadReport, frontend, version: str) -> None:
+    """Record in ``report`` which known design the loaded mel filterbank is and whether it is the config's."""
     mel_fb = frontend.mel_fb
     configured = mel_filterbank(frontend.cfg).to(mel_fb.dtype)
     report.mel_fb_max_abs_diff = (mel_fb - configured).abs().max().item()
@@ -396,5 +424,3 @@ def load_msclap(path: str | Path, version: str = "2023", model: Any = None,
                                  and _close(mel_fb, fb, atol=1e-6)), None)
     if report.mel_fb_design is None and report.mel_fb_matches_config:
         report.mel_fb_design = "as configured"
-    report.logit_scale = float(model.logit_scale.detach())
-    return model.eval(), report

@@ -54,10 +54,11 @@ OPTIONAL_KEYS = {"tokenizer": {"kind": "gpt2", "max_length": 77}, "projection_dr
 
 
 def list_model_configs() -> list[str]:
-    """Names of the full model configs shipped in ``clapkit/model_configs`` (those with a ``frontend``)."""
+    """Names of the CLAP model configs shipped in ``clapkit/model_configs`` (those with a ``frontend`` and a
+    ``text_encoder``; a clapcap config has a ``decoder`` instead)."""
     names = []
     for path in sorted(MODEL_CONFIG_DIR.glob("*.json")):
-        if "frontend" in json.loads(path.read_text(encoding="utf-8")):
+        if {"frontend", "text_encoder"} <= json.loads(path.read_text(encoding="utf-8")).keys():
             names.append(path.stem)
     return names
 
