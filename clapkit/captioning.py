@@ -26,11 +26,14 @@ clip of at most 7 s the two preprocessings are the same.
 from __future__ import annotations
 
 import argparse
+import json
 import sys
 from pathlib import Path
 from typing import Any, Mapping, Sequence
 
 import torch
+
+from .caption_vocab import TokenSubset
 
 __all__ = ["CaptionModel", "MSCLAP_STOP_TEXT", "beam_search", "register"]
 
@@ -99,6 +102,14 @@ class CaptionModel:
         if self.tokenizer.kind != "gpt2":
             raise ValueError(f"clapcap decodes GPT-2 ids; got a {self.tokenizer.kind} tokenizer")
         self.stop_token = self.tokenizer.tokenizer.encode(MSCLAP_STOP_TEXT).ids[0]  # 220, as msclap computes it
+        # A decoder trained on a subset of GPT-2's ids (the caption stage's: clapkit.caption_vocab) numbers them
+        # 0..V-1; its config lists the GPT-2 id of each.
+        subset = model.config["tokenizer"].get("subset")
+        self.vocab = TokenSubset(subset) if subset else None
+        if self.vocab is not None:
+            if len(self.vocab) != model.gpt.config.vocab_size:
+                raise ValueError(f"tokenizer.subset has {len(self.vocab)} ids, the decoder {model.gpt.config.vocab_size}")
+            self.stop_token = self.vocab.compact_of[self.stop_token]
         self.msclap_report = None  # set by from_msclap
         self.device = torch.device(device) if device is not None else next(model.parameters()).device
         self.model.to(self.device)
@@ -113,6 +124,35 @@ class CaptionModel:
         captioner = cls(model, device=device)
         captioner.msclap_report = report
         return captioner
+
+    @classmethod
+    def from_pretrained(cls, directory: str | Path, device: str | torch.device | None = None) -> "CaptionModel":
+        """A captioner saved by the caption stage (``config.json`` + ``model.safetensors``), loaded strictly."""
+        from safetensors.torch import load_file
+
+        from .checkpoints import CheckpointError
+        from .models.clapcap import ClapCapModel
+
+        directory = Path(directory)
+        config_path, weights_path = directory / "config.json", directory / "model.safetensors"
+        for path in (config_path, weights_path):
+            if not path.is_file():
+                raise CheckpointError(path, "missing (a captioner folder holds config.json and model.safetensors)")
+        model = ClapCapModel(json.loads(config_path.read_text(encoding="utf-8")))
+        state = load_file(str(weights_path))
+        if "gpt.lm_head.weight" not in state and "gpt.transformer.wte.weight" in state:
+            state["gpt.lm_head.weight"] = state["gpt.transformer.wte.weight"]  # GPT-2's tied head, saved once
+        expected = model.state_dict()
+        missing = sorted(set(expected) - set(state))
+        extra = sorted(set(state) - set(expected))
+        misshapen = sorted(k for k in set(state) & set(expected) if state[k].shape != expected[k].shape)
+        if missing or extra or misshapen:
+            raise CheckpointError(weights_path, f"does not match {config_path.name}",
+                                  [f"missing: {k}" for k in missing] + [f"unexpected: {k}" for k in extra]
+                                  + [f"misshapen: {k} {tuple(state[k].shape)}, expected {tuple(expected[k].shape)}"
+                                     for k in misshapen])
+        model.load_state_dict(state, strict=True)
+        return cls(model, device=device)
 
     @classmethod
     def from_config(cls, config: str | Path | Mapping[str, Any], seed: int = 0,
@@ -135,14 +175,26 @@ class CaptionModel:
 
     def decode(self, ids: Sequence[int]) -> str:
         """msclap's ``tokenizer.decode``: special tokens kept, no clean-up of spaces (transformers >= 5)."""
-        return self.tokenizer.tokenizer.decode(list(ids), skip_special_tokens=False)
+        ids = self.vocab.to_gpt2(list(ids)) if self.vocab is not None else list(ids)
+        return self.tokenizer.tokenizer.decode(ids, skip_special_tokens=False)
+
+    def caption_prefixes(self, prefixes: torch.Tensor, beam_size: int = 5, entry_length: int = 67,
+                         temperature: float = 1.0) -> list[str]:
+        """Captions of (N, prefix_length, n_embd) GPT-2 prefixes (msclap's strings: see the module docstring)."""
+        return [self.decode(beam_search(self.model.gpt, p[None], self.stop_token, beam_size, entry_length,
+                                        temperature)[0][0]).capitalize() for p in prefixes]
+
+    @torch.no_grad()
+    def caption_embeddings(self, embeddings: torch.Tensor, beam_size: int = 5, entry_length: int = 67,
+                           temperature: float = 1.0) -> list[str]:
+        """Captions of (N, embed_dim) audio embeddings as ``model.audio_embedding`` gives them (L2-normalised)."""
+        prefixes = self.model.mapper(embeddings.to(self.device)).float()
+        return self.caption_prefixes(prefixes, beam_size, entry_length, temperature)
 
     def caption_waves(self, wave: torch.Tensor, beam_size: int = 5, entry_length: int = 67,
                       temperature: float = 1.0) -> list[str]:
         """Captions of (N, samples) waveforms at the model's rate (msclap's strings: see the module docstring)."""
-        prefixes = self.prefix(wave)
-        return [self.decode(beam_search(self.model.gpt, p[None], self.stop_token, beam_size, entry_length,
-                                        temperature)[0][0]).capitalize() for p in prefixes]
+        return self.caption_prefixes(self.prefix(wave), beam_size, entry_length, temperature)
 
     def caption(self, files: str | Path | Sequence[str | Path], beam_size: int = 5, entry_length: int = 67,
                 temperature: float = 1.0) -> list[str]:
@@ -160,7 +212,8 @@ def register(subparsers) -> None:
     """Add ``clapkit caption``."""
     p = subparsers.add_parser("caption", help="caption audio files with a clapcap model (msclap's beam search)")
     p.add_argument("files", nargs="+", help="audio files (any format libsndfile reads)")
-    p.add_argument("--model", required=True, help="clapcap_weights_2023.pth, or a file in its layout")
+    p.add_argument("--model", required=True, help="clapcap_weights_2023.pth (or a file in its layout), or a folder "
+                                                  "saved by the caption stage (models/caption)")
     p.add_argument("--config", help="clapcap model config name or JSON (default: clapcap-2023)")
     p.add_argument("--beam-size", type=int, default=MSCLAP_DEFAULTS["beam_size"])
     p.add_argument("--entry-length", type=int, default=MSCLAP_DEFAULTS["entry_length"], help="max tokens")
@@ -180,7 +233,10 @@ def cmd_caption(args: argparse.Namespace) -> int:
     if args.beam_size < 1 or args.entry_length < 1:
         raise SystemExit("clapkit caption: --beam-size and --entry-length must be >= 1")
     try:
-        captioner = CaptionModel.from_msclap(args.model, config=args.config, device=args.device)
+        if Path(args.model).is_dir():  # a captioner the caption stage trained (models/caption)
+            captioner = CaptionModel.from_pretrained(args.model, device=args.device)
+        else:
+            captioner = CaptionModel.from_msclap(args.model, config=args.config, device=args.device)
     except CheckpointError as err:
         raise SystemExit(f"clapkit caption: {err}") from err
     beam_size = 1 if args.greedy else args.beam_size

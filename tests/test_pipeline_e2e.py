@@ -28,6 +28,10 @@ TINY = {
     "prepare.transfer_sources": ["debian:xemacs21-basesupport", "synth:flite"],
     # a few optimiser steps per training stage (the tiny grid's): every stage runs and hands over its output
     **TINY_STAGES,
+    # the captioner: a few steps of a 1-layer decoder, a few test clips
+    "caption.steps": 6, "caption.eval_clips": 8, "caption.examples": 3, "caption.beam_size": 2,
+    "caption.entry_length": 8, "caption.decoder": {"n_layer": 1, "n_embd": 32, "n_head": 2},
+    "caption.mapper": {"prefix_length": 2, "clip_length": 2, "num_layers": 1, "num_heads": 2, "mlp_ratio": 2.0},
     # first the from-scratch pair, so that the multi-task pretraining runs and hands its encoder to train; the
     # default's packaged towers (aisfx + MiniLM, frozen) run last (DEFAULT_MODEL)
     "model.embedded": "clap-small-htsat-gpt2",
@@ -70,7 +74,7 @@ def test_pipeline_end_to_end_on_a_tiny_slice(tmp_path):
     check = run(["clapkit", "data", "check"], ws, env)
     assert "differs" in check  # the tiny corpus is not the tracked one, and the check says so
     out = run(["dvc", "repro"], ws, env)
-    for stage in ["prepare", "pretrain", "train", "evaluate"]:
+    for stage in ["prepare", "pretrain", "train", "evaluate", "caption"]:
         assert f"Running stage '{stage}'" in out, stage
 
     metrics = json.loads((ws / "metrics/data.json").read_text())
@@ -117,7 +121,14 @@ def test_pipeline_end_to_end_on_a_tiny_slice(tmp_path):
     assert 0 <= em["retrieval"]["corpus_retrieval"]["a2t"]["R@1"] <= 1
     confusion = sorted((ws / "plots/evaluate").glob("confusion_*.csv"))
     assert confusion and confusion[0].read_text().splitlines()[0] == "actual,predicted"
+    # caption: the captioner's scores beside its two reference points; the saved folder captions a file
+    cm = json.loads((ws / "metrics/caption.json").read_text())
+    assert cm["clips"] == 8 and 0 <= cm["bleu_1"] <= 1 and cm["cider_d"] >= 0
+    assert set(cm["baselines"]) == {"prior", "nearest_training_clip"}
+    cap = run(["clapkit", "caption", "--model", "models/caption", "--greedy", "--entry-length", "5", str(wav)], ws, env)
+    assert cap.startswith(f"{wav}\t")
     for report, words in [("02_pretrain", []), ("03_train", ["Similarity matrix"]),
+                          ("06_caption", ["Scores on the test split", "Example captions beside their references"]),
                           ("04_evaluate", ["Transfer test (the headline)", "Results table", "Confusion matrices"])]:
         html = (ws / f"reports/{report}.html").read_text()
         assert "Traceback" not in html and all(w in html for w in words), report
@@ -132,7 +143,7 @@ def test_pipeline_end_to_end_on_a_tiny_slice(tmp_path):
 
     shown = json.dumps(json.loads(run(["dvc", "metrics", "show", "--json"], ws, env)))
     for m in ["metrics/data.json", "metrics/pretrain.json", "metrics/train.json", "metrics/evaluate.json",
-              "transfer_zero_shot_score"]:
+              "transfer_zero_shot_score", "metrics/caption.json", "cider_d"]:
         assert m in shown, m
 
     # a forced rerun of a finished stage is never answered from the finished run's checkpoint: it trains afresh,
@@ -163,9 +174,10 @@ def test_pipeline_end_to_end_on_a_tiny_slice(tmp_path):
     for key in ("text_cache_dir", "audio_cache_dir"):  # this run's own caches: a first run, not the machine's
         params["train"][key] = str(tmp_path / key)
     params["evaluate"]["audio_cache_dir"] = str(tmp_path / "audio_cache_dir")
+    params["caption"]["audio_cache_dir"] = str(tmp_path / "audio_cache_dir")
     (ws / "params.yaml").write_text(yaml.safe_dump(params, sort_keys=False))
     out = run(["dvc", "repro"], ws, env)
-    for stage in ["pretrain", "train", "evaluate"]:
+    for stage in ["pretrain", "train", "evaluate", "caption"]:
         assert f"Running stage '{stage}'" in out, stage
     assert json.loads((ws / "metrics/pretrain.json").read_text())["mode"] == "packaged:aisfx"
     tm = json.loads((ws / "metrics/train.json").read_text())

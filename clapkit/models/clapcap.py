@@ -210,11 +210,17 @@ class ClapCapModel(nn.Module):
         ``wave``: (B, samples) at ``frontend_config.sample_rate``.  ``input_ids`` / ``attention_mask``: (B, L),
         right-padded, as ``clapkit.text.TextTokenizer`` of kind ``gpt2`` makes them: each caption ends with
         ``' <|endoftext|>'`` (ids 220, 50256), which is how msclap trained clapcap (its stop token is that 220).
-        The logit at position P - 1 + t predicts token t; padded tokens (mask 0) are excluded from the mean.
         Which parameters learn is the caller's choice (msclap freezes the audio tower and GPT-2:
         ``requires_grad_(False)`` on ``.audio`` and ``.gpt``).
         """
-        logits = self.forward(self.prefix(wave), input_ids, attention_mask)
+        return self.loss_from_embedding(self.audio_embedding(wave), input_ids, attention_mask)
+
+    def loss_from_embedding(self, embedding: torch.Tensor, input_ids: torch.Tensor,
+                            attention_mask: torch.Tensor) -> torch.Tensor:
+        """``loss`` from (B, embed_dim) audio embeddings already computed by ``audio_embedding`` (a frozen tower's
+        embeddings computed once, as the caption stage does).  The logit at position P - 1 + t predicts token t;
+        padded tokens (mask 0) are excluded from the mean."""
+        logits = self.forward(self.mapper(embedding), input_ids, attention_mask)
         predicting = logits[:, self.prefix_length - 1 : -1]  # the positions whose next token is a caption token
         targets = input_ids.masked_fill(attention_mask == 0, -100)
         return F.cross_entropy(predicting.reshape(-1, predicting.shape[-1]), targets.reshape(-1), ignore_index=-100)
