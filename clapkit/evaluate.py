@@ -51,7 +51,7 @@ from .probe import MIN_TRAIN_PER_CLASS, linear_probe
 from .scoring import (ClassificationResult, caption_positives, evaluate_corpus, evaluate_dataset_task, metric_value,
                       retrieval, zero_shot_classification)
 from .stats import THREE_SIGMA, significant_digits
-from .tasks import CLASSIFICATION, EMBEDDED_RETRIEVAL, PAPER_TASKS
+from .tasks import CAPTIONING, CLASSIFICATION, EMBEDDED_RETRIEVAL, PAPER_TASKS, clap_scored_tasks
 from .transfer_eval import evaluate_transfer, transfer_metrics
 from .zeroshot import DEFAULT_PRECISION, ClapEmbedder, Embedder, class_prompts
 
@@ -239,7 +239,9 @@ def run_stage(cfg: EvaluateConfig, embedder: Embedder | None = None, progress: b
     corpus_results = evaluate_corpus(embedder, cfg, cache)
     paper_results: dict[str, Any] = {}
     for adapter, root in sorted(cfg.datasets.items()):
-        names = [t.name for t in PAPER_TASKS.values() if t.adapter == adapter and t.supported]
+        # Captioning tasks (AudioCaps, Clotho) are not scored here: they need a captioner, not this CLAP
+        # (clapkit evaluate --task clotho_captioning --data DIR --model <captioner>).
+        names = [t.name for t in clap_scored_tasks(adapter)]
         if not names:
             raise ValueError(f"evaluate.datasets: no supported paper task reads {adapter!r}")
         for name in names:
@@ -358,13 +360,17 @@ def _cmd_one_task(args) -> int:
     task = get_task(args.task, cfg.prepared if args.task not in PAPER_TASKS else None)
     if task.source != "embedded" and not args.data:
         raise SystemExit(f"clapkit evaluate: --task {task.name} needs --data (your copy of {task.adapter})")
+    if cfg.threads:
+        torch.set_num_threads(cfg.threads)
+    args.model = args.model or cfg.model
+    if task.kind == CAPTIONING:  # scored by a captioner, not a CLAP embedder
+        from .caption_eval import run_caption_task
+
+        return run_caption_task(args, task, cfg)
     if args.prompt:
         from dataclasses import replace
 
         task = replace(task, prompt=args.prompt)
-    if cfg.threads:
-        torch.set_num_threads(cfg.threads)
-    args.model = args.model or cfg.model
     embedder = ClapEmbedder(load_model(args), cfg.batch_size, cfg.precision)
     guard = OverlapGuard.for_model(args.model, cfg.allow_training_overlap, cfg.cache_dir)
     check = check_split(guard, cfg.prepared, "test") if task.source == "embedded" else \
@@ -407,7 +413,8 @@ def register(subparsers) -> None:
     p = subparsers.add_parser("evaluate", help="stage evaluate, or one task (--task; --data for your dataset)")
     p.add_argument("--params", default="params.yaml", help="params.yaml whose evaluate block configures the stage "
                    "and every default of --task (without the file: the same defaults, EvaluateConfig's)")
-    p.add_argument("--model", help="one task: save_pretrained directory or msclap .pth (default: evaluate.model)")
+    p.add_argument("--model", help="one task: save_pretrained directory or msclap .pth (default: evaluate.model); "
+                                   "captioning tasks: clapcap .pth or a caption-stage folder")
     p.add_argument("--msclap-version", choices=["2023", "2022"], help="version of a msclap .pth checkpoint")
     p.add_argument("--bert-vocab", help="bert-base-uncased vocab.txt (msclap 2022 only)")
     p.add_argument("--task", help=f"a paper task ({', '.join(t for t in PAPER_TASKS if PAPER_TASKS[t].supported)}) "
@@ -422,6 +429,11 @@ def register(subparsers) -> None:
     p.add_argument("--precision", choices=["auto", "fp32", "bf16", "fp16"],
                    help="autocast of both towers (default: evaluate.precision)")
     p.add_argument("--device", default="cpu")
+    p.add_argument("--beam-size", type=int, help="captioning tasks: beams (default 5, msclap's; 1 = greedy)")
+    p.add_argument("--entry-length", type=int, help="captioning tasks: max tokens per caption (default 67, msclap's)")
+    p.add_argument("--temperature", type=float, help="captioning tasks: softmax temperature (default 1.0)")
+    p.add_argument("--clapcap-config", help="captioning tasks: model config of a .pth in clapcap's layout "
+                                            "(name or JSON; default clapcap-2023)")
     p.add_argument("--threads", type=int, help="torch CPU threads (default: evaluate.threads; 0 = torch's choice)")
     p.add_argument("--cache-dir", help="cache audio embeddings here (default: evaluate.cache_dir; '' = no cache)")
     p.add_argument("--out", help="write the full result as JSON")

@@ -254,16 +254,15 @@ def check_stage(guard: OverlapGuard, cfg) -> dict[str, OverlapCheck]:
     """Every clip set the evaluate stage scores zero-shot, checked (and refused) before anything is embedded:
     ``embedded`` (the test split), ``transfer`` (when the stage runs the transfer test), one per paper task."""
     from .data.adapters import ADAPTERS, LoadReport
-    from .tasks import PAPER_TASKS
+    from .tasks import clap_scored_tasks
 
     checks = {"embedded": check_split(guard, cfg.prepared, "test")}
     if cfg.transfer:
         checks["transfer"] = check_split(guard, cfg.prepared, "transfer")
     for adapter, root in sorted(cfg.datasets.items()):
         records = ADAPTERS[adapter].load(root, LoadReport()) if adapter in ADAPTERS else []
-        for task in PAPER_TASKS.values():
-            if task.adapter == adapter and task.supported:
-                checks[task.name] = check_dataset_task(guard, task, root, records)
+        for task in clap_scored_tasks(adapter):  # the tasks run_stage scores (no captioning: it needs a captioner)
+            checks[task.name] = check_dataset_task(guard, task, root, records)
     guard.refuse(list(checks.values()))
     return checks
 

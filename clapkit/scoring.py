@@ -26,7 +26,7 @@ from .embeddings import EmbeddingCache, embed_items
 from .metrics import RetrievalMetrics, score_classification, top_classes
 from .probe import hash_order, probe_logits, select_per_class, unprobed_reason
 from .stats import accuracy_claim
-from .tasks import CLASSIFICATION, EMBEDDED_RETRIEVAL, RETRIEVAL, Task, embedded_tasks, task_classes
+from .tasks import CAPTIONING, CLASSIFICATION, EMBEDDED_RETRIEVAL, RETRIEVAL, Task, embedded_tasks, task_classes
 from .zeroshot import Embedder, zero_shot_logits
 
 if TYPE_CHECKING:
@@ -175,9 +175,9 @@ def _add_probe(entry: dict[str, Any], probe: ClassificationResult | None, train_
 
 def scored_records(task: Task, records: Sequence[ClipRecord], root: str | Path
                    ) -> tuple[list[ClipRecord], list[ClipRecord]]:  # fmt: skip
-    """(the records a paper task can use, those it scores): clips with its label (captions for retrieval); of
-    them the dataset's ``eval_split``, or all where the dataset has no splits."""
-    if task.kind == RETRIEVAL:
+    """(the records a paper task can use, those it scores): clips with its label (captions for retrieval and
+    captioning); of them the dataset's ``eval_split``, or all where the dataset has no splits."""
+    if task.kind in (RETRIEVAL, CAPTIONING):
         usable = [r for r in records if r.texts]
     else:
         usable = [r for r in records if task.label_key in r.labels]  # an empty multi-label list is all negatives
@@ -201,6 +201,9 @@ def evaluate_dataset_task(embedder: Embedder, task: Task, root: str | Path, cfg:
 
     if not task.supported:
         raise ValueError(f"{task.name}: {task.prompt_note}")
+    if task.kind == CAPTIONING:
+        raise ValueError(f"{task.name} needs a captioner, not a CLAP embedder: clapkit.caption_eval."
+                         f"evaluate_captioning_task (clapkit evaluate --task {task.name} --model <captioner>)")
     cache = cache or EmbeddingCache(cfg.cache_dir, embedder.key)
     report = LoadReport()
     records = ADAPTERS[task.adapter].load(root, report)

@@ -6,7 +6,9 @@
   qualities; F1 for DCASE 2017 Task 4), each read by a dataset adapter of ``clapkit.data.adapters``;
 * 4 retrieval entries, audio-to-text and text-to-audio on AudioCaps and Clotho (R@1, R@5, R@10 and mAP@10, the
   LAION-CLAP protocol; the paper reports R@1 and mAP@10);
-* 2 captioning entries (AudioCaps, Clotho; SPIDEr), marked ``supported=False``: clapkit has no captioning head.
+* 2 captioning entries (AudioCaps, Clotho; SPIDEr): scored with a captioner, not a CLAP (``clapkit.caption_eval``:
+  ``clapkit evaluate --task clotho_captioning --data DIR --model clapcap_weights_2023.pth``); the evaluate stage,
+  which holds a CLAP, leaves them out (``clap_scored_tasks``).
 
 Each task carries the paper's number for the released 2023 CLAP (``paper``), the best published number it was
 compared with (``benchmark``, with its reference or "random"), and, for the 16 tasks of Table 1, the zero-shot
@@ -32,11 +34,12 @@ from typing import Any, Sequence
 
 from .data.adapters import TASK_CLASSES
 
-__all__ = ["Task", "PAPER_TASKS", "TABLE1_MODELS", "embedded_tasks", "get_task", "task_classes",
+__all__ = ["Task", "PAPER_TASKS", "TABLE1_MODELS", "embedded_tasks", "get_task", "task_classes", "clap_scored_tasks",
            "CLASSIFICATION", "RETRIEVAL", "CAPTIONING"]  # fmt: skip
 
 CLASSIFICATION, RETRIEVAL, CAPTIONING = "classification", "retrieval", "captioning"
 MSCLAP_PROMPT = "this is the sound of {}"
+CAPTIONING_NOTE = "no prompt: captions decoded by msclap's beam search (beam 5, 67 tokens)"
 
 # Table 1 rows (encoder pairs trained on 119k pairs), in the paper's order.
 TABLE1_MODELS = ("CNN14+BERT", "HTSAT+CLIP", "HTSAT+RoBERTa", "HTSAT+GPT2", "HTSAT-22+RoBERTa", "HTSAT-22+CLIP",
@@ -73,6 +76,8 @@ class Task:
         """How this task's zero-shot number should be read next to the paper's."""
         if self.source == "embedded":
             return "in-domain"
+        if self.kind == CAPTIONING:  # msclap issue #39: clapcap's training data = AudioCaps + Clotho v2.1 train
+            return "captioning; the paper's clapcap trained on AudioCaps + Clotho training captions: not zero-shot"
         return "zero-shot (audio seen in training)" if self.seen_in_training else "zero-shot"
 
 
@@ -134,10 +139,10 @@ _PAPER_LIST = [
          note="ours: the label is a count"),
     Task("audiocaps_captioning", CAPTIONING, "SPIDEr", "captioning", "AudioCaps captioning", adapter="audiocaps",
          paper={"SPIDEr": 0.455}, benchmark={"SPIDEr": 0.438}, benchmark_ref="[35] Kim et al.", seen_in_training=True,
-         supported=False, prompt_note="not supported: clapkit has no captioning decoder"),
+         prompt_note=CAPTIONING_NOTE),
     Task("clotho_captioning", CAPTIONING, "SPIDEr", "captioning", "Clotho captioning", adapter="clotho",
          paper={"SPIDEr": 0.271}, benchmark={"SPIDEr": 0.215}, benchmark_ref="[35] Kim et al.", seen_in_training=True,
-         supported=False, prompt_note="not supported: clapkit has no captioning decoder"),
+         prompt_note=CAPTIONING_NOTE),
 ]
 for _dataset, _title, _numbers in (
     ("audiocaps", "AudioCaps", {"a2t": ((0.425, 0.319), (0.517, 0.457)), "t2a": ((0.356, 0.51), (0.397, 0.51))}),
@@ -164,6 +169,14 @@ def get_task(name: str, prepared_dir: str | Path | None = None) -> Task:
         return tasks[name]
     known = sorted(PAPER_TASKS) + sorted(tasks)
     raise KeyError(f"unknown task {name!r}; known: {', '.join(known)}")
+
+
+def clap_scored_tasks(adapter: str) -> list[Task]:
+    """The supported paper tasks a CLAP scores on ``adapter``'s dataset (the evaluate stage's ``datasets``).
+
+    Captioning is left out: it needs a captioner, not a CLAP embedder
+    (``clapkit evaluate --task audiocaps_captioning --data DIR --model <captioner>``)."""
+    return [t for t in PAPER_TASKS.values() if t.adapter == adapter and t.supported and t.kind != CAPTIONING]
 
 
 # -------------------------------------------------------------------------------------------------------------
