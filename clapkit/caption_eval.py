@@ -111,9 +111,11 @@ def evaluate_captioning_task(captioner, task: Task, root: str | Path, beam_size:
 def caption_task_line(task: Task, result: dict[str, Any]) -> str:
     """The one line ``clapkit evaluate --task`` prints: SPIDEr (or why not, and CIDEr-D first) beside the paper's."""
     s = result["scores"]
-    others = f"BLEU-4 {s['bleu_4']:.4f}, ROUGE-L {s['rouge_l']:.4f}, METEOR (exact matches only) {s['meteor_exact']:.4f}"
+    others = (f"BLEU-4 {s['bleu_4']:.4f}, ROUGE-L {s['rouge_l']:.4f}, "
+              f"METEOR (exact matches only) {s['meteor_exact']:.4f}")
     if result["value"] is not None:
-        line = f"{task.name}: SPIDEr {result['value']:.4f} (CIDEr-D {s['cider_d']:.4f}, SPICE {s['spice']:.4f}); {others}"
+        line = (f"{task.name}: SPIDEr {result['value']:.4f} (CIDEr-D {s['cider_d']:.4f}, SPICE {s['spice']:.4f}); "
+                f"{others}")
     else:
         reason = next((n.split(": ", 1)[1] for n in result["notes"] if n.startswith("spice, spider unavailable")), "")
         line = (f"{task.name}: SPIDEr not computed ({reason}); CIDEr-D {s['cider_d']:.4f}, {others}")

@@ -15,7 +15,7 @@ import numpy as np
 import pytest
 import torch
 
-from clapkit.caption_eval import evaluate_captioning_task
+from clapkit.caption_eval import caption_task_line, evaluate_captioning_task
 from clapkit.caption_metrics import score_captions
 from clapkit.caption_spice import SPICE_JAR_ENV, spice_unavailable_reason
 from clapkit.captioning import CaptionModel
@@ -150,10 +150,19 @@ def test_cli_captions_clotho_evaluation_and_scores_it_by_value(tiny, tmp_path, c
 
     s = result["scores"]
     assert printed.splitlines() == [
-        f"clotho_captioning: SPIDEr not computed ({spice_unavailable_reason(None)}); CIDEr-D {s['cider_d']:.4f}, BLEU-4 {s['bleu_4']:.4f}, ROUGE-L {s['rouge_l']:.4f}, METEOR (exact matches "
-        f"only) {s['meteor_exact']:.4f} on 2 clips ({PAPER_TASKS['clotho_captioning'].protocol}); paper CLAP 2023 "
-        f"SPIDEr 0.271, benchmark 0.215"]  # fmt: skip
+        f"clotho_captioning: SPIDEr not computed ({spice_unavailable_reason(None)}); CIDEr-D {s['cider_d']:.4f}, "
+        f"BLEU-4 {s['bleu_4']:.4f}, ROUGE-L {s['rouge_l']:.4f}, METEOR (exact matches only) {s['meteor_exact']:.4f} "
+        f"on 2 clips ({PAPER_TASKS['clotho_captioning'].protocol}); paper CLAP 2023 SPIDEr 0.271, benchmark 0.215"]  # fmt: skip
     print("\n" + printed)
+
+
+def test_line_with_spice_gives_spider_and_its_parts():
+    scores = {"bleu_4": 0.1, "rouge_l": 0.2, "meteor_exact": 0.05, "cider_d": 0.5, "spice": 0.1, "spider": 0.3}
+    line = caption_task_line(PAPER_TASKS["clotho_captioning"], {"scores": scores, "value": 0.3, "notes": [],
+                                                                 "clips": 7, "training_overlap": dict(UNKNOWN_LABEL)})
+    assert line.startswith("clotho_captioning: SPIDEr 0.3000 (CIDEr-D 0.5000, SPICE 0.1000); BLEU-4 0.1000, ")
+    assert line.endswith("on 7 clips (captioning; the paper's clapcap trained on AudioCaps + Clotho training "
+                         "captions: not zero-shot); paper CLAP 2023 SPIDEr 0.271, benchmark 0.215")
 
 
 def test_audiocaps_with_a_caption_stage_folder_and_msclap_defaults(tiny, tmp_path, capsys):
