@@ -6,6 +6,7 @@ and training wordings), the in-domain zero-shot and probe scores.  README quotes
 
     python benchmarks/variants.py /tmp/v minilm_frozen model.text_encoder=minilm train.freeze_text=true
     python benchmarks/variants.py /tmp/v pretrain1200 pretrain.steps=1200
+    python benchmarks/variants.py /tmp/v default_seed1 seed=1
 """
 import json
 import pathlib
@@ -25,9 +26,8 @@ p["evaluate"].update(model=str(root / "clap"), results=str(root / "results"), pl
                      metrics=str(root / "evaluate.json"), timings=None)
 for o in overrides:
     key, value = o.split("=", 1)
-    block, k = key.split(".", 1)
-    node = p[block]
-    *path, last = k.split(".")
+    *path, last = key.split(".")  # block.key[.subkey] or a top-level key (seed=1)
+    node = p
     for q in path:
         node = node[q]
     node[last] = yaml.safe_load(value)

@@ -15,7 +15,15 @@ A model is built from a config dict (JSON files in ``clapkit/model_configs/``, s
 
     {"frontend": {FrontendConfig fields}, "audio_encoder": {"name": "htsat", ...} or "htsat-xyz" (a JSON name),
      "text_encoder": {"name": "gpt2", ...}, "tokenizer": {"kind": "gpt2", "max_length": 77},
-     "embed_dim": 1024, "projection_dropout": 0.5, "logit_scale_init": 2.6593 (= ln(1/0.07), msclap)}
+     "embed_dim": 1024, "projection_dropout": 0.5, "logit_scale_init": 2.6593 (= ln(1/0.07), msclap),
+     "text_projection": "mlp"}
+
+``text_projection`` ``"none"`` locks the shared space to the text encoder's own (LiT, Zhai et al. 2022: lock the
+pretrained tower whose space you trust and train the other into it): the text tower has no projection, its
+embedding is the pooled encoder output itself (all-MiniLM-L6-v2: its sentence embedding), ``embed_dim`` must be the
+encoder's width, and only the audio projection (and the temperature) can learn.  With the encoder frozen (a packaged
+tower, ``train.freeze_text``) no text weight trains at all.  ``"mlp"`` (default) is msclap's ``Projection``; the
+state-dict keys of such models are msclap's, and a ``"none"`` model simply has no ``text.projection.*`` keys.
 
 ``tokenizer`` is not used by the model itself; ``clapkit.CLAP`` builds the matching ``TextTokenizer`` from it.
 
@@ -50,7 +58,8 @@ MODEL_CONFIG_DIR = Path(__file__).resolve().parent.parent / "model_configs"
 MSCLAP_LOGIT_SCALE_INIT = math.log(1 / 0.07)
 REQUIRED_KEYS = ("frontend", "audio_encoder", "text_encoder", "embed_dim")
 OPTIONAL_KEYS = {"tokenizer": {"kind": "gpt2", "max_length": 77}, "projection_dropout": 0.5,
-                 "logit_scale_init": MSCLAP_LOGIT_SCALE_INIT, "description": ""}
+                 "logit_scale_init": MSCLAP_LOGIT_SCALE_INIT, "description": "", "text_projection": "mlp"}
+TEXT_PROJECTIONS = ("mlp", "none")  # msclap's Projection | none: the text encoder's own space (LiT)
 
 
 def list_model_configs() -> list[str]:
@@ -97,6 +106,8 @@ def load_model_config(config: str | Path | Mapping[str, Any]) -> dict[str, Any]:
     cfg["audio_encoder"] = headless_audio_encoder_config(cfg["audio_encoder"], where)
     for key, default in OPTIONAL_KEYS.items():
         cfg.setdefault(key, copy.deepcopy(default))
+    if cfg["text_projection"] not in TEXT_PROJECTIONS:
+        raise ValueError(f"{where}: text_projection must be one of {TEXT_PROJECTIONS}, got {cfg['text_projection']!r}")
     return cfg
 
 
@@ -170,12 +181,21 @@ class AudioTower(nn.Module):
 
 
 class TextTower(nn.Module):
-    """(input_ids, attention_mask) -> pooled transformer state -> projection (B, embed_dim)."""
+    """(input_ids, attention_mask) -> pooled transformer state -> projection (B, embed_dim).
 
-    def __init__(self, encoder_cfg: Mapping[str, Any], embed_dim: int, dropout: float):
+    ``projection="none"``: no projection (an ``nn.Identity``, no parameters): the embedding is the pooled encoder
+    state, so ``embed_dim`` must equal the encoder's width (the model config's ``text_projection``, LiT)."""
+
+    def __init__(self, encoder_cfg: Mapping[str, Any], embed_dim: int, dropout: float, projection: str = "mlp"):
         super().__init__()
         self.encoder = build_text_encoder(encoder_cfg)
-        self.projection = Projection(self.encoder.out_dim, embed_dim, dropout)
+        if projection == "none":
+            if embed_dim != self.encoder.out_dim:
+                raise ValueError(f"text_projection none: the shared space is the text encoder's own, so embed_dim "
+                                 f"must be its width {self.encoder.out_dim}, not {embed_dim}")
+            self.projection = nn.Identity()
+        else:
+            self.projection = Projection(self.encoder.out_dim, embed_dim, dropout)
 
     def forward(self, input_ids: torch.Tensor, attention_mask: torch.Tensor) -> torch.Tensor:
         return self.projection(self.encoder(input_ids, attention_mask))
@@ -190,7 +210,7 @@ class CLAPModel(nn.Module):
         self.frontend_config = FrontendConfig.from_dict(cfg["frontend"])
         dropout = float(cfg["projection_dropout"])
         self.audio = AudioTower(self.frontend_config, cfg["audio_encoder"], int(cfg["embed_dim"]), dropout)
-        self.text = TextTower(cfg["text_encoder"], int(cfg["embed_dim"]), dropout)
+        self.text = TextTower(cfg["text_encoder"], int(cfg["embed_dim"]), dropout, cfg["text_projection"])
         self.logit_scale = nn.Parameter(torch.tensor(float(cfg["logit_scale_init"])))
 
     @classmethod
