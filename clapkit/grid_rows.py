@@ -16,7 +16,7 @@ __all__ = ["KNOBS", "TOWER_KNOBS", "GridRow", "ROWS", "base_knobs", "check_rows"
            "workspace_row"]
 
 # the knobs every row states: what makes its towers (and their pretraining) what they are
-TOWER_KNOBS = ("model.audio_encoder", "model.text_encoder", "pretrain.tasks", "train.freeze_audio",
+TOWER_KNOBS = ("model.embedded", "model.audio_encoder", "model.text_encoder", "pretrain.tasks", "train.freeze_audio",
                "train.freeze_text", "train.text_lr_scale", "train.max_steps")
 # params.yaml keys that define a row (the grid's knobs); a row's values are params.yaml's with its overrides
 KNOBS = TOWER_KNOBS + ("train.temperature", "train.learn_temperature", "train.batch_size")
@@ -26,12 +26,18 @@ KNOB_DEFAULTS = {"model.audio_encoder": "htsat", "model.text_encoder": "gpt2", "
                  "train.freeze_text": False, "train.text_lr_scale": 1.0}
 
 
+# The model config every row builds on (its embed_dim, projections, dropout), the towers swapped in by name: stated
+# by every row, so that changing params.yaml's model.embedded (the default became the LiT config) moves no row.
+BASE_CONFIG = "clap-small-aisfx-minilm"
+LIT_CONFIG = "clap-small-aisfx-minilm-lit"  # the same, the text side locked to MiniLM's own space (no projection)
+
+
 def towers(audio: str, text: str, tasks: str, *, freeze_audio: bool = False, freeze_text: bool = False,
-           text_lr_scale: float = 1.0, steps: int = 200) -> dict[str, Any]:
+           text_lr_scale: float = 1.0, steps: int = 200, config: str = BASE_CONFIG) -> dict[str, Any]:
     """The tower knobs of a row, all of them (``TOWER_KNOBS``).  ``steps``: the contrastive budget, stated by every
     row because the default (both towers frozen: a step costs ~0.1 s) trains 1000 where an encoder-training row
     trains 200 (~1 s a step)."""
-    return {"model.audio_encoder": audio, "model.text_encoder": text, "pretrain.tasks": tasks,
+    return {"model.embedded": config, "model.audio_encoder": audio, "model.text_encoder": text, "pretrain.tasks": tasks,
             "train.freeze_audio": freeze_audio, "train.freeze_text": freeze_text, "train.text_lr_scale": text_lr_scale,
             "train.max_steps": steps}
 
@@ -85,9 +91,12 @@ ROWS: tuple[GridRow, ...] = (
     GridRow("aisfx (frozen) + MiniLM (fine-tuned)",
             towers("aisfx", "minilm", "none", freeze_audio=True, text_lr_scale=0.1), (0, 1), None, "aisfx-minilm-ft"),
     GridRow("aisfx (frozen) + GPT-2", towers("aisfx", "gpt2", "none", freeze_audio=True), (0,), None, "aisfx-gpt2"),
-    GridRow("aisfx + MiniLM, both frozen, 1000 steps",  # the embedded default since 2026-12-03 (README)
+    GridRow("aisfx + MiniLM, both frozen, 1000 steps",  # the embedded default of 2026-12-03 (README)
             towers("aisfx", "minilm", "none", freeze_audio=True, freeze_text=True, steps=1000), FLOOR_SEEDS, None,
             "aisfx-minilm-frozen-1000"),
+    GridRow("aisfx + MiniLM, text space locked (LiT), 1000 steps",  # the embedded default since 2026-12-04 (README):
+            towers("aisfx", "minilm", "none", freeze_audio=True, freeze_text=True, steps=1000,  # only the audio
+                   config=LIT_CONFIG), FLOOR_SEEDS, None, "aisfx-minilm-lit"),  # projection and temperature train
 )
 FLOOR = "aisfx-minilm-frozen"  # the slug of the floor row: both pretrained towers frozen
 
