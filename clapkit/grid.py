@@ -32,10 +32,11 @@ cached or committed).  The pretrain stage depends only on what changes the audio
 top-level ``seed`` the grid varies, nor on the text tower or the freezes, so the seeds of a row differ in their
 contrastive training and share one pretrained encoder.  Rows with the workspace's pretraining find it in dvc.lock;
 the others take it from DVC's run-cache once one experiment has run it, which is why ``queue_order`` queues the
-first experiment of each other pretraining (keyed by audio encoder and tasks) before everything else.  With the
-committed default (HTSAT-22 + GPT-2) the grid runs four beside the workspace's: CNN14 on sound events, HTSAT on
-sound events, HTSAT with none (a seeded random encoder) and aisfx with none (its packaged weights written out, no
-training); with aisfx as the default, HTSAT-22's 21-task pretraining is one of them instead.  A frozen aisfx tower's
+first experiment of each other pretraining (keyed by model config, audio encoder and tasks, as DVC keys the stage)
+before everything else.  With the committed default (the LiT config, aisfx + MiniLM) the grid runs five beside the
+workspace's: CNN14 on sound events, HTSAT-22's 21 tasks, HTSAT on sound events, HTSAT with none (a seeded random
+encoder) and aisfx with none in the grid's config (``grid_rows.BASE_CONFIG``; its packaged weights written out, no
+training, so nearly free: the stage reads ``model.embedded``, so DVC reruns it per config).  A frozen aisfx tower's
 clip features and a frozen MiniLM's caption features are computed once into caches outside the workspace
 (``train.audio_cache_dir`` / ``text_cache_dir``), shared by every experiment.  README "The ablation grid" has the
 measured wall times.

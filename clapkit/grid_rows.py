@@ -21,9 +21,12 @@ TOWER_KNOBS = ("model.embedded", "model.audio_encoder", "model.text_encoder", "p
 # params.yaml keys that define a row (the grid's knobs); a row's values are params.yaml's with its overrides
 KNOBS = TOWER_KNOBS + ("train.temperature", "train.learn_temperature", "train.batch_size")
 # a knob's value when params.yaml leaves it null or lacks it (runs from before the key existed): None = the preset's
-# own tower, which for the embedded preset is HTSAT / GPT-2; nothing frozen, the text tower at the full rate
-KNOB_DEFAULTS = {"model.audio_encoder": "htsat", "model.text_encoder": "gpt2", "train.freeze_audio": False,
-                 "train.freeze_text": False, "train.text_lr_scale": 1.0}
+# own tower, which for the embedded preset's config of those runs is HTSAT / GPT-2; nothing frozen, the text tower at
+# the full rate.  model.embedded: no stage builds a model without it (config.model_config_from_params), so a run
+# lacking it predates the key, whose first value was clap-small-htsat-gpt2 (the config those null towers are) and
+# which it names: such a run matches no row (every row states its config) and is listed under "other"
+KNOB_DEFAULTS = {"model.embedded": "clap-small-htsat-gpt2", "model.audio_encoder": "htsat", "model.text_encoder": "gpt2",
+                 "train.freeze_audio": False, "train.freeze_text": False, "train.text_lr_scale": 1.0}
 
 
 # The model config every row builds on (its embed_dim, projections, dropout), the towers swapped in by name: stated

@@ -23,6 +23,10 @@ torch.set_num_threads(1)
 PARAMS = load_params("params.yaml")
 PARAMS["model"]["embedded"] = "clap-small-htsat-gpt2"
 PARAMS["train"]["max_steps"] = 200
+# The grid's rows state the model config they build on (grid_rows.BASE_CONFIG) and swap towers into it: the same
+# from-scratch default expressed that way, so that HTSAT-22 + GPT-2 is the workspace's row
+GRID_PARAMS = copy.deepcopy(PARAMS)
+GRID_PARAMS["model"].update(embedded="clap-small-aisfx-minilm", audio_encoder="htsat", text_encoder="gpt2")
 
 
 def params_with(**model):
@@ -157,7 +161,9 @@ def test_temperature_keys(prepared, tmp_path):
 # --- clapkit.grid: the plan, reading `dvc exp show --json`, the summary, the notebook ------------------------------
 
 def _exp_params(seed=0, **knobs):
-    p = copy.deepcopy(PARAMS)
+    """A grid run's params: ``GRID_PARAMS`` (model.embedded the rows' BASE_CONFIG, as every grid run's params state
+    it: the row passes it with -S where params.yaml's differs) with ``knobs``."""
+    p = copy.deepcopy(GRID_PARAMS)
     p["seed"] = seed
     for dotted, value in knobs.items():
         block, key = dotted.split(".")
@@ -190,6 +196,10 @@ def _exp(rec, state="success"):
 SOUND_EVENTS = {"pretrain.tasks": "sound_events"}
 FLOOR = {"model.audio_encoder": "aisfx", "model.text_encoder": "minilm", "pretrain.tasks": "none",
          "train.freeze_audio": True, "train.freeze_text": True}
+# the floor as params.yaml of 2026-12-03 ran it: null towers (BASE_CONFIG's own, aisfx / MiniLM), null freezes (frozen,
+# packaged towers), its pretrain.tasks whatever params.yaml had (aisfx is not pretrained: none)
+FLOOR_NULL = {"model.audio_encoder": None, "model.text_encoder": None, "pretrain.tasks": "all",
+              "train.freeze_audio": None, "train.freeze_text": None}
 
 
 def exp_show_fixture():
@@ -211,7 +221,7 @@ def exp_show_fixture():
         # still running: its temporary copy still holds the baseline's metrics (as DVC 3.67 shows it)
         _exp(_record("e7", "htsat-gpt2-s2", _exp_params(2, **SOUND_EVENTS), 0.30, 0.02), state="running"),
         _exp(_record("f0", "aisfx-minilm-frozen-s0", _exp_params(**FLOOR), 0.15, 0.06)),
-        _exp(_record("f1", "aisfx-minilm-frozen-s1", _exp_params(1, **FLOOR), 0.17, 0.05)),
+        _exp(_record("f1", "aisfx-minilm-frozen-s1", _exp_params(1, **FLOOR_NULL), 0.17, 0.05)),
     ]
     # an older baseline (`--rev`) with an earlier run of one experiment: the newer run counts
     older = _record("0ld", None, _exp_params(), 0.10, 0.01, ts="2026-11-25T10:00:00")
@@ -225,7 +235,7 @@ def exp_show_fixture():
 def base():
     from clapkit.grid import base_knobs
 
-    return base_knobs(PARAMS)
+    return base_knobs(GRID_PARAMS)
 
 
 def aisfx_minilm_default():
@@ -239,13 +249,14 @@ def test_grid_plan():
     from clapkit.grid_rows import TOWER_KNOBS, GridRow
 
     exps = experiments(base=base())
-    assert len({e.name for e in exps}) == len(exps) == sum(len(r.seeds) for r in ROWS) == 29
+    assert len({e.name for e in exps}) == len(exps) == sum(len(r.seeds) for r in ROWS) == 34
     assert [e.name for e in exps if e.is_workspace] == ["htsat22-gpt2-s0"]  # the workspace's own run
-    assert exps[0].set_params == {} and exps[0].command(queue=False) == ["dvc", "exp", "run", "-n", "htsat22-gpt2-s0"]
+    assert exps[0].set_params == {} and exps[0].command(queue=False) == ["dvc", "exp", "run", "-n", "htsat22-gpt2-s0",
+                                                                         "evaluate"]
     assert len({tuple(sorted(r.knobs(base()).items())) for r in ROWS}) == len(ROWS)  # every row differs
     check_rows(ROWS, base())
     batch_row = next(r for r in ROWS if "train.batch_size" in r.overrides)
-    clash = copy.deepcopy(PARAMS)  # params.yaml's batch size set to the batch row's: two rows would be one
+    clash = copy.deepcopy(GRID_PARAMS)  # params.yaml's batch size set to the batch row's: two rows would be one
     clash["train"]["batch_size"] = batch_row.overrides["train.batch_size"]
     with pytest.raises(ValueError, match="same params"):
         check_rows(ROWS, base_knobs(clash))
@@ -269,7 +280,10 @@ def test_grid_plan():
     assert by_name["aisfx-gpt2-s0"].set_params == aisfx and "aisfx-gpt2-s1" not in by_name
     assert {r.slug: r.seeds for r in ROWS[8:]} == {"htsat22-minilm-frozen": (0, 1), "htsat22-minilm-ft": (0, 1),
                                                    "aisfx-minilm-frozen": (0, 1, 2, 3, 4), "aisfx-minilm-ft": (0, 1),
-                                                   "aisfx-gpt2": (0,), "aisfx-minilm-frozen-1000": (0, 1, 2, 3, 4)}
+                                                   "aisfx-gpt2": (0,), "aisfx-minilm-frozen-1000": (0, 1, 2, 3, 4),
+                                                   "aisfx-minilm-lit": (0, 1, 2, 3, 4)}
+    assert by_name["aisfx-minilm-lit-s2"].set_params == dict(aisfx, **minilm, **{
+        "model.embedded": "clap-small-aisfx-minilm-lit", "train.freeze_text": True, "train.max_steps": 1000, "seed": 2})
     assert '-S train.freeze_audio=true' in " ".join(by_name["aisfx-gpt2-s0"].command())
     # every row states every tower knob; every override names a real params.yaml key
     for r in ROWS:
@@ -277,9 +291,17 @@ def test_grid_plan():
         for dotted in r.overrides:
             block, key = dotted.split(".")
             assert key in PARAMS[block], dotted
-    # what params.yaml's towers are: if this changes, the expectations above (which rows pass which -S) do too
-    assert (PARAMS["model"]["audio_encoder"], PARAMS["model"]["text_encoder"], PARAMS["pretrain"]["tasks"]) == (
-        None, None, "all")
+    # every row states its model config: the grid's own (BASE_CONFIG) but for the LiT row
+    from clapkit.grid_rows import BASE_CONFIG, LIT_CONFIG
+
+    assert GRID_PARAMS["model"]["embedded"] == BASE_CONFIG
+    assert {r.slug for r in ROWS if r.overrides["model.embedded"] != BASE_CONFIG} == {"aisfx-minilm-lit"}
+    assert next(r for r in ROWS if r.slug == "aisfx-minilm-lit").overrides["model.embedded"] == LIT_CONFIG
+    # what params.yaml's default is (the LiT config, its own towers): if this changes, the expectations of
+    # test_tiny_grid_and_set_overrides (which row is the workspace's, which rows pass which -S) do too
+    real = load_params("params.yaml")
+    assert (real["model"]["embedded"], real["model"]["audio_encoder"], real["model"]["text_encoder"],
+            real["pretrain"]["tasks"], real["train"]["max_steps"]) == (LIT_CONFIG, None, None, "all", 1000)
 
 
 def test_rows_do_not_depend_on_the_default_towers():
@@ -287,9 +309,14 @@ def test_rows_do_not_depend_on_the_default_towers():
     from clapkit.grid_rows import TOWER_KNOBS, workspace_row
 
     switched = base_knobs(aisfx_minilm_default())
+    lit = base_knobs(load_params("params.yaml"))  # the committed default: the LiT config, its own towers (null)
     assert workspace_row(ROWS, switched).slug == "aisfx-minilm-ft" and workspace_row(ROWS, base()).slug == "htsat22-gpt2"
-    for row in ROWS:  # a row's towers are the same experiment whichever default params.yaml has
-        assert {k: row.knobs(switched)[k] for k in TOWER_KNOBS} == {k: row.knobs(base())[k] for k in TOWER_KNOBS}
+    assert workspace_row(ROWS, lit).slug == "aisfx-minilm-lit"
+    for row in ROWS:  # a row's towers (its model config among them) are the same whichever default params.yaml has
+        towers = {k: row.knobs(base())[k] for k in TOWER_KNOBS}
+        assert {k: row.knobs(switched)[k] for k in TOWER_KNOBS} == towers, row.slug
+        assert {k: row.knobs(lit)[k] for k in TOWER_KNOBS} == towers, row.slug
+        assert towers["model.embedded"] == row.overrides["model.embedded"]
     exps = {e.name: e for e in experiments(base=switched)}
     assert [n for n, e in exps.items() if e.is_workspace] == ["aisfx-minilm-ft-s0"]
     assert exps["htsat22-gpt2-s0"].set_params == {
@@ -305,10 +332,35 @@ def test_rows_do_not_depend_on_the_default_towers():
     assert workspace_pretraining(switched) == pretraining_of(exps["aisfx-gpt2-s0"])
     assert [e.name for e in order[:4]] == ["cnn14-bert-s0", "htsat22-gpt2-s0", "htsat-gpt2-s0", "none-gpt2-s0"]
     assert pretraining_of(exps["htsat22-gpt2-s0"]) == pretraining_of(exps["htsat22-minilm-ft-s1"])
+    # the LiT config as params.yaml's default: every other row passes its own model config, and the towers the LiT
+    # config does not have (its own are aisfx / MiniLM, frozen, 1000 steps), so no row becomes a LiT one
+    exps = {e.name: e for e in experiments(base=lit)}
+    assert [n for n, e in exps.items() if e.is_workspace] == ["aisfx-minilm-lit-s0"]
+    grid = {"model.embedded": "clap-small-aisfx-minilm"}
+    assert exps["htsat22-gpt2-s0"].set_params == dict(grid, **{
+        "model.audio_encoder": "htsat", "model.text_encoder": "gpt2", "pretrain.tasks": "all",
+        "train.freeze_audio": False, "train.freeze_text": False, "train.max_steps": 200})
+    assert exps["aisfx-minilm-frozen-s0"].set_params == dict(grid, **{"train.max_steps": 200})
+    assert exps["aisfx-minilm-frozen-1000-s1"].set_params == dict(grid, seed=1)  # differs from LiT's in its config only
+    assert exps["aisfx-minilm-lit-s3"].set_params == {"seed": 3}
+    assert exps["aisfx-gpt2-s0"].set_params == dict(grid, **{"model.text_encoder": "gpt2", "train.freeze_text": False,
+                                                             "train.max_steps": 200})
+    assert all(e.set_params.get("model.embedded") == "clap-small-aisfx-minilm"
+               for e in exps.values() if e.row.slug != "aisfx-minilm-lit")
+    # the pretrain stage reads model.embedded (dvc.yaml), so DVC runs aisfx's 'pretraining' (its packaged weights
+    # written out, no training: cost 0) again for the grid's config: one more pretraining to queue, the last of the
+    # firsts; HTSAT-22's 21 tasks is one again, and the HTSAT rows still share theirs
+    order = queue_order(list(exps.values()))
+    assert pretraining_of(exps["aisfx-gpt2-s0"]) != workspace_pretraining(lit) == pretraining_of(exps["aisfx-minilm-lit-s1"])
+    assert pretraining_of(exps["aisfx-gpt2-s0"]) == pretraining_of(exps["aisfx-minilm-frozen-1000-s4"])
+    assert [e.name for e in order[:5]] == ["cnn14-bert-s0", "htsat22-gpt2-s0", "htsat-gpt2-s0", "none-gpt2-s0",
+                                           "aisfx-minilm-frozen-s0"]
+    assert len({pretraining_of(e) for e in exps.values()} - {workspace_pretraining(lit)}) == 5
+    assert pretraining_of(exps["htsat22-gpt2-s0"]) == pretraining_of(exps["htsat22-minilm-ft-s1"])
 
 
 def test_queue_order_runs_each_pretraining_once():
-    from clapkit.grid import PRETRAIN_PARAMS, experiments, pretraining_of, queue_order, workspace_pretraining
+    from clapkit.grid import PRETRAIN_PARAMS, base_knobs, experiments, pretraining_of, queue_order, workspace_pretraining
 
     # the grid's notion of "what changes the pretraining" is dvc.yaml's pretrain params, and the seed is not one
     stage = yaml.safe_load(Path("dvc.yaml").read_text())["stages"]["pretrain"]
@@ -324,16 +376,25 @@ def test_queue_order_runs_each_pretraining_once():
     assert {pretraining_of(by_name[n]) for n in ("htsat22-gpt2-s1", "htsat22-minilm-frozen-s0",
                                                  "htsat22-minilm-ft-s1", "htsat22-gpt2-b32-s0")} == {done}
     new = [g for g in dict.fromkeys(groups) if g != done]
-    assert len(new) == 4  # CNN14 / HTSAT on sound events, HTSAT with none, aisfx with none
+    # CNN14 / HTSAT on sound events, HTSAT with none, aisfx with none in the grid's config and in the LiT row's: the
+    # pretrain stage reads model.embedded (dvc.yaml), so DVC runs aisfx's (its packaged weights written out, cost 0)
+    # once per config; the HTSAT rows all state the grid's config, so they share theirs as before
+    assert len(new) == 5
+    assert {dict(g)["model.embedded"] for g in new} == {'"clap-small-aisfx-minilm"', '"clap-small-aisfx-minilm-lit"'}
+    assert [dict(g)["model.embedded"] for g in new].count('"clap-small-aisfx-minilm-lit"') == 1
     assert dict(new[0])["model.audio_encoder"] == '"cnn14"'
     # the first experiment of every new pretraining is queued before any experiment that needs one already run,
     # the costliest first (CNN14, then HTSAT on sound events; `none` costs nothing)
     assert groups[:len(new)] == new
-    assert [e.name for e in order[:4]] == ["cnn14-bert-s0", "htsat-gpt2-s0", "none-gpt2-s0", "aisfx-minilm-frozen-s0"]
+    assert [e.name for e in order[:5]] == ["cnn14-bert-s0", "htsat-gpt2-s0", "none-gpt2-s0", "aisfx-minilm-frozen-s0",
+                                           "aisfx-minilm-lit-s0"]
     assert all(g == done or g in new for g in groups[len(new):])
-    # a null tower and the preset's own named explicitly are one pretraining
-    null = experiments(base=base())[0]
-    assert dict(pretraining_of(null))["model.audio_encoder"] == '"htsat"'
+    # a null tower and the config's own named explicitly are one pretraining (the grid's config's own: aisfx)
+    nulls = copy.deepcopy(GRID_PARAMS)
+    nulls["model"].update(audio_encoder=None, text_encoder=None)
+    null = {e.name: e for e in experiments(base=base_knobs(nulls))}["aisfx-gpt2-s0"]
+    assert pretraining_of(null) == pretraining_of(by_name["aisfx-gpt2-s0"])
+    assert dict(pretraining_of(null))["model.audio_encoder"] == '"aisfx"'
 
 
 def test_grid_summary_matches_rows_by_params():
@@ -369,6 +430,18 @@ def test_grid_summary_matches_rows_by_params():
     next(r for r in older if r["name"] == "htsat-gpt2-s1")["params"]["pretrain"]["steps"] = 7
     assert summarise(older, base())["pretrain_steps"] == sorted([7, PARAMS["pretrain"]["steps"]])
     assert [o["name"] for o in s["other"]] == ["mine"] and s["other"][0]["transfer_score"] == 0.04
+    # every row states its model config: a run of another config (the 2026-11 grid's clap-small-htsat-gpt2 with its
+    # own towers; one with no model.embedded at all, from before the key, when that was the model) is "other"
+    old_grid, keyless = _exp_params(), _exp_params()
+    old_grid["model"].update(embedded="clap-small-htsat-gpt2", audio_encoder=None, text_encoder=None)
+    del keyless["model"]["embedded"]
+    extra = [{"name": n, "rev": n, "timestamp": "2026-11-27T00:00:00", "params": p, "metrics": {"zero_shot": {}},
+              "all_metrics": {}} for n, p in (("old-grid", old_grid), ("keyless", keyless))]
+    more = summarise(records + extra, base())
+    assert [r["runs"] for r in more["rows"]] == [r["runs"] for r in s["rows"]]
+    assert {o["name"]: o["knobs"]["model.embedded"] for o in more["other"][1:]} == {
+        "old-grid": "clap-small-htsat-gpt2", "keyless": "clap-small-htsat-gpt2"}
+    assert more["other"][2]["knobs"]["model.audio_encoder"] == "htsat"  # the towers of that config
     assert s["paper_table1"]["HTSAT-22+GPT2"]["average"] == pytest.approx(0.480, abs=5e-4)
     assert s["paper_table1"]["CNN14+BERT"]["average"] == pytest.approx(0.4275, abs=1e-4)  # printed 0.428
     # with the default switched to aisfx + MiniLM fine-tuned the same runs land in the same rows; that row (not run)
@@ -466,21 +539,27 @@ def test_tiny_grid_and_set_overrides(tmp_path, capsys):
         parse_set(["max_steps"])
     exps = experiments(ROWS, TINY, "tiny-")
     # params.yaml's default is the packaged towers: the HTSAT-22 + GPT-2 row names its towers; TINY's budget wins
+    # (the row's model config too: params.yaml's is the LiT one)
     assert exps[0].name == "tiny-htsat22-gpt2-s0" and exps[0].set_params == dict(TINY, **{
-        "model.audio_encoder": "htsat", "model.text_encoder": "gpt2", "pretrain.tasks": "all",
-        "train.freeze_audio": False, "train.freeze_text": False})  # queued too: not the workspace
+        "model.embedded": "clap-small-aisfx-minilm", "model.audio_encoder": "htsat", "model.text_encoder": "gpt2",
+        "pretrain.tasks": "all", "train.freeze_audio": False, "train.freeze_text": False})  # queued: not the workspace
     assert not any(e.is_workspace for e in exps)
+    lit = next(e for e in exps if e.name == "tiny-aisfx-minilm-lit-s0")  # params.yaml's own row: only TINY (its
+    assert lit.set_params == dict(TINY, **{"train.max_steps": 20})  # budget scaled to the row's 1000 steps)
+    assert all(e.set_params["model.embedded"] == "clap-small-aisfx-minilm" for e in exps if e.row is not lit.row)
+    assert exps[-1].command()[-1] == "evaluate"
     b32 = next(e for e in exps if e.row.overrides.get("train.batch_size") == 32)
     assert b32.set_params["train.batch_size"] == 32 and b32.set_params["train.max_steps"] == TINY["train.max_steps"]
     cmd = " ".join(exps[0].command())
     assert "-n tiny-htsat22-gpt2-s0" in cmd and "-S pretrain.steps=4" in cmd
     assert main(["grid", "plan", "--tiny"]) == 0
     out = capsys.readouterr().out
-    assert "tiny-cnn14-bert-s0" in out and "none has params.yaml's params: all 29 to queue" in out
+    assert "tiny-cnn14-bert-s0" in out and "none has params.yaml's params: all 34 to queue" in out
     assert main(["grid", "plan"]) == 0
     out = capsys.readouterr().out
-    assert ("aisfx-minilm-frozen-1000-s0 is the workspace run (dvc repro), 28 to queue; 4 pretraining(s) beside the "
+    assert ("aisfx-minilm-lit-s0 is the workspace run (dvc repro), 33 to queue; 5 pretraining(s) beside the "
             "workspace's") in out
+    assert " evaluate\n" in out and "-S model.embedded=\"clap-small-aisfx-minilm\"" in out
     # a tiny run is matched to its rows with the tiny batch size as the base; the full-size runs are "other"
     tiny = _exp_params(**{"train.batch_size": 8, "train.max_steps": 4, "pretrain.tasks": "sound_events"})
     records = exp_show_fixture()
@@ -492,7 +571,7 @@ def test_tiny_grid_and_set_overrides(tmp_path, capsys):
     rows = {r["slug"]: r for r in s["rows"]}
     assert [x["experiment"] for x in rows["htsat-gpt2"]["runs"]] == ["tiny-htsat-gpt2-s0"]
     assert rows["htsat22-gpt2"]["runs"] == [] and "htsat22-gpt2-s1" in {o["name"] for o in s["other"]}
-    full = summarise(parse_exp_show(records), base_knobs(PARAMS))
+    full = summarise(parse_exp_show(records), base_knobs(GRID_PARAMS))
     assert "tiny-htsat-gpt2-s0" in {o["name"] for o in full["other"]}
 
 
