@@ -182,6 +182,9 @@ def summarise(records: Sequence[Mapping[str, Any]], base: Mapping[str, Any],
 # ablations; a is WORKSPACE for the row params.yaml runs (the default), whichever that is
 COMPARISONS: tuple[tuple[str, str, str], ...] = (
     (WORKSPACE, FLOOR, "the default beats the floor (both pretrained towers frozen)"),
+    ("aisfx-minilm-lit", "aisfx-minilm-frozen-1000",
+     "locking the text space (LiT) beats training a text projection (both towers frozen, 1000 steps)"),
+    ("aisfx-minilm-frozen-1000", FLOOR, "1000 steps of both projections beat the floor's 200"),
     ("htsat22-minilm-ft", "htsat22-gpt2", "MiniLM (fine-tuned) beats GPT-2 from scratch (HTSAT-22)"),
     ("aisfx-minilm-ft", "htsat22-minilm-ft", "the aisfx tower beats HTSAT-22 (MiniLM fine-tuned)"),
     ("htsat22-minilm-ft", "htsat22-minilm-frozen", "fine-tuning MiniLM beats freezing it (HTSAT-22)"),

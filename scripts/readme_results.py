@@ -200,7 +200,24 @@ def grid_block(root: Path) -> str:
                                          + "." if tests else "No comparison has two common seeds yet.") + "\n"
 
 
-GENERATORS: dict[str, Callable[[Path], str]] = {"data": data_block, "pretrain": pretrain_block,
+def caption_block(root: Path) -> str:
+    m = _load(root, "metrics/caption.json")
+    keys = [("bleu_1", "BLEU-1"), ("bleu_4", "BLEU-4"), ("rouge_l", "ROUGE-L"), ("cider_d", "CIDEr-D"),
+            ("meteor_exact", "METEOR (exact matches)"), ("spider", "SPIDEr")]
+    rows = ["| candidates | " + " | ".join(label for _, label in keys) + " |", "|---" * (len(keys) + 1) + "|"]
+    named = {"captioner": "the captioner (beam search)", "prior": "prior: the commonest training caption, every clip",
+             "nearest_training_clip": "nearest training clip's caption (retrieval)"}
+    for name, scores in [("captioner", m), *m["baselines"].items()]:
+        cells = [f"{scores[k]:.3f}" if scores[k] is not None else "n/a" for k, _ in keys]
+        rows.append(f"| {named.get(name, name)} | " + " | ".join(cells) + " |")
+    return "\n".join(rows) + (
+        f"\n\n{m['clips']} test clips, {m['distinct_captions']} distinct captions generated; decoder vocabulary "
+        f"{m['vocab']} GPT-2 ids, {m['trainable_parameters']:,} trained parameters, final training loss "
+        f"{m['train_loss_final']:.3f} (`metrics/caption.json`). SPIDEr is n/a where SPICE (Java + its jar) is not "
+        f"installed.\n")
+
+
+GENERATORS: dict[str, Callable[[Path], str]] = {"caption": caption_block, "data": data_block, "pretrain": pretrain_block,
                                                  "pretrain_from_scratch": pretrain_htsat22_block,
                                                  "train": train_block, "evaluate": evaluate_block,
                                                  "transfer": transfer_block, "grid": grid_block}
