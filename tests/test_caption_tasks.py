@@ -206,7 +206,8 @@ def test_stage_with_clotho_scores_retrieval_and_skips_captioning(tmp_path):
     prepared = write_prepared(tmp_path / "prepared", oracle, corpus_clips(words))
     clotho = write_dataset("clotho", tmp_path / "clotho",
                            [([f"a {w} sound"] * 2 + [f"{w} {k}" for k in range(3)], oracle.wave(w)) for w in words])
-    cfg = EvaluateConfig(prepared=str(prepared), results=str(tmp_path / "results"), plots=str(tmp_path / "plots"),
+    cfg = EvaluateConfig(model=str(tmp_path / "no-model"),  # no models/clap of the workspace: the guard reads none
+                         prepared=str(prepared), results=str(tmp_path / "results"), plots=str(tmp_path / "plots"),
                          metrics=str(tmp_path / "metrics.json"), cache_dir=None, timings=None, linear_probe=False,
                          transfer=False, datasets={"clotho": str(clotho)})  # fmt: skip
     metrics = run_stage(cfg, embedder=oracle, progress=False)

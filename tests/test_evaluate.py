@@ -421,7 +421,8 @@ def test_stage_on_a_prepared_corpus_is_perfect_with_the_oracle_and_deterministic
     assert set(embedded_tasks(prepared)) == {"colour", "shape", "corpus_retrieval"}
 
     def cfg(out):
-        return EvaluateConfig(prepared=str(prepared), results=str(out / "results"), plots=str(out / "plots"),
+        return EvaluateConfig(model=str(tmp_path / "no-model"),  # no models/clap of the workspace: the guard reads none
+                              prepared=str(prepared), results=str(out / "results"), plots=str(out / "plots"),
                               metrics=str(out / "metrics.json"), cache_dir=str(tmp_path / "cache"), timings=None,
                               probe_train_per_class=50, retrieval_examples=2)  # fmt: skip
 
@@ -534,7 +535,8 @@ def test_evaluate_notebook_renders_intervals_tests_and_unprobed_tasks(tmp_path):
     clips = corpus_clips(words[:5])
     clips.append(("clip99", "test", {"colour": "yellow", "shape": "circle"}, ["a yellow circle"], ["yellow", "circle"]))
     prepared = write_prepared(tmp_path / "prepared", oracle, clips)
-    cfg = EvaluateConfig(prepared=str(prepared), results=str(tmp_path / "results"), plots=str(tmp_path / "plots"),
+    cfg = EvaluateConfig(model=str(tmp_path / "no-model"),  # no models/clap of the workspace: the guard reads none
+                         prepared=str(prepared), results=str(tmp_path / "results"), plots=str(tmp_path / "plots"),
                          metrics=str(tmp_path / "metrics.json"), cache_dir=None, timings=None, probe_train_per_class=3)
     run_stage(cfg, embedder=oracle, progress=False)
     out = run_notebook("notebooks/04_evaluate.ipynb", tmp_path / "04.ipynb",

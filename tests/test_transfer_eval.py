@@ -83,7 +83,8 @@ def write_prepared(root: Path, oracle: Oracle, rows_in,
 
 
 def config(tmp_path: Path, prepared: Path, **kw) -> EvaluateConfig:
-    return EvaluateConfig(prepared=str(prepared), results=str(tmp_path / "results"), plots=str(tmp_path / "plots"),
+    return EvaluateConfig(model=str(tmp_path / "no-model"),  # no models/clap of the workspace: the guard reads none
+                          prepared=str(prepared), results=str(tmp_path / "results"), plots=str(tmp_path / "plots"),
                           metrics=str(tmp_path / "metrics.json"), cache_dir=None, timings=None,
                           probe_train_per_class=2, **kw)  # fmt: skip
 
