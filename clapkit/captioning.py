@@ -130,7 +130,7 @@ class CaptionModel:
         """A captioner saved by the caption stage (``config.json`` + ``model.safetensors``), loaded strictly."""
         from safetensors.torch import load_file
 
-        from .checkpoints import CheckpointError
+        from .checkpoints import CheckpointError, key_problems
         from .models.clapcap import ClapCapModel
 
         directory = Path(directory)
@@ -143,14 +143,9 @@ class CaptionModel:
         if "gpt.lm_head.weight" not in state and "gpt.transformer.wte.weight" in state:
             state["gpt.lm_head.weight"] = state["gpt.transformer.wte.weight"]  # GPT-2's tied head, saved once
         expected = model.state_dict()
-        missing = sorted(set(expected) - set(state))
-        extra = sorted(set(state) - set(expected))
-        misshapen = sorted(k for k in set(state) & set(expected) if state[k].shape != expected[k].shape)
-        if missing or extra or misshapen:
-            raise CheckpointError(weights_path, f"does not match {config_path.name}",
-                                  [f"missing: {k}" for k in missing] + [f"unexpected: {k}" for k in extra]
-                                  + [f"misshapen: {k} {tuple(state[k].shape)}, expected {tuple(expected[k].shape)}"
-                                     for k in misshapen])
+        problems = key_problems(state, {k: k for k in state}, expected, list(expected), [])
+        if problems:
+            raise CheckpointError(weights_path, f"does not match {config_path.name}", problems)
         model.load_state_dict(state, strict=True)
         return cls(model, device=device)
 

@@ -122,6 +122,20 @@ def _listing(kind: str, items: list[str]) -> str:
     return f"{kind} ({len(items)}): {shown}{more}"
 
 
+def key_problems(mapped: dict[str, torch.Tensor], origin: dict[str, str], target: dict[str, torch.Tensor],
+                 required: list[str], unmapped: list[str]) -> list[str]:
+    """What keeps ``mapped`` (model key -> tensor; ``origin``: model key -> checkpoint key) from loading into a model
+    whose state dict is ``target``: the ``required`` model keys it lacks, the keys with no place in the model (plus
+    ``unmapped`` checkpoint keys), the shape mismatches; one listing per kind, empty when it fits."""
+    missing = sorted(k for k in required if k not in mapped)
+    unexpected = sorted(origin[k] for k in mapped if k not in target) + unmapped
+    shapes = sorted(f"{origin[k]}: checkpoint {tuple(t.shape)} vs model {k} {tuple(target[k].shape)}"
+                    for k, t in mapped.items() if k in target and t.shape != target[k].shape)
+    return ([_listing("missing (model keys not in the checkpoint)", missing)] if missing else []) + \
+        ([_listing("unexpected (checkpoint keys with no place in the model)", unexpected)] if unexpected else []) + \
+        ([_listing("shape mismatch", shapes)] if shapes else [])
+
+
 def read_msclap_state_dict(path: str | Path) -> dict[str, torch.Tensor]:
     """The flat state dict inside an official msclap file, read without executing any pickled code."""
     path = Path(path)
@@ -317,16 +331,7 @@ def map_msclap_state_dict(sd: dict[str, torch.Tensor], version: str, model: torc
             mapped[new] = tensor.to(want.dtype)
             report.cast.append(origin[new])
 
-    missing = sorted(k for k in target if k not in mapped)
-    unexpected = sorted(origin[k] for k in mapped if k not in target) + unmapped
-    shapes = sorted(f"{origin[k]}: checkpoint {tuple(t.shape)} vs model {k} {tuple(target[k].shape)}"
-                    for k, t in mapped.items() if k in target and t.shape != target[k].shape)
-    if missing:
-        problems.append(_listing("missing (model keys not in the checkpoint)", missing))
-    if unexpected:
-        problems.append(_listing("unexpected (checkpoint keys with no place in the model)", unexpected))
-    if shapes:
-        problems.append(_listing("shape mismatch", shapes))
+    problems += key_problems(mapped, origin, target, list(target), unmapped)
     if problems:
         raise CheckpointError(path, f"does not match the msclap {version} architecture", problems)
     report.loaded = len(mapped)

@@ -28,7 +28,7 @@ from typing import Any, Mapping
 import torch
 from torch import nn
 
-from .checkpoints import (CheckpointError, LoadReport, _is_gpt2_mask_constant, _listing, _uninitialised_model,
+from .checkpoints import (CheckpointError, LoadReport, _is_gpt2_mask_constant, _uninitialised_model, key_problems,
                           describe_filterbank, map_msclap_state_dict, read_msclap_state_dict)
 
 __all__ = ["load_clapcap", "map_clapcap_state_dict"]
@@ -82,16 +82,8 @@ def map_clapcap_state_dict(sd: dict[str, torch.Tensor], model, path: str | Path 
         mapped[new], origin[new] = tensor, key
 
     decoder_keys = [k for k in target if k.startswith((MAPPER_ATTR, GPT_ROOT))]
-    missing = sorted(k for k in decoder_keys if k not in mapped)
-    unexpected += sorted(origin[k] for k in mapped if k not in target)
-    shapes = sorted(f"{origin[k]}: checkpoint {tuple(t.shape)} vs model {k} {tuple(target[k].shape)}"
-                    for k, t in mapped.items() if k in target and t.shape != target[k].shape)
-    if missing:
-        problems.append(_listing("missing (model keys not in the checkpoint)", missing))
-    if unexpected:
-        problems.append(_listing("unexpected (checkpoint keys with no place in the model)", unexpected))
-    if shapes:
-        problems.append(_listing("shape mismatch", shapes))
+    shapes = [k for k, t in mapped.items() if k in target and t.shape != target[k].shape]
+    problems += key_problems(mapped, origin, target, decoder_keys, sorted(unexpected))
     tied = getattr(model.gpt.config, "tie_word_embeddings", True)
     if tied and TIED_HEAD in mapped and TIED_EMBEDDING in mapped and not shapes:
         if torch.equal(mapped[TIED_HEAD], mapped[TIED_EMBEDDING]):
