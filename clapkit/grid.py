@@ -100,7 +100,18 @@ class Experiment:
         own = normalise_knobs(self.base)
         knobs = self.knobs
         pinned = self.base.get(PINNED, ())
-        out.update({k: v for k, v in self.row.overrides.items() if k not in pinned and knobs[k] != own[k]})
+        keys = {k for k in self.row.overrides if k not in pinned and knobs[k] != own[k]}
+        # A knob whose meaning params.yaml shares only under its own towers must be set too: with the default's aisfx
+        # any pretrain.tasks means none, but once a row sets htsat, params.yaml's "all" would pretrain HTSAT-22.
+        # So add every knob the run would otherwise get wrong, until what the run gets is the row.
+        raw = {k: v for k, v in self.base.items() if k != PINNED}
+        while True:
+            effective = normalise_knobs({**raw, **{k: knobs[k] for k in keys}})
+            wrong = {k for k in self.row.overrides if k not in pinned and effective[k] != knobs[k]} - keys
+            if not wrong:
+                break
+            keys |= wrong
+        out.update({k: knobs[k] for k in self.row.overrides if k in keys})
         out.update({k: knobs[k] for k in pinned})  # a pinned budget, scaled to the row's (grid_rows.GridRow.knobs)
         if self.seed != self.workspace_seed:
             out["seed"] = self.seed

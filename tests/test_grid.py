@@ -274,9 +274,14 @@ def test_grid_plan():
     minilm = {"model.text_encoder": "minilm"}
     aisfx = {"model.audio_encoder": "aisfx", "pretrain.tasks": "none", "train.freeze_audio": True}
     assert by_name["htsat22-minilm-frozen-s1"].set_params == dict(minilm, **{"train.freeze_text": True, "seed": 1})
-    assert by_name["htsat22-minilm-ft-s0"].set_params == dict(minilm, **{"train.text_lr_scale": 0.1})
+    # params.yaml's null freeze means frozen for MiniLM (packaged): a fine-tuned row must say false
+    assert by_name["htsat22-minilm-ft-s0"].set_params == dict(minilm, **{"train.text_lr_scale": 0.1,
+                                                                         "train.freeze_text": False})
+    # params.yaml's pretrain.tasks ("all") would pretrain HTSAT-22 once the row sets htsat: the row says none
+    assert by_name["none-gpt2-s0"].set_params["pretrain.tasks"] == "none"
     assert by_name["aisfx-minilm-frozen-s0"].set_params == dict(aisfx, **minilm, **{"train.freeze_text": True})
-    assert by_name["aisfx-minilm-ft-s1"].set_params == dict(aisfx, **minilm, **{"train.text_lr_scale": 0.1, "seed": 1})
+    assert by_name["aisfx-minilm-ft-s1"].set_params == dict(aisfx, **minilm, **{"train.text_lr_scale": 0.1, "seed": 1,
+                                                                                 "train.freeze_text": False})
     assert by_name["aisfx-gpt2-s0"].set_params == aisfx and "aisfx-gpt2-s1" not in by_name
     assert {r.slug: r.seeds for r in ROWS[8:]} == {"htsat22-minilm-frozen": (0, 1), "htsat22-minilm-ft": (0, 1),
                                                    "aisfx-minilm-frozen": (0, 1, 2, 3, 4), "aisfx-minilm-ft": (0, 1),
