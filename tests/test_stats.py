@@ -78,7 +78,7 @@ def test_paired_t_test_by_hand():
     half = student_t_quantile(0.975, 2) / math.sqrt(3)
     assert half == pytest.approx(4.302653 / math.sqrt(3), rel=1e-6)
     assert r.ci95 == pytest.approx((2 - half, 2 + half))
-    # the README's headline: HTSAT-22 minus HTSAT per seed
+    # the 2026-11-27 grid's headline (reports/ablations-2026-11-27.json): HTSAT-22 minus HTSAT per seed
     from scipy import stats
 
     a, b = [0.2276, 0.2256, 0.2246], [0.2156, 0.2273, 0.2070]
