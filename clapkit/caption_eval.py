@@ -16,7 +16,6 @@ The evaluate stage does not run these tasks: it holds a CLAP embedder, not a cap
 
 from __future__ import annotations
 
-import json
 import sys
 from dataclasses import asdict
 from pathlib import Path
@@ -26,28 +25,7 @@ import torch
 
 from .tasks import CAPTIONING, Task
 
-__all__ = ["load_captioner", "evaluate_captioning_task", "caption_task_line", "run_caption_task"]
-
-DECODING_DEFAULTS = {"beam_size": 5, "entry_length": 67, "temperature": 1.0}  # msclap's generate_caption
-
-
-def load_captioner(model: str | Path, device: str = "cpu", config: str | None = None):
-    """A ``CaptionModel`` from a clapcap ``.pth`` (``config``: its model config, default clapcap-2023) or a caption
-    stage folder; a CLAP folder (no ``mapper`` in its config.json) raises ValueError saying what to pass."""
-    from .captioning import CaptionModel
-
-    path = Path(model)
-    if path.is_dir():
-        config_path = path / "config.json"
-        if not config_path.is_file():
-            raise ValueError(f"{path}: no config.json (a captioner folder holds config.json and model.safetensors)")
-        if "mapper" not in json.loads(config_path.read_text(encoding="utf-8")):
-            raise ValueError(f"{path} is a CLAP model (its config.json has no 'mapper'): captioning needs a "
-                             f"captioner, msclap's clapcap_weights_2023.pth or a folder saved by the caption stage")
-        return CaptionModel.from_pretrained(path, device=device)
-    if path.is_file():
-        return CaptionModel.from_msclap(path, config=config, device=device)
-    raise ValueError(f"--model {path}: no such file or directory")
+__all__ = ["evaluate_captioning_task", "caption_task_line", "run_caption_task"]
 
 
 def _caption_readable(captioner, records, batch_size: int, decoding: dict[str, Any], problems: list[str]):
@@ -137,13 +115,15 @@ def run_caption_task(args, task: Task, cfg) -> int:
                          f"read as msclap's clapcap layout)")
     if args.prompt:
         raise ValueError(f"{task.name}: --prompt is for zero-shot classification; captioning has no prompt")
-    captioner = load_captioner(args.model, args.device, args.clapcap_config)
+    from .captioning import MSCLAP_DEFAULTS, CaptionModel
+
+    captioner = CaptionModel.load(args.model, config=args.clapcap_config, device=args.device)
     guard = OverlapGuard.for_model(args.model, cfg.allow_training_overlap, cfg.cache_dir)  # no index: "unknown"
     check = check_dataset_task(guard, task, args.data)
     guard.refuse([check])  # before anything is captioned
     result = evaluate_captioning_task(captioner, task, args.data, batch_size=cfg.batch_size,
                                       **{k: getattr(args, k) if getattr(args, k) is not None else v
-                                         for k, v in DECODING_DEFAULTS.items()})  # fmt: skip
+                                         for k, v in MSCLAP_DEFAULTS.items()})  # fmt: skip
     result["training_overlap"] = check.label()
     print(caption_task_line(task, result))
     if result["problems"]:

@@ -128,10 +128,10 @@ def load_captions(cfg: CaptionConfig, corpus) -> CaptionCorpus:
 
 def embed_rows(cfg: CaptionConfig, embedder, corpus, rows: list[int], name: str) -> torch.Tensor:
     """(len(rows), D) CLAP audio embeddings (L2-normalised), through the evaluate stage's embedding cache."""
-    from .embeddings import EmbeddingCache, embed_items
+    from .embeddings import EmbeddingCache, embed_items, prepared_clip_identities
 
     cache = EmbeddingCache(cfg.cache_dir, embedder.key)
-    ident = [f"{corpus.rows[i]['id']}|{corpus.rows[i].get('content_hash', '')}" for i in rows]
+    ident = prepared_clip_identities(corpus, rows)
     emb, kept, problems = cache.get(f"caption-{name}", ident, lambda: embed_items(
         embedder, [corpus.waveform(i) for i in rows], cfg.embed_batch_size, corpus.sample_rate))
     if len(kept) != len(rows):

@@ -150,6 +150,20 @@ class CaptionModel:
         return cls(model, device=device)
 
     @classmethod
+    def load(cls, model: str | Path, config: str | Path | Mapping[str, Any] | None = None,
+             device: str | torch.device | None = None) -> "CaptionModel":
+        """A clapcap ``.pth`` (``config``: its model config, default clapcap-2023) or a caption-stage folder; a CLAP
+        folder (no ``mapper`` in its config.json) raises ValueError saying what to pass."""
+        path = Path(model)
+        if path.is_dir():
+            config_path = path / "config.json"
+            if config_path.is_file() and "mapper" not in json.loads(config_path.read_text(encoding="utf-8")):
+                raise ValueError(f"{path} is a CLAP model (its config.json has no 'mapper'): captioning needs a "
+                                 f"captioner, msclap's clapcap_weights_2023.pth or a folder saved by the caption stage")
+            return cls.from_pretrained(path, device=device)  # a missing file is named there
+        return cls.from_msclap(path, config=config, device=device)  # as is a missing .pth
+
+    @classmethod
     def from_config(cls, config: str | Path | Mapping[str, Any], seed: int = 0,
                     device: str | torch.device | None = None) -> "CaptionModel":
         """A freshly initialised (seeded) model, e.g. to train."""
@@ -223,16 +237,12 @@ def cmd_caption(args: argparse.Namespace) -> int:
 
     Exit status 0 when every file was captioned, 1 when some were skipped, 2 when none could be."""
     from .audio import AudioReadError
-    from .checkpoints import CheckpointError
 
     if args.beam_size < 1 or args.entry_length < 1:
         raise SystemExit("clapkit caption: --beam-size and --entry-length must be >= 1")
     try:
-        if Path(args.model).is_dir():  # a captioner the caption stage trained (models/caption)
-            captioner = CaptionModel.from_pretrained(args.model, device=args.device)
-        else:
-            captioner = CaptionModel.from_msclap(args.model, config=args.config, device=args.device)
-    except CheckpointError as err:
+        captioner = CaptionModel.load(args.model, config=args.config, device=args.device)
+    except ValueError as err:  # CheckpointError, a CLAP folder, no such file
         raise SystemExit(f"clapkit caption: {err}") from err
     beam_size = 1 if args.greedy else args.beam_size
     skipped = 0

@@ -99,3 +99,13 @@ def embed_items(embedder: Embedder, items: Sequence[Any], batch_size: int,
     if not chunks:
         raise ValueError("no clip could be read")
     return torch.cat(chunks), kept, problems
+
+
+def prepared_clip_identities(corpus, indices: Sequence[int]) -> list[str]:
+    """The identity of each prepared clip in an ``EmbeddingCache`` key: its id, its place in the waveform file and
+    the file's size, so a re-prepared corpus (another rate, another crop) never reads an older embedding."""
+    path = corpus.root / "waveforms.f16"
+    wave_size = path.stat().st_size if path.exists() else 0
+    return [f"{corpus.rows[i]['id']}|{corpus.rows[i]['offset']}|{corpus.rows[i]['length']}|{wave_size}"
+            for i in indices]
+

@@ -22,7 +22,7 @@ from typing import TYPE_CHECKING, Any, Mapping, Sequence
 import numpy as np
 import torch
 
-from .embeddings import EmbeddingCache, embed_items
+from .embeddings import EmbeddingCache, embed_items, prepared_clip_identities
 from .metrics import RetrievalMetrics, score_classification, top_classes
 from .probe import hash_order, probe_logits, select_per_class, unprobed_reason
 from .stats import accuracy_claim
@@ -270,14 +270,9 @@ def evaluate_corpus(embedder: Embedder, cfg: EvaluateConfig, cache: EmbeddingCac
     corpus = PreparedCorpus(cfg.prepared)
     tasks = [replace(t, prompt=prompts[t.name]) if prompts and t.name in prompts else t
              for t in _selected_tasks(embedded_tasks(cfg.prepared), cfg.tasks)]
-    wave_size = (corpus.root / "waveforms.f16").stat().st_size if (corpus.root / "waveforms.f16").exists() else 0
-
-    def ident(i: int) -> str:
-        r = corpus.rows[i]
-        return f"{r['id']}|{r['offset']}|{r['length']}|{wave_size}"
 
     def embed(indices: list[int], name: str) -> dict[int, torch.Tensor]:
-        emb, kept, _ = cache.get(f"corpus-{name}", [ident(i) for i in indices], lambda: embed_items(
+        emb, kept, _ = cache.get(f"corpus-{name}", prepared_clip_identities(corpus, indices), lambda: embed_items(
             embedder, [corpus.waveform(i) for i in indices], cfg.batch_size, corpus.sample_rate))
         return {indices[k]: emb[j] for j, k in enumerate(kept)}
 
