@@ -173,7 +173,7 @@ def json_lines(text: str) -> list[dict]:
 
 def checkpoints_in(directory: Path) -> list[int]:
     """Steps of the complete checkpoints anywhere under ``directory``: ``step_N.pt`` with its sidecar
-    ``step_N.json`` beside it (``clapkit.checkpointing`` writes the sidecar last, in the run's ``run-<hash>/``
+    ``step_N.json`` beside it (``clapkit.training_state`` writes the sidecar last, in the run's ``run-<hash>/``
     folder; a ``.pt`` without one is incomplete and would not be resumed)."""
     steps = []
     try:

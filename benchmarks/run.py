@@ -8,7 +8,7 @@ What is measured (see benchmarks/README.md):
 
 (a) models: the 2023 architecture (HTSAT + GPT-2 base + 1024-d projections), inputs already in memory.
     msclap 1.3.4's own ``CLAP`` modules built with random weights, saved as an official-style container and loaded
-    into clapkit with ``clapkit.checkpoints.load_msclap``, so both compute the same function.  Audio embeddings/s
+    into clapkit with ``clapkit.msclap_weights.load_msclap``, so both compute the same function.  Audio embeddings/s
     (7 s clips at 44.1 kHz) and text embeddings/s on real captions (clapkit: padded to each batch's longest caption;
     msclap: padded to 77 tokens, as its wrapper does), per precision (fp32, bf16 autocast, bf16 weights with
     optional ``torch.compile`` of both systems), with the cosine of each clapkit embedding to msclap's fp32 one.
@@ -57,7 +57,7 @@ REPO = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(REPO))
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
-from clapkit.checkpoints import load_msclap  # noqa: E402
+from clapkit.msclap_weights import load_msclap  # noqa: E402
 from clapkit.models.clap import load_model_config  # noqa: E402
 from clapkit.text import TextTokenizer  # noqa: E402
 

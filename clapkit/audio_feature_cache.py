@@ -39,7 +39,7 @@ def waveform_digest(wave: torch.Tensor) -> bytes:
 def store_key(encoder) -> str:
     """sha256 of the encoder's class, config, resolved precision ("auto" is bf16 on one machine, fp32 on another)
     and weights."""
-    from .checkpointing import model_fingerprint
+    from .training_state import model_fingerprint
     from .training import resolve_precision
 
     config = {"class": type(encoder).__name__, **encoder.config.to_dict(), "format": FORMAT,

@@ -118,7 +118,7 @@ class CaptionModel:
     def from_msclap(cls, path: str | Path, config: str | Path | Mapping[str, Any] | None = None,
                     device: str | torch.device | None = None) -> "CaptionModel":
         """``clapcap_weights_2023.pth`` (or a file in its layout for ``config``), loaded strictly and offline."""
-        from .clapcap_checkpoint import load_clapcap
+        from .clapcap_weights import load_clapcap
 
         model, report = load_clapcap(path, config=config)
         captioner = cls(model, device=device)
@@ -130,14 +130,15 @@ class CaptionModel:
         """A captioner saved by the caption stage (``config.json`` + ``model.safetensors``), loaded strictly."""
         from safetensors.torch import load_file
 
-        from .checkpoints import CheckpointError, key_problems
+        from .errors import WeightsError
+        from .msclap_weights import key_problems
         from .models.clapcap import ClapCapModel
 
         directory = Path(directory)
         config_path, weights_path = directory / "config.json", directory / "model.safetensors"
         for path in (config_path, weights_path):
             if not path.is_file():
-                raise CheckpointError(path, "missing (a captioner folder holds config.json and model.safetensors)")
+                raise WeightsError(path, "missing (a captioner folder holds config.json and model.safetensors)")
         model = ClapCapModel(json.loads(config_path.read_text(encoding="utf-8")))
         state = load_file(str(weights_path))
         if "gpt.lm_head.weight" not in state and "gpt.transformer.wte.weight" in state:
@@ -145,7 +146,7 @@ class CaptionModel:
         expected = model.state_dict()
         problems = key_problems(state, {k: k for k in state}, expected, list(expected), [])
         if problems:
-            raise CheckpointError(weights_path, f"does not match {config_path.name}", problems)
+            raise WeightsError(weights_path, f"does not match {config_path.name}", problems)
         model.load_state_dict(state, strict=True)
         return cls(model, device=device)
 
@@ -242,7 +243,7 @@ def cmd_caption(args: argparse.Namespace) -> int:
         raise SystemExit("clapkit caption: --beam-size and --entry-length must be >= 1")
     try:
         captioner = CaptionModel.load(args.model, config=args.config, device=args.device)
-    except ValueError as err:  # CheckpointError, a CLAP folder, no such file
+    except ValueError as err:  # WeightsError, a CLAP folder, no such file
         raise SystemExit(f"clapkit caption: {err}") from err
     beam_size = 1 if args.greedy else args.beam_size
     skipped = 0

@@ -9,14 +9,14 @@ Syntax (params.yaml ``train.init``, parsed here and nowhere else)::
                               bert-base-uncased's vocab.txt (no installable package ships it)
 
 The file is read once, with ``torch.load(weights_only=True)``, and loaded strictly by
-``clapkit.checkpoints.load_msclap`` into the model the train stage built from its model config: every tensor of the
+``clapkit.msclap_weights.load_msclap`` into the model the train stage built from its model config: every tensor of the
 file is loaded, verified or dropped for a stated reason (the AudioSet head, the STFT kernels, derived buffers), and
 every model tensor is filled.  The model config must have the checkpoint's architecture: preset ``paper`` builds
 ``msclap-2023``; any other config is refused, naming the differing config keys (tower kinds) or the tensors whose
 shapes differ, never reshaped.  The load report is printed and becomes the ``init`` entry of metrics/train.json.
 
 The run identity's initial-weights fingerprint hashes every tensor of the model after loading
-(``clapkit.checkpointing.model_fingerprint``), so another file, or the same path rewritten, trains afresh.
+(``clapkit.training_state.model_fingerprint``), so another file, or the same path rewritten, trains afresh.
 """
 
 from __future__ import annotations
@@ -28,7 +28,8 @@ from typing import Any, Mapping
 
 import torch
 
-from .checkpoints import VERSIONS, CheckpointError, _check_flavour, load_msclap, read_msclap_state_dict
+from .errors import WeightsError
+from .msclap_weights import VERSIONS, _check_flavour, load_msclap, read_msclap_state_dict
 
 __all__ = ["InitSpec", "SYNTAX", "check_model_config", "load_init", "parse_init", "read_init"]
 
@@ -81,16 +82,16 @@ def _get(config: Mapping[str, Any], dotted: str) -> Any:
 
 
 def check_model_config(init: InitSpec, model_config: Mapping[str, Any]) -> None:
-    """Refuse a model config that cannot hold the checkpoint's towers (CheckpointError naming the file and keys)."""
+    """Refuse a model config that cannot hold the checkpoint's towers (WeightsError naming the file and keys)."""
     wrong = [f"{key}: {_get(model_config, key)!r}, msclap {init.version} has {want!r}"
              for key, want in ARCHITECTURE[init.version].items() if _get(model_config, key) != want]
     if wrong:
-        raise CheckpointError(init.path, f"train.init {init}: the model config does not have the msclap "
+        raise WeightsError(init.path, f"train.init {init}: the model config does not have the msclap "
                               f"{init.version} architecture (preset paper builds msclap-2023; for 2022 use a "
                               f"msclap-2022 model config)", wrong)
     tok = model_config.get("tokenizer") or {}
     if init.version == "2022" and not (tok.get("vocab") or tok.get("file") or tok.get("packaged")):
-        raise CheckpointError(init.path, f"train.init {init}: msclap 2022's BERT needs bert-base-uncased's WordPiece "
+        raise WeightsError(init.path, f"train.init {init}: msclap 2022's BERT needs bert-base-uncased's WordPiece "
                               "vocabulary: set the model config's tokenizer.vocab to its vocab.txt (a vocabulary "
                               "trained on the corpus would give the pretrained embeddings other tokens)")
 
@@ -98,7 +99,7 @@ def check_model_config(init: InitSpec, model_config: Mapping[str, Any]) -> None:
 def read_init(init: InitSpec, model_config: Mapping[str, Any]) -> dict[str, torch.Tensor]:
     """The checkpoint's state dict, after the checks that need no model: the file is readable and safe, it is
     the version named, and the model config has that version's architecture."""
-    state = read_msclap_state_dict(init.path)  # CheckpointError naming the file: missing, unreadable, code
+    state = read_msclap_state_dict(init.path)  # WeightsError naming the file: missing, unreadable, code
     _check_flavour(state, init.version, init.path)  # 2022 named for a 2023 file, a clapcap file, ...
     check_model_config(init, model_config)
     return state
@@ -128,8 +129,8 @@ def load_init(model: torch.nn.Module, init: InitSpec, state: dict[str, torch.Ten
     """Load ``state`` (``read_init``'s) into ``model`` strictly; print the report; return metrics' ``init`` entry."""
     try:
         _, report = load_msclap(init.path, init.version, model=model, state_dict=state)
-    except CheckpointError as err:
-        raise CheckpointError(err.path, f"{err.reason}: the model config does not fit this checkpoint (train.init "
+    except WeightsError as err:
+        raise WeightsError(err.path, f"{err.reason}: the model config does not fit this checkpoint (train.init "
                               f"{init}; preset paper builds msclap-{init.version})", err.details) from err
     if os.environ.get("RANK", "0") == "0":
         print(f"train.init {init}:\n{report.summary()}", flush=True)

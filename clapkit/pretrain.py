@@ -17,7 +17,7 @@ task-prompted answers.  Here (read top to bottom):
    ``PrefixLM`` (``clapkit.models.mapper``: transformer mapper -> GPT-2 LM from a config, trained or frozen).
 3. ``pretrain``: each step draws ``batch_size`` clips, task-balanced (a task uniformly, then one of its training
    clips), and trains on *every* task of every drawn clip (the encoder, the expensive part, runs once per clip).
-   Atomic checkpoints every ``checkpoint_every`` steps (``clapkit.checkpointing``); a rerun resumes from the
+   Atomic checkpoints every ``checkpoint_every`` steps (``clapkit.training_state``); a rerun resumes from the
    newest one written under the same parameters and ends with the same weights as an uninterrupted run.
    With ``distill_weight`` > 0 each step also distils the pretrained aisfx teacher (``clapkit.aisfx_teacher``,
    checkpoint CC BY 4.0, Ma & Lerch, ISMIR 2022): a linear head maps each drawn clip's embedding to the teacher's
@@ -387,7 +387,7 @@ def run_training(model: PretrainModel, corpus, tasks: Sequence[Task], examples: 
                  seed: int, runtime: Runtime, precision: Precision, progress: bool = True,
                  stop_after: int | None = None, resume: str = "latest",
                  allow_other_identity: bool = False) -> list[dict[str, Any]]:
-    """Train for ``cfg.steps`` steps, resuming as ``resume`` says (``clapkit.checkpointing``: ``latest`` = the
+    """Train for ``cfg.steps`` steps, resuming as ``resume`` says (``clapkit.training_state``: ``latest`` = the
     newest unfinished checkpoint of the same run identity); returns the loss log rows.
 
     Every rank draws the same global batch from the seeded generators (tasks, clips, a crop seed per clip, the
@@ -396,7 +396,7 @@ def run_training(model: PretrainModel, corpus, tasks: Sequence[Task], examples: 
     """
     from tqdm import tqdm
 
-    from .checkpointing import (corpus_hash, find_resumable, load_checkpoint, model_fingerprint, run_directory,
+    from .training_state import (corpus_hash, find_resumable, load_checkpoint, model_fingerprint, run_directory,
                                 run_identity, save_checkpoint)
     device, world = runtime.device, runtime.world
     if cfg.batch_size % (world * cfg.accum_steps):

@@ -9,7 +9,7 @@ No model hub is reachable here; ``PACKAGED`` lists the packages that carry their
   attention mask (how it was trained; [CLS] pooling is not).  Weights Apache-2.0 (the package itself MIT).
 
 ``packaged_model(name)`` finds the folder with ``importlib.resources``; ``load_packaged_text_encoder`` checks the
-weights file's size and sha256 (``PackagedWeightsError`` names the file on a mismatch), checks that the encoder's
+weights file's size and sha256 (``WeightsError`` names the file on a mismatch), checks that the encoder's
 BERT config is the one the package describes, and loads the tensors strictly: every encoder tensor must come from
 the file, and of the file's tensors only BERT's unused pooler and the ``position_ids`` buffer (verified to be
 ``0..n-1``) may be left out, and they are reported.
@@ -25,14 +25,11 @@ from typing import Any
 
 import torch
 
+from .errors import WeightsError
 from .file_hash import file_sha256
 
-__all__ = ["PACKAGED", "PackagedModel", "PackagedWeightsError", "load_bert_state", "load_packaged_text_encoder",
+__all__ = ["PACKAGED", "PackagedModel", "load_bert_state", "load_packaged_text_encoder",
            "packaged_model", "packaged_vocab", "verify_weights"]
-
-
-class PackagedWeightsError(RuntimeError):
-    """A packaged weights file is not the one clapkit was written against (size or sha256 differ)."""
 
 
 @dataclass(frozen=True)
@@ -89,16 +86,16 @@ def packaged_model(name: str) -> tuple[PackagedModel, Path]:
 
 
 def verify_weights(path: str | Path, sha256: str, size: int) -> None:
-    """Raise ``PackagedWeightsError`` naming ``path`` unless it has exactly ``size`` bytes and that sha256."""
+    """Raise ``WeightsError`` naming ``path`` unless it has exactly ``size`` bytes and that sha256."""
     path = Path(path)
     actual_size = path.stat().st_size
     if actual_size != size:
-        raise PackagedWeightsError(f"{path}: {actual_size} bytes, expected {size} (not the weights clapkit "
-                                   "was written against; reinstall the package)")
+        raise WeightsError(path, f"{actual_size} bytes, expected {size} (not the weights clapkit "
+                                 "was written against; reinstall the package)")
     actual = file_sha256(path)
     if actual != sha256:
-        raise PackagedWeightsError(f"{path}: sha256 {actual}, expected {sha256} (a modified or "
-                                   "corrupted weights file; reinstall the package)")
+        raise WeightsError(path, f"sha256 {actual}, expected {sha256} (a modified or "
+                                 "corrupted weights file; reinstall the package)")
 
 
 def _check_architecture(encoder, config_path: Path) -> None:
@@ -107,8 +104,8 @@ def _check_architecture(encoder, config_path: Path) -> None:
     differ = [f"{k}: {getattr(ours, k)!r} != {packaged.get(k)!r}" for k in _ARCHITECTURE_FIELDS
               if getattr(ours, k) != packaged.get(k)]
     if differ:
-        raise ValueError(f"the text encoder config does not describe the weights of {config_path.parent}: "
-                         + "; ".join(differ))
+        raise WeightsError(config_path.parent, "the text encoder config does not describe these weights: "
+                           + "; ".join(differ))
 
 
 def load_bert_state(encoder, state: dict[str, torch.Tensor], source: str) -> dict[str, Any]:
@@ -121,18 +118,18 @@ def load_bert_state(encoder, state: dict[str, torch.Tensor], source: str) -> dic
     missing = sorted(wanted - set(state))
     unexpected = sorted(set(state) - wanted - set(_DROPPABLE))
     if missing or unexpected:
-        raise ValueError(f"{source}: does not fit the text encoder: missing {missing[:5]}"
-                         f"{'...' if len(missing) > 5 else ''} ({len(missing)}), unexpected {unexpected[:5]}"
-                         f"{'...' if len(unexpected) > 5 else ''} ({len(unexpected)})")
+        raise WeightsError(source, f"does not fit the text encoder: missing {missing[:5]}"
+                           f"{'...' if len(missing) > 5 else ''} ({len(missing)}), unexpected {unexpected[:5]}"
+                           f"{'...' if len(unexpected) > 5 else ''} ({len(unexpected)})")
     dropped = sorted(k for k in _DROPPABLE if k in state and k not in wanted)
     if "embeddings.position_ids" in dropped:
         ids = state["embeddings.position_ids"].reshape(-1)
         if not torch.equal(ids.long(), torch.arange(ids.numel())):
-            raise ValueError(f"{source}: embeddings.position_ids is not 0..{ids.numel() - 1}")
+            raise WeightsError(source, f"embeddings.position_ids is not 0..{ids.numel() - 1}")
     try:
         encoder.transformer.load_state_dict({k: v for k, v in state.items() if k in wanted}, strict=True)
     except RuntimeError as err:  # shapes
-        raise ValueError(f"{source}: does not fit the text encoder: {err}") from err
+        raise WeightsError(source, f"does not fit the text encoder: {err}") from err
     return {"tensors": len(wanted), "dropped": dropped}
 
 

@@ -5,7 +5,7 @@ fixed weights: its pooled output is a function of a caption's token ids alone.  
 that output for every distinct caption of the corpus' training and validation clips (fp32, shortest first in
 batches) and keeps it in ``<train.text_cache_dir>/captions-<key>.safetensors``, by default under ``~/.cache`` so
 that DVC experiments (each in its own temporary workspace) and other clones share it.  The key is the sha256 of the
-encoder's weights and config (``clapkit.checkpointing.model_fingerprint``), the tokenizer (its whole
+encoder's weights and config (``clapkit.training_state.model_fingerprint``), the tokenizer (its whole
 ``tokenizer.json``) and the sorted caption texts, so another corpus, other weights or another vocabulary never read
 a stale file.  The file is written atomically (a temp file beside it, then ``os.replace``); every process that
 finds it missing computes it itself (no collective: a long build cannot time out the others) and an equal file
@@ -86,7 +86,7 @@ def corpus_captions(corpus, indices: Iterable[int]) -> list[str]:
 
 def caption_cache_key(encoder, tokenizer: TextTokenizer, texts: Iterable[str]) -> str:
     """sha256 of the encoder (weights, transformer config, pooling), the tokenizer and the sorted distinct texts."""
-    from .checkpointing import model_fingerprint
+    from .training_state import model_fingerprint
 
     config = {"class": type(encoder).__name__, "pooling": encoder.pooling,
               "transformer": encoder.transformer.config.to_dict()}

@@ -24,7 +24,7 @@ What happens, top to bottom of this file:
    scaling (``precision``), ``torch.compile`` (``compile``), gradient clipping; optional gradient accumulation in
    OpenCLIP's two-pass form (``train_step``).
 4. The loop, with a budget in optimiser *steps* (``max_steps``): checkpoints every ``checkpoint_every`` steps,
-   at each epoch end and at the end (``clapkit.checkpointing``); validation (loss + zero-shot accuracy per task
+   at each epoch end and at the end (``clapkit.training_state``); validation (loss + zero-shot accuracy per task
    of the corpus on the ``val`` split, shared across ranks: ``clapkit.validation``, in the evaluate stage's
    precision ``evaluate.precision``, with its zero-shot function ``clapkit.zeroshot``) at each epoch end and at the
    end; dvclive logs (loss, lr, temperature, clips/s, validation metrics) in ``train.live_dir``.
@@ -32,7 +32,7 @@ What happens, top to bottom of this file:
    the clips it trained on (``training_index.npy``, recorded in its config.json: ``clapkit.training_index``, which
    the evaluate stage checks its clips against); ``metrics/train.json``.
 
-Resume (``clapkit.checkpointing``): a run's identity is its parameters, the hash of the clapkit code, the hash
+Resume (``clapkit.training_state``): a run's identity is its parameters, the hash of the clapkit code, the hash
 of the corpus it reads and the fingerprint of its initial weights.  ``--resume latest`` (what the stage runs)
 continues the newest unfinished checkpoint of the same identity (model, optimiser, schedule, scaler, RNG, epoch
 and batch position), also from the middle of an epoch; a finished run or any change trains afresh.  Batches are
@@ -65,7 +65,7 @@ import torch.distributed as dist
 from torch import nn
 
 from .audio_feature_cache import attach_feature_store, detach_feature_store
-from .checkpointing import (corpus_hash, find_resumable, load_checkpoint, model_fingerprint, run_directory,
+from .training_state import (corpus_hash, find_resumable, load_checkpoint, model_fingerprint, run_directory,
                             run_identity, save_checkpoint, unwrap)
 from .config import dataclass_from_dict, load_params, model_config_from_params
 from .data.shards import parse_shard_mixture
@@ -221,7 +221,7 @@ def _find_weights(path: Path, tower: str) -> Path:
     for name in (f"{tower}_encoder.safetensors", "encoder.safetensors", "model.safetensors"):
         if (path / name).is_file():
             return path / name
-    from .checkpointing import list_checkpoints
+    from .training_state import list_checkpoints
 
     ckpts = list_checkpoints(path)
     if ckpts:

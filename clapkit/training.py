@@ -15,7 +15,7 @@
 * ``frozen_batchnorm_statistics``: a context in which BatchNorm layers normalise with batch statistics as in
   training but leave their running statistics untouched (accumulation's no-grad pass).
 
-The checkpoint format, the run identity and the resume rules are in ``clapkit.checkpointing``.
+The checkpoint format, the run identity and the resume rules are in ``clapkit.training_state``.
 """
 
 from __future__ import annotations
@@ -315,7 +315,7 @@ class LRSchedule:
 
 def maybe_compile(model: nn.Module, enabled: bool) -> nn.Module:
     """``torch.compile(model)`` when ``enabled`` (the compiled wrapper shares the parameters; checkpoints are
-    written from the unwrapped module, ``clapkit.checkpointing.unwrap``)."""
+    written from the unwrapped module, ``clapkit.training_state.unwrap``)."""
     return torch.compile(model) if enabled else model
 
 

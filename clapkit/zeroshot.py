@@ -65,7 +65,7 @@ class ClapEmbedder:
 
     @functools.cached_property
     def key(self) -> str:  # hashing every weight takes a moment: only the embedding cache asks for it
-        from .checkpointing import model_fingerprint
+        from .training_state import model_fingerprint
 
         return model_fingerprint(dict(self.clap.config, tokenizer=self.clap.tokenizer.spec(),
                                       precision=self.precision.name), self.clap.model.state_dict())  # fmt: skip

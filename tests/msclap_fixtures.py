@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import torch
 
-from clapkit.checkpoints import AUDIO_PREFIX, hann_dft_kernels
+from clapkit.msclap_weights import AUDIO_PREFIX, hann_dft_kernels
 from clapkit.models import build_audio_encoder
 from clapkit.models.clap import CLAPModel
 

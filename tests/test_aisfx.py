@@ -21,7 +21,7 @@ import torch.nn.functional as F
 from clapkit import aisfx_teacher
 from clapkit.aisfx_teacher import (AISFX, AisfxConfig, AisfxNet, aisfx_checkpoint, aisfx_mel_filterbank,
                                    block_frames, load_aisfx_embedder, load_aisfx_state, read_aisfx_checkpoint)
-from clapkit.pretrained import PackagedWeightsError
+from clapkit.errors import WeightsError
 
 torch.set_num_threads(1)
 SR = 44100
@@ -67,11 +67,11 @@ def test_a_modified_checkpoint_is_refused_naming_the_file(tmp_path):
         byte = f.read(1)
         f.seek(AISFX.size // 2)
         f.write(bytes([byte[0] ^ 1]))
-    with pytest.raises(PackagedWeightsError, match=rf"{copy}: sha256 .* expected {AISFX.sha256}"):
+    with pytest.raises(WeightsError, match=rf"{copy}: sha256 .* expected {AISFX.sha256}"):
         load_aisfx_embedder(path=copy)
     with open(copy, "ab") as f:
         f.write(b"\0")
-    with pytest.raises(PackagedWeightsError, match=rf"{copy}: {AISFX.size + 1} bytes"):
+    with pytest.raises(WeightsError, match=rf"{copy}: {AISFX.size + 1} bytes"):
         read_aisfx_checkpoint(copy)
 
 

@@ -11,7 +11,7 @@ from clapkit.api import CLAP
 from clapkit.caption_stage import CaptionConfig, CaptionCorpus, run_stage, train_captioner
 from clapkit.caption_vocab import CAPTION_END, TokenSubset
 from clapkit.captioning import CaptionModel
-from clapkit.checkpoints import CheckpointError
+from clapkit.errors import WeightsError
 from clapkit.models.clap import load_model_config
 from clapkit.models.clapcap import ClapCapModel
 from clapkit.text import gpt2_bpe
@@ -125,7 +125,7 @@ def test_saved_captioner_gives_the_stage_captions(stage_run, tmp_path, capsys):
     broken = tmp_path / "broken"
     broken.mkdir()
     (broken / "config.json").write_text(open(f"{cfg.out}/config.json").read())
-    with pytest.raises(CheckpointError, match="model.safetensors: missing"):
+    with pytest.raises(WeightsError, match="model.safetensors: missing"):
         CaptionModel.from_pretrained(broken)
     from safetensors.torch import load_file, save_file
 
@@ -133,6 +133,6 @@ def test_saved_captioner_gives_the_stage_captions(stage_run, tmp_path, capsys):
     state.pop("mapper.prefix_const")
     state["mapper.extra"] = torch.zeros(1)
     save_file(state, str(broken / "model.safetensors"))
-    with pytest.raises(CheckpointError, match="(?s)does not match config.json.*missing .*: mapper.prefix_const.*"
+    with pytest.raises(WeightsError, match="(?s)does not match config.json.*missing .*: mapper.prefix_const.*"
                                               "unexpected .*: mapper.extra"):
         CaptionModel.from_pretrained(broken)

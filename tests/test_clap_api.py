@@ -16,6 +16,7 @@ import torch.nn.functional as F
 
 from clapkit.api import CLAP
 from clapkit.audio import fit_length, mix_down, read_audio, resample
+from clapkit.errors import WeightsError
 from clapkit.losses import ClipLoss
 from clapkit.models import build_audio_encoder
 from clapkit.models.clap import AudioTower, CLAPModel, Projection, TextTower, list_model_configs, load_model_config
@@ -110,7 +111,7 @@ def test_save_and_load_are_bit_for_bit(clap, tmp_path):
         assert torch.equal(loaded.model.logit_scale, clap.model.logit_scale)
     finally:
         clap.model.audio.encoder.bn0.running_mean.sub_(0.25)
-    with pytest.raises(FileNotFoundError, match="model.safetensors"):
+    with pytest.raises(WeightsError, match="model.safetensors: missing"):
         (out / "model.safetensors").unlink()
         CLAP.from_pretrained(out)
 
@@ -201,7 +202,7 @@ def test_other_text_encoders_with_trained_tokenizers(tmp_path):
 
 def _msclap_layout(model: CLAPModel, version: str) -> dict:
     """The state dict msclap would save for this architecture (its key names, its STFT kernels and melW)."""
-    from clapkit.checkpoints import hann_dft_kernels
+    from clapkit.msclap_weights import hann_dft_kernels
 
     audio = "audio_encoder.base.htsat." if version == "2023" else "audio_encoder.base."
     front = model.frontend_config

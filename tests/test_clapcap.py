@@ -31,8 +31,9 @@ import soundfile as sf
 import torch
 
 from clapkit.captioning import CaptionModel, beam_search
-from clapkit.checkpoints import AUDIOSET_HEAD_DROPPED, CheckpointError, load_msclap
-from clapkit.clapcap_checkpoint import load_clapcap
+from clapkit.errors import WeightsError
+from clapkit.msclap_weights import AUDIOSET_HEAD_DROPPED, load_msclap
+from clapkit.clapcap_weights import load_clapcap
 from clapkit.cli import main as cli_main
 from clapkit.models.clapcap import ClapCapModel, load_clapcap_config
 from clapkit.models.clap import load_model_config
@@ -425,7 +426,7 @@ def test_malformed_clapcap_files_name_the_file_and_the_keys(tiny_files, tmp_path
         mutate(data)
         path = tmp_path / "bad.pth"
         torch.save({"model": data}, path)
-        with pytest.raises(CheckpointError) as err:
+        with pytest.raises(WeightsError) as err:
             load_clapcap(path, config=config)
         assert str(err.value).startswith(f"{path}: does not match the msclap clapcap architecture")
         return str(err.value)
@@ -448,11 +449,11 @@ def test_malformed_clapcap_files_name_the_file_and_the_keys(tiny_files, tmp_path
     # the CLAP file handed to the captioner (and the other way round)
     clap_file = tmp_path / "CLAP_weights_2023.pth"
     torch.save({"model": {"audio_encoder.projection.linear1.weight": torch.ones(2, 2), "logit_scale": torch.ones(())}}, clap_file)
-    with pytest.raises(CheckpointError, match="this is a CLAP checkpoint .*not clapcap"):
+    with pytest.raises(WeightsError, match="this is a CLAP checkpoint .*not clapcap"):
         load_clapcap(clap_file, config=config)
     good = tmp_path / "good.pth"
     torch.save({"model": sd}, good)
-    with pytest.raises(CheckpointError, match="this is a clapcap \\(captioning\\) checkpoint"):
+    with pytest.raises(WeightsError, match="this is a clapcap \\(captioning\\) checkpoint"):
         load_msclap(good, version="2023")
 
 
@@ -488,7 +489,7 @@ def test_loss_is_masked_next_token_cross_entropy():
 def test_shipped_config_has_the_official_file_geometry():
     """clapcap-2023 written in the official layout gives the 452 keys of clapcap_weights_2023.pth (as listed from
     the released file with current transformers: no legacy buffers), with its shapes."""
-    from clapkit.checkpoints import _uninitialised_model
+    from clapkit.msclap_weights import _uninitialised_model
 
     model = _uninitialised_model("clapcap-2023", ClapCapModel)
     sd = clapcap_as_msclap(model, legacy_gpt2_buffers=False)

@@ -15,8 +15,9 @@ import pytest
 import torch
 
 from clapkit.api import CLAP
-from clapkit.checkpointing import model_fingerprint
-from clapkit.checkpoints import AUDIOSET_HEAD_DROPPED, CheckpointError, load_msclap
+from clapkit.training_state import model_fingerprint
+from clapkit.errors import WeightsError
+from clapkit.msclap_weights import AUDIOSET_HEAD_DROPPED, load_msclap
 from clapkit.models.clap import CLAPModel, load_model_config
 from clapkit.text import TextTokenizer
 from clapkit.train import TrainConfig, build_model, train
@@ -133,25 +134,25 @@ def test_bad_specs_missing_files_and_wrong_versions_name_the_file(prepared, tiny
     with pytest.raises(ValueError, match="text_init must be none"):
         TrainConfig(init=f"msclap:2023:{tiny_file}", text_init=str(tiny_file))
     missing = tmp_path / "nope" / "CLAP_weights_2023.pth"
-    with pytest.raises(CheckpointError, match=f"{missing}: file does not exist"):
+    with pytest.raises(WeightsError, match=f"{missing}: file does not exist"):
         build_model(init_config(tmp_path, prepared, missing), TINY, seed=0)
-    with pytest.raises(CheckpointError, match=rf"{tiny_file}: version '2022' requested, but this is a 2023 checkpoint"):
+    with pytest.raises(WeightsError, match=rf"{tiny_file}: version '2022' requested, but this is a 2023 checkpoint"):
         build_model(train_config(tmp_path, prepared, init=f"msclap:2022:{tiny_file}"), TINY, seed=0)
 
 
 def test_a_model_config_that_does_not_fit_the_checkpoint_is_refused_naming_keys(prepared, tiny_file, tmp_path):
     cnn14 = load_model_config("clap-tiny-htsat-gpt2")
     cnn14["audio_encoder"] = {"name": "cnn14"}
-    with pytest.raises(CheckpointError, match="does not have the msclap 2023 architecture") as err:
+    with pytest.raises(WeightsError, match="does not have the msclap 2023 architecture") as err:
         build_model(init_config(tmp_path, prepared, tiny_file), cnn14, seed=0)
     assert str(tiny_file) in str(err.value) and "audio_encoder.name: 'cnn14', msclap 2023 has 'htsat'" in str(err.value)
     shallow = load_model_config("clap-tiny-htsat-gpt2")  # depths [1, 1]: the file's second blocks have no place
-    with pytest.raises(CheckpointError, match="the model config does not fit this checkpoint") as err:
+    with pytest.raises(WeightsError, match="the model config does not fit this checkpoint") as err:
         build_model(init_config(tmp_path, prepared, tiny_file), shallow, seed=0)
     assert str(tiny_file) in str(err.value)
     assert "audio_encoder.base.htsat.layers.0.blocks.1.norm1.weight" in str(err.value)  # named, not reshaped
     wide = {**TINY, "embed_dim": 16}
-    with pytest.raises(CheckpointError, match="shape mismatch"):
+    with pytest.raises(WeightsError, match="shape mismatch"):
         build_model(init_config(tmp_path, prepared, tiny_file), wide, seed=0)
 
 

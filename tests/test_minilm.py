@@ -21,7 +21,8 @@ import torch.nn.functional as F
 
 from clapkit.config import load_params, model_config_from_params
 from clapkit.models.text_encoders import build_text_encoder
-from clapkit.pretrained import (PACKAGED, PackagedWeightsError, load_bert_state, load_packaged_text_encoder,
+from clapkit.errors import WeightsError
+from clapkit.pretrained import (PACKAGED, load_bert_state, load_packaged_text_encoder,
                                 packaged_model, verify_weights)
 from clapkit.text import TextTokenizer
 
@@ -84,11 +85,11 @@ def test_a_modified_weights_file_is_refused_naming_it(tmp_path, folder):
         f.truncate(PACKAGED["minilm"].size)
     enc = build_text_encoder(MINILM["encoder"])
     before = {k: v.clone() for k, v in enc.state_dict().items()}
-    with pytest.raises(PackagedWeightsError, match=re.escape(str(bad)) + r": sha256 [0-9a-f]{64}, expected 53aa5117"):
+    with pytest.raises(WeightsError, match=re.escape(str(bad)) + r": sha256 [0-9a-f]{64}, expected 53aa5117"):
         load_packaged_text_encoder(enc, "minilm", folder=tmp_path)
     with open(bad, "wb") as f:
         f.truncate(1000)
-    with pytest.raises(PackagedWeightsError, match=re.escape(str(bad)) + ": 1000 bytes, expected 90868376"):
+    with pytest.raises(WeightsError, match=re.escape(str(bad)) + ": 1000 bytes, expected 90868376"):
         load_packaged_text_encoder(enc, "minilm", folder=tmp_path)
     assert all(torch.equal(v, enc.state_dict()[k]) for k, v in before.items())  # nothing was loaded
 
@@ -102,17 +103,17 @@ def test_key_mismatches_are_errors_and_dropped_tensors_are_reported(folder):
     assert report == {"tensors": 101, "dropped": ["embeddings.position_ids", "pooler.dense.bias",
                                                   "pooler.dense.weight"]}
     missing = {k: v for k, v in state.items() if k != "encoder.layer.5.output.dense.weight"}
-    with pytest.raises(ValueError, match=r"x.safetensors.*missing \['encoder.layer.5.output.dense.weight'\]"):
+    with pytest.raises(WeightsError, match=r"x.safetensors.*missing \['encoder.layer.5.output.dense.weight'\]"):
         load_bert_state(enc, missing, "x.safetensors")
-    with pytest.raises(ValueError, match=r"unexpected \['encoder.layer.6.attention.self.query.weight'\]"):
+    with pytest.raises(WeightsError, match=r"unexpected \['encoder.layer.6.attention.self.query.weight'\]"):
         load_bert_state(enc, {**state, "encoder.layer.6.attention.self.query.weight": torch.zeros(1)}, "x")
-    with pytest.raises(ValueError, match="position_ids is not 0..511"):
+    with pytest.raises(WeightsError, match="position_ids is not 0..511"):
         load_bert_state(enc, {**state, "embeddings.position_ids": torch.zeros(1, 512, dtype=torch.long)}, "x")
     other = build_text_encoder({**MINILM["encoder"], "intermediate_size": 1024})
-    with pytest.raises(ValueError, match="config does not describe the weights.*intermediate_size: 1024 != 1536"):
+    with pytest.raises(WeightsError, match="config does not describe these weights.*intermediate_size: 1024 != 1536"):
         load_packaged_text_encoder(other, "minilm")
     eps = build_text_encoder({**MINILM["encoder"], "layer_norm_eps": 1e-5})  # same shapes, other function
-    with pytest.raises(ValueError, match="layer_norm_eps"):
+    with pytest.raises(WeightsError, match="layer_norm_eps"):
         load_packaged_text_encoder(eps, "minilm")
 
 

@@ -29,7 +29,8 @@ import scipy.signal
 import torch
 
 from clapkit.audio import FrontendConfig, mel_filterbank
-from clapkit.checkpoints import AUDIO_PREFIX, AUDIOSET_HEAD_DROPPED, CheckpointError, hann_dft_kernels, load_msclap
+from clapkit.errors import WeightsError
+from clapkit.msclap_weights import AUDIO_PREFIX, AUDIOSET_HEAD_DROPPED, hann_dft_kernels, load_msclap
 from clapkit.models import build_audio_encoder
 from clapkit.models.clap import CLAPModel, load_model_config
 from msclap_fixtures import tiny_as_msclap  # shared with test_mteb_model
@@ -372,7 +373,7 @@ def test_audioset_head_is_verified_dropped_and_reported(tiny_file):
 def test_missing_or_misshapen_audioset_head_is_an_error(tiny_file):
     _, _, write = tiny_file
     prefix = AUDIO_PREFIX["2023"]
-    with pytest.raises(CheckpointError, match=r"missing AudioSet head tensors \(msclap files carry a 527-class head\) "
+    with pytest.raises(WeightsError, match=r"missing AudioSet head tensors \(msclap files carry a 527-class head\) "
                                               r"\(2\): audio_encoder\.base\.htsat\.head\.weight, "
                                               r"audio_encoder\.base\.htsat\.head\.bias") as err:
         load_tiny(write(lambda sd: [sd.pop(prefix + "head.weight"), sd.pop(prefix + "head.bias")]))
@@ -381,11 +382,11 @@ def test_missing_or_misshapen_audioset_head_is_an_error(tiny_file):
     def ten_classes(sd):  # a head for another label set (e.g. ESC-50 fine-tuning): not msclap's
         sd[prefix + "tscam_conv.weight"] = torch.zeros(10, 32, 2, 3)
 
-    with pytest.raises(CheckpointError, match="AudioSet head shape mismatch") as err:
+    with pytest.raises(WeightsError, match="AudioSet head shape mismatch") as err:
         load_tiny(write(ten_classes))
     assert (f"{prefix}tscam_conv.weight: checkpoint (10, 32, 2, 3), a 527-class head on this encoder has "
             "(527, 32, 2, 3)") in str(err.value)
-    with pytest.raises(CheckpointError, match=r"unexpected .* \(1\): audio_encoder\.base\.htsat\.head\.extra"):
+    with pytest.raises(WeightsError, match=r"unexpected .* \(1\): audio_encoder\.base\.htsat\.head\.extra"):
         load_tiny(write(lambda sd: sd.__setitem__(prefix + "head.extra", torch.ones(3))))
 
 
@@ -393,7 +394,7 @@ def test_wrong_shape_is_named(tiny_file):
     _, _, write = tiny_file
     key = "audio_encoder.projection.linear1.weight"
     path = write(lambda sd: sd.__setitem__(key, torch.zeros(32, 31)))
-    with pytest.raises(CheckpointError, match="shape mismatch") as err:
+    with pytest.raises(WeightsError, match="shape mismatch") as err:
         load_tiny(path)
     assert f"{key}: checkpoint (32, 31) vs model audio.projection.linear1.weight (32, 32)" in str(err.value)
     assert str(path) in str(err.value)
@@ -401,7 +402,7 @@ def test_wrong_shape_is_named(tiny_file):
 
 def test_missing_key_is_named(tiny_file):
     _, _, write = tiny_file
-    with pytest.raises(CheckpointError, match=r"missing \(model keys not in the checkpoint\) \(1\): "
+    with pytest.raises(WeightsError, match=r"missing \(model keys not in the checkpoint\) \(1\): "
                                               r"audio\.encoder\.layers\.1\.blocks\.0\.mlp\.fc2\.bias"):
         load_tiny(write(lambda sd: sd.pop("audio_encoder.base.htsat.layers.1.blocks.0.mlp.fc2.bias")))
 
@@ -414,7 +415,7 @@ def test_extra_keys_are_named(tiny_file):
         sd["some_other_model.weight"] = torch.ones(3)
         sd["caption_encoder.base.h.0.attn.bias"] = torch.ones(1, 1, 32, 32)  # a legacy buffer that is NOT causal
 
-    with pytest.raises(CheckpointError, match=r"unexpected \(checkpoint keys with no place in the model\) \(3\)") as err:
+    with pytest.raises(WeightsError, match=r"unexpected \(checkpoint keys with no place in the model\) \(3\)") as err:
         load_tiny(write(add))
     for key in ("audio_encoder.base.htsat.layers.5.blocks.0.norm1.weight", "some_other_model.weight",
                 "caption_encoder.base.h.0.attn.bias"):
@@ -441,7 +442,7 @@ def test_pickle_carrying_code_is_refused_and_not_run(tmp_path):
 
     path = tmp_path / "evil.pth"
     torch.save({"model": {"logit_scale": torch.tensor(1.0)}, "extra": Payload()}, path)
-    with pytest.raises(CheckpointError, match=r"refusing to unpickle: the file references Python code \(io\.open\)") as err:
+    with pytest.raises(WeightsError, match=r"refusing to unpickle: the file references Python code \(io\.open\)") as err:
         load_msclap(path, version="2023", model=CLAPModel.from_config(TINY))
     assert str(path) in str(err.value)
     assert not marker.exists()
@@ -451,26 +452,26 @@ def test_tampered_stft_and_masks_fail_loudly(tiny_file):
     _, _, write = tiny_file
     key = "audio_encoder.base.htsat.spectrogram_extractor.stft.conv_real.weight"
     hamming = lambda sd: sd.__setitem__(key, sd[key] * 0.9)  # noqa: E731  (another window)
-    with pytest.raises(CheckpointError, match="is not the periodic-Hann DFT the frontend computes"):
+    with pytest.raises(WeightsError, match="is not the periodic-Hann DFT the frontend computes"):
         load_tiny(write(hamming))
     mask_key = "audio_encoder.base.htsat.layers.0.blocks.1.attn_mask"
     zeroed = lambda sd: sd.__setitem__(mask_key, torch.zeros_like(sd[mask_key]))  # noqa: E731
-    with pytest.raises(CheckpointError, match="differs from the buffer this HTSAT config derives"):
+    with pytest.raises(WeightsError, match="differs from the buffer this HTSAT config derives"):
         load_tiny(write(zeroed))
 
 
 def test_unreadable_and_wrong_files(tmp_path, tiny_file):
     model = CLAPModel.from_config(TINY)
-    with pytest.raises(CheckpointError, match="does not exist"):
+    with pytest.raises(WeightsError, match="does not exist"):
         load_msclap(tmp_path / "nope.pth", model=model)
     (tmp_path / "junk.pth").write_bytes(b"not a checkpoint at all")
-    with pytest.raises(CheckpointError, match="not a readable PyTorch checkpoint"):
+    with pytest.raises(WeightsError, match="not a readable PyTorch checkpoint"):
         load_msclap(tmp_path / "junk.pth", model=model)
     torch.save({"state_dict": {}}, tmp_path / "other.pth")
-    with pytest.raises(CheckpointError, match="expected a dict with a 'model' state dict"):
+    with pytest.raises(WeightsError, match="expected a dict with a 'model' state dict"):
         load_msclap(tmp_path / "other.pth", model=model)
     _, _, write = tiny_file
-    with pytest.raises(CheckpointError, match="version '2022' requested, but this is a 2023 checkpoint"):
+    with pytest.raises(WeightsError, match="version '2022' requested, but this is a 2023 checkpoint"):
         load_msclap(write(), version="2022", model=model)
     with pytest.raises(ValueError, match="version must be one of"):
         load_msclap(write(), version="2024", model=model)

@@ -1,4 +1,4 @@
-"""clapkit.train, clapkit.losses, clapkit.checkpointing, clapkit.data.loader / shards: tiny CPU runs."""
+"""clapkit.train, clapkit.losses, clapkit.training_state, clapkit.data.loader / shards: tiny CPU runs."""
 
 from __future__ import annotations
 
@@ -8,14 +8,15 @@ import numpy as np
 import pytest
 import torch
 
-from clapkit.checkpointing import (CheckpointError, find_resumable, list_checkpoints, load_checkpoint,
+from clapkit.errors import TrainingStateError
+from clapkit.training_state import (find_resumable, list_checkpoints, load_checkpoint,
                                    run_directory, save_checkpoint)
 from clapkit.training import Precision
 
 CPU_FP32 = Precision("fp32", torch.device("cpu"))
 
 
-# --- checkpointing ---------------------------------------------------------------------------------------------------
+# --- training state ---------------------------------------------------------------------------------------------------
 
 TOY = {"toy": 1}
 
@@ -75,11 +76,11 @@ def test_find_resumable_reads_sidecars_per_identity_and_skips_incomplete_files(t
     assert find_resumable(tmp_path, {"lr": 1}).name == "step_00000001.pt"
     # a damaged .pt behind a valid sidecar is refused with its name
     (run / "step_00000001.pt").write_bytes(b"PK\x03\x04 truncated")
-    with pytest.raises(CheckpointError, match="step_00000001.pt"):
+    with pytest.raises(TrainingStateError, match="step_00000001.pt"):
         load_checkpoint(run / "step_00000001.pt", model, identity={"lr": 1})
     # the identity is checked from the sidecar alone (the weights are never read to find a run)
     good = save_checkpoint(run_directory(tmp_path, {"lr": 2}), 5, model, {"lr": 2})
-    with pytest.raises(CheckpointError, match="another run identity"):
+    with pytest.raises(TrainingStateError, match="another run identity"):
         load_checkpoint(good, model, identity={"lr": 3})
     with pytest.warns(UserWarning, match="ANOTHER run identity"):
         assert load_checkpoint(good, model, identity={"lr": 3}, allow_other_identity=True)["step"] == 5
@@ -96,7 +97,7 @@ def test_checkpoint_restores_rng_and_refuses_missing_state(tmp_path):
     assert torch.equal(torch.rand(3), expected[0])
     assert np.array_equal(np.random.rand(3), expected[1]) and random.random() == expected[2]
     opt = torch.optim.Adam(model.parameters())
-    with pytest.raises(CheckpointError, match="no optimizer state"):
+    with pytest.raises(TrainingStateError, match="no optimizer state"):
         load_checkpoint(path, model, opt)
 
 
@@ -330,7 +331,7 @@ def _tsv_values(live: Path, name: str) -> list[tuple[str, str]]:
 
 def test_interrupted_and_resumed_run_equals_uninterrupted(prepared, tmp_path):
     from clapkit.api import CLAP
-    from clapkit.checkpointing import list_checkpoints
+    from clapkit.training_state import list_checkpoints
     from clapkit.train import train
 
     model_cfg = load_model_config("clap-tiny-htsat-gpt2")  # dropout and SpecAugment on: the RNG must be restored
@@ -559,7 +560,7 @@ def test_shard_training_with_workers_ends_its_epochs_and_resumes_exactly(prepare
     (validation at steps 4 and 8, then the budget's end at 9), and a run cut after step 6 (mid-epoch) and resumed
     ends with the same weights."""
     from clapkit.api import CLAP
-    from clapkit.checkpointing import list_checkpoints
+    from clapkit.training_state import list_checkpoints
     from clapkit.train import train
 
     build_corpus_shards(prepared, tmp_path / "shards")

@@ -1,4 +1,4 @@
-"""clapkit.training and the resume rules of clapkit.checkpointing: fp16 loss scaling, exact accumulation with every
+"""clapkit.training and the resume rules of clapkit.training_state: fp16 loss scaling, exact accumulation with every
 random layer on, run identities (code, corpus, finished runs) in whole training runs."""
 
 from __future__ import annotations
@@ -173,7 +173,7 @@ def _run(prepared, tmp, **kw):
 
 def _kill_after(tmp: Path, step: int) -> None:
     """What a kill -9 right after the step-``step`` checkpoint leaves: no later checkpoint."""
-    from clapkit.checkpointing import list_checkpoints
+    from clapkit.training_state import list_checkpoints
 
     for run in (tmp / "ckpt").glob("run-*"):
         for s, path in list_checkpoints(run):
@@ -183,7 +183,7 @@ def _kill_after(tmp: Path, step: int) -> None:
 
 
 def test_a_changed_code_hash_or_corpus_trains_afresh_and_a_kill_resumes(prepared, tmp_path, monkeypatch):
-    import clapkit.checkpointing as ckpt
+    import clapkit.training_state as ckpt
 
     assert _run(prepared, tmp_path) == 0
     _kill_after(tmp_path, 2)
@@ -210,7 +210,7 @@ def test_a_changed_code_hash_or_corpus_trains_afresh_and_a_kill_resumes(prepared
 
 
 def test_code_and_corpus_hashes_follow_content(tmp_path):
-    from clapkit.checkpointing import code_hash, corpus_hash
+    from clapkit.training_state import code_hash, corpus_hash
 
     pkg = tmp_path / "pkg"
     shutil.copytree(Path(__file__).parents[1] / "clapkit", pkg, ignore=shutil.ignore_patterns("__pycache__"))

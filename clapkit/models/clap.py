@@ -31,7 +31,7 @@ The audio encoder of a CLAP model has no AudioSet head: the contrastive loss nev
 would be parameters without gradients (dead weight, and an error at DDP's second step without
 ``find_unused_parameters``).  A config's ``audio_encoder.num_classes`` must therefore be 0 (an omitted one is set
 to 0, not to the standalone encoders' default of 527).  The official msclap checkpoints do carry a 527-class head;
-``clapkit.checkpoints.load_msclap`` verifies it and reports it as dropped.  A standalone ``HTSAT`` / ``CNN14``
+``clapkit.msclap_weights.load_msclap`` verifies it and reports it as dropped.  A standalone ``HTSAT`` / ``CNN14``
 still builds the head for tagging (``tag``).
 """
 

@@ -9,7 +9,7 @@ the official checkpoint loads strictly and gives the same numbers; the differenc
 - window attention runs through ``F.scaled_dot_product_attention`` with the relative-position bias (and, for
   shifted windows, the region mask) passed as one additive mask;
 - the relative-position index and the shifted-window mask are derived from the config, so they are
-  *non-persistent* buffers (msclap stores them in its checkpoint; ``clapkit.checkpoints`` verifies them there);
+  *non-persistent* buffers (msclap stores them in its checkpoint; ``clapkit.msclap_weights`` verifies them there);
 - every size is a config field, so tiny models for tests are the same code.
 
 Pipeline (msclap 2023 sizes): log-mel (B, 965, 64) -> bn0 over mel bins -> SpecAugment (train only) ->
@@ -19,7 +19,7 @@ other along frequency -> image (B, 1, 256, 256) -> 4x4 patches (64x64 tokens, 96
 the 768-d clip embedding.  The optional TSCAM head (``tag``) gives AudioSet clip probabilities.  A standalone
 HTSAT builds it by default (``num_classes`` 527, as msclap's); the encoder inside a CLAP model never has it (its
 contrastive loss never reaches the head: under DDP those would be parameters without gradients), and
-``clapkit.checkpoints.load_msclap`` verifies and drops the head's weights of an official checkpoint.
+``clapkit.msclap_weights.load_msclap`` verifies and drops the head's weights of an official checkpoint.
 
 Inputs longer than freq_ratio*spec_size frames raise ``ValueError``.  msclap crops them at random in training
 and, at inference, averages the outputs of windows whose size and hop are hard-coded (689 and 344 frames, i.e.

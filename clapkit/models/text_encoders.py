@@ -110,12 +110,6 @@ class _HFTextEncoder(nn.Module):
         cfg = self.transformer.config
         return getattr(cfg, "n_positions", None) or cfg.max_position_embeddings
 
-    def set_grad_checkpointing(self, enable: bool = True) -> None:
-        if enable:
-            self.transformer.gradient_checkpointing_enable()
-        else:
-            self.transformer.gradient_checkpointing_disable()
-
     def hidden_states(self, input_ids: torch.Tensor, attention_mask: torch.Tensor) -> torch.Tensor:
         return self.transformer(input_ids=input_ids, attention_mask=attention_mask).last_hidden_state
 

@@ -21,7 +21,7 @@ Resume rules (``find_resumable``, what ``--resume latest`` does):
 * any change (params, code, corpus, initial weights) is another identity, so it trains afresh; runs of other
   identities are left in their folders and listed, with what differs.
 
-``--resume PATH`` loads that checkpoint only if its identity matches (``CheckpointError`` otherwise, naming the
+``--resume PATH`` loads that checkpoint only if its identity matches (``TrainingStateError`` otherwise, naming the
 components that differ); ``allow_other_identity`` overrides that, loudly.
 
 Loading uses ``torch.load(weights_only=True)`` with every tensor mapped to the CPU first (RNG states must be CPU
@@ -43,23 +43,16 @@ from typing import Any, Mapping
 import numpy as np
 import torch
 
+from .errors import TrainingStateError
 from .file_hash import file_sha256
 
-__all__ = ["FORMAT", "CheckpointError", "capture_rng_state", "code_hash", "config_hash", "corpus_hash",
+__all__ = ["FORMAT", "capture_rng_state", "code_hash", "config_hash", "corpus_hash",
            "find_resumable", "identity_differences", "list_checkpoints", "load_checkpoint", "model_fingerprint",
            "read_sidecar", "restore_rng_state", "run_directory", "run_identity", "save_checkpoint", "unwrap"]
 
 FORMAT = "clapkit-train-checkpoint/2"
 _NAME = re.compile(r"^step_(\d{8,})\.pt$")
 _PACKAGE = Path(__file__).resolve().parent
-
-
-class CheckpointError(RuntimeError):
-    """A checkpoint file that cannot be used, with the path and the reason."""
-
-    def __init__(self, path: str | Path, reason: str):
-        super().__init__(f"{path}: {reason}")
-        self.path, self.reason = Path(path), reason
 
 
 def config_hash(config: Mapping[str, Any]) -> str:
@@ -224,9 +217,9 @@ def read_sidecar(checkpoint: str | Path) -> dict[str, Any]:
     try:
         info = json.loads(path.read_text(encoding="utf-8"))
     except (OSError, ValueError) as err:
-        raise CheckpointError(path, f"unreadable sidecar ({type(err).__name__}: {err})") from err
+        raise TrainingStateError(path, f"unreadable sidecar ({type(err).__name__}: {err})") from err
     if info.get("format") != FORMAT:
-        raise CheckpointError(path, f"not a {FORMAT} sidecar")
+        raise TrainingStateError(path, f"not a {FORMAT} sidecar")
     return info
 
 
@@ -275,7 +268,7 @@ def find_resumable(checkpoint_dir: str | Path, identity: Mapping[str, Any], log=
     for _, path in reversed(list_checkpoints(run_dir)):
         try:
             info = read_sidecar(path)
-        except CheckpointError as err:
+        except TrainingStateError as err:
             log(f"warning: skipping {err}")
             continue
         if info["identity_hash"] != config_hash(identity):
@@ -294,7 +287,7 @@ def find_resumable(checkpoint_dir: str | Path, identity: Mapping[str, Any], log=
             continue
         try:
             theirs = read_sidecar(ckpts[-1][1])["identity"]
-        except CheckpointError:
+        except TrainingStateError:
             continue
         log(f"not resuming {other.name} (step {ckpts[-1][0]}): another run identity, differs in "
             f"{', '.join(identity_differences(identity, theirs)) or 'its hash'}")
@@ -305,9 +298,9 @@ def _read(path: Path) -> dict[str, Any]:
     try:
         state = torch.load(path, map_location="cpu", weights_only=True)
     except Exception as err:  # truncated zip, not a torch file, pickled code refused...
-        raise CheckpointError(path, f"not a readable checkpoint ({type(err).__name__}: {err})") from err
+        raise TrainingStateError(path, f"not a readable checkpoint ({type(err).__name__}: {err})") from err
     if not isinstance(state, dict) or state.get("format") != FORMAT:
-        raise CheckpointError(path, f"not a {FORMAT} file")
+        raise TrainingStateError(path, f"not a {FORMAT} file")
     return state
 
 
@@ -316,7 +309,7 @@ def load_checkpoint(path: str | Path, model: torch.nn.Module, optimizer: torch.o
                     allow_other_identity: bool = False, restore_rng: bool = True) -> dict[str, Any]:
     """Load a checkpoint into the given objects (strictly); returns ``{"step", "extra", "identity_hash"}``.
 
-    With ``identity``, the checkpoint's sidecar must carry the same one (``CheckpointError`` naming what
+    With ``identity``, the checkpoint's sidecar must carry the same one (``TrainingStateError`` naming what
     differs), unless ``allow_other_identity``, which warns.  Everything is read onto the CPU; the model and the
     optimiser copy their tensors to the device of their parameters."""
     path = Path(path)
@@ -325,20 +318,20 @@ def load_checkpoint(path: str | Path, model: torch.nn.Module, optimizer: torch.o
         if info["identity_hash"] != config_hash(identity):
             what = ", ".join(identity_differences(identity, info.get("identity", {}))) or "its hash"
             if not allow_other_identity:
-                raise CheckpointError(path, f"written by another run identity (differs in {what}); resuming it "
+                raise TrainingStateError(path, f"written by another run identity (differs in {what}); resuming it "
                                             "would mix two runs (override: --resume-any-identity)")
             warnings.warn(f"{path}: resuming a checkpoint of ANOTHER run identity (differs in {what}), as asked; "
                           "the result is not the run its parameters describe", stacklevel=2)
     state = _read(path)
     missing, unexpected = unwrap(model).load_state_dict(state["model"], strict=False)
     if missing or unexpected:
-        raise CheckpointError(path, f"does not fit the model: {len(missing)} missing key(s) {missing[:3]}, "
+        raise TrainingStateError(path, f"does not fit the model: {len(missing)} missing key(s) {missing[:3]}, "
                                     f"{len(unexpected)} unexpected {unexpected[:3]}")
     for name, obj in (("optimizer", optimizer), ("scheduler", scheduler), ("scaler", scaler)):
         if obj is None:
             continue
         if state.get(name) is None:
-            raise CheckpointError(path, f"has no {name} state, but the run has a {name}")
+            raise TrainingStateError(path, f"has no {name} state, but the run has a {name}")
         obj.load_state_dict(state[name])
     if restore_rng:
         restore_rng_state(state["rng"])

@@ -1,7 +1,7 @@
 """Load Microsoft's ``clapcap_weights_2023.pth`` into a clapkit ``ClapCapModel``, strictly.
 
 Every tensor of the file is loaded, or verified and dropped for a stated reason, and every model tensor is
-filled; anything else is a ``CheckpointError`` naming the file and the keys.  Read with
+filled; anything else is a ``WeightsError`` naming the file and the keys.  Read with
 ``torch.load(weights_only=True)`` (``{"model": state_dict}`` or a bare state dict).  Key groups:
 
 =====================================================  ====================================================
@@ -28,7 +28,8 @@ from typing import Any, Mapping
 import torch
 from torch import nn
 
-from .checkpoints import (CheckpointError, LoadReport, _is_gpt2_mask_constant, _uninitialised_model, key_problems,
+from .errors import WeightsError
+from .msclap_weights import (LoadReport, _is_gpt2_mask_constant, _uninitialised_model, key_problems,
                           describe_filterbank, map_msclap_state_dict, read_msclap_state_dict)
 
 __all__ = ["load_clapcap", "map_clapcap_state_dict"]
@@ -52,13 +53,13 @@ def map_clapcap_state_dict(sd: dict[str, torch.Tensor], model, path: str | Path 
                            ) -> tuple[dict[str, torch.Tensor], LoadReport]:
     """Rename, verify and drop clapcap keys for ``model`` (a ClapCapModel); raise on any mismatch."""
     if any(k.startswith("audio_encoder.") or k.startswith("caption_encoder.") for k in sd):
-        raise CheckpointError(path, "this is a CLAP checkpoint (2022/2023), not clapcap: load it with "
+        raise WeightsError(path, "this is a CLAP checkpoint (2022/2023), not clapcap: load it with "
                                     "load_msclap(path, '2023') / CLAP.from_msclap")
     problems: list[str] = []
     audio_sd = {k: v for k, v in sd.items() if k.startswith(AUDIO_ROOT)}
     try:
         mapped, report = map_msclap_state_dict(audio_sd, "clapcap", _AudioOnly(model.audio), path)
-    except CheckpointError as err:  # collect, so that one message lists the audio and the decoder problems
+    except WeightsError as err:  # collect, so that one message lists the audio and the decoder problems
         problems += err.details
         mapped, report = {}, LoadReport(path=str(path), version="clapcap")
     origin = {new: new for new in mapped}  # only used for non-audio keys below
@@ -92,7 +93,7 @@ def map_clapcap_state_dict(sd: dict[str, torch.Tensor], model, path: str | Path 
             problems.append(f"{TIED_HEAD} differs from {TIED_EMBEDDING}, but the model's GPT-2 ties them "
                             "(tie_word_embeddings): one of the two would be lost")
     if problems:
-        raise CheckpointError(path, "does not match the msclap clapcap architecture", problems)
+        raise WeightsError(path, "does not match the msclap clapcap architecture", problems)
     report.loaded = len(mapped)
     return mapped, report
 

@@ -1,6 +1,6 @@
 """Load Microsoft's official msclap checkpoints (``CLAP_weights_2023.pth`` / ``CLAP_weights_2022.pth``) into a
 clapkit ``CLAPModel``, strictly: every tensor in the file is either loaded, verified or dropped for a stated
-reason, and every model tensor is filled.  Anything else is a ``CheckpointError`` naming the keys.
+reason, and every model tensor is filled.  Anything else is a ``WeightsError`` naming the keys.
 
 The file is ``{"model": state_dict}`` (DDP-unwrapped), read with ``torch.load(weights_only=True)``: a pickle that
 would run code is refused.  Key groups and what happens to them (``{A}`` = ``audio_encoder.base.htsat.`` for 2023,
@@ -44,18 +44,18 @@ from typing import Any, Mapping
 import torch
 
 from .audio import FrontendConfig, mel_filterbank
+from .errors import WeightsError
 
 __all__ = [
     "AUDIOSET_HEAD_DROPPED",
     "MSCLAP_AUDIOSET_CLASSES",
-    "CheckpointError",
     "LoadReport",
     "load_msclap",
     "map_msclap_state_dict",
 ]
 
 VERSIONS = ("2023", "2022")
-# The clapcap (captioning) file holds the 2023 audio tower under ``clap.``; clapkit.clapcap_checkpoint maps the rest.
+# The clapcap (captioning) file holds the 2023 audio tower under ``clap.``; clapkit.clapcap_weights maps the rest.
 AUDIO_PREFIX = {"2023": "audio_encoder.base.htsat.", "2022": "audio_encoder.base.", "clapcap": "clap.base.htsat."}
 PROJECTION_PREFIX = {"2023": "audio_encoder.projection.", "2022": "audio_encoder.projection.",
                      "clapcap": "clap.projection."}
@@ -69,15 +69,6 @@ NAMED_IN_SUMMARY = 4  # LoadReport.summary names the keys of a dropped group thi
 MSCLAP_AUDIOSET_CLASSES = 527
 AUDIOSET_HEAD_DROPPED = (f"AudioSet head ({MSCLAP_AUDIOSET_CLASSES} classes, shapes verified): a CLAP model has none, "
                          "its contrastive loss never reaches it")  # the LoadReport.dropped reason of its keys
-
-
-class CheckpointError(ValueError):
-    """A checkpoint that cannot be loaded; ``str(err)`` names the file and every problem found."""
-
-    def __init__(self, path: str | Path, reason: str, details: list[str] | None = None):
-        self.path, self.reason, self.details = str(path), reason, list(details or [])
-        lines = [f"{self.path}: {reason}"] + [f"  {d}" for d in self.details]
-        super().__init__("\n".join(lines))
 
 
 @dataclass
@@ -140,30 +131,30 @@ def read_msclap_state_dict(path: str | Path) -> dict[str, torch.Tensor]:
     """The flat state dict inside an official msclap file, read without executing any pickled code."""
     path = Path(path)
     if not path.is_file():
-        raise CheckpointError(path, "file does not exist" if not path.exists() else "not a regular file")
+        raise WeightsError(path, "file does not exist" if not path.exists() else "not a regular file")
     try:
         obj = torch.load(path, map_location="cpu", weights_only=True)
     except pickle.UnpicklingError as err:
         # torch's safe unpickler says "Unsupported global: GLOBAL module.name ..." for a reference to code.
         found = re.search(r"Unsupported global: GLOBAL ([\w.]+)", str(err))
         if found:
-            raise CheckpointError(
+            raise WeightsError(
                 path, f"refusing to unpickle: the file references Python code ({found.group(1)}), which would run "
                 "on loading; msclap checkpoints hold only tensors and plain containers"
             ) from err
         detail = re.search(r"WeightsUnpickler error: *\s*(.+)", str(err))
-        raise CheckpointError(path, "not a readable PyTorch checkpoint "
+        raise WeightsError(path, "not a readable PyTorch checkpoint "
                                     f"({detail.group(1).strip() if detail else str(err).splitlines()[0]})") from err
     except (RuntimeError, EOFError, OSError, ValueError) as err:
-        raise CheckpointError(path, f"not a readable PyTorch checkpoint ({err})") from err
+        raise WeightsError(path, f"not a readable PyTorch checkpoint ({err})") from err
     if _is_flat_state_dict(obj):  # a bare state dict, as torch.save(model.state_dict()) writes it
         return obj
     if not isinstance(obj, dict) or "model" not in obj:
         found = sorted(map(str, obj))[:10] if isinstance(obj, dict) else type(obj).__name__
-        raise CheckpointError(path, f"not an msclap checkpoint: expected a dict with a 'model' state dict, found {found}")
+        raise WeightsError(path, f"not an msclap checkpoint: expected a dict with a 'model' state dict, found {found}")
     sd = obj["model"]
     if not isinstance(sd, dict) or not all(isinstance(v, torch.Tensor) for v in sd.values()):
-        raise CheckpointError(path, "not an msclap checkpoint: 'model' is not a flat dict of tensors")
+        raise WeightsError(path, "not an msclap checkpoint: 'model' is not a flat dict of tensors")
     return sd
 
 
@@ -207,7 +198,7 @@ def map_msclap_state_dict(sd: dict[str, torch.Tensor], version: str, model: torc
     """Rename, verify and drop msclap keys for ``model`` (a clapkit CLAPModel); raise on any mismatch.
 
     ``version`` "clapcap": ``sd`` holds only the file's ``clap.*`` audio tower and ``model`` only an ``.audio``
-    tower (``clapkit.clapcap_checkpoint`` maps the mapper and GPT-2 around this call).
+    tower (``clapkit.clapcap_weights`` maps the mapper and GPT-2 around this call).
     """
     if version not in VERSIONS + ("clapcap",):
         raise ValueError(f"msclap version must be one of {VERSIONS}, got {version!r}")
@@ -333,7 +324,7 @@ def map_msclap_state_dict(sd: dict[str, torch.Tensor], version: str, model: torc
 
     problems += key_problems(mapped, origin, target, list(target), unmapped)
     if problems:
-        raise CheckpointError(path, f"does not match the msclap {version} architecture", problems)
+        raise WeightsError(path, f"does not match the msclap {version} architecture", problems)
     report.loaded = len(mapped)
     return mapped, report
 
@@ -353,13 +344,13 @@ def _audioset_head_shapes(encoder: torch.nn.Module) -> tuple[dict[str, tuple[int
 def _check_flavour(sd: dict[str, torch.Tensor], version: str, path) -> None:
     """Catch the wrong file early, with a message that says what it is."""
     if any(k.startswith("clap.base.") for k in sd) and not any(k.startswith("audio_encoder.") for k in sd):
-        raise CheckpointError(path, "this is a clapcap (captioning) checkpoint; load_msclap loads '2022' and '2023' CLAP models")
+        raise WeightsError(path, "this is a clapcap (captioning) checkpoint; load_msclap loads '2022' and '2023' CLAP models")
     has_htsat = any(k.startswith("audio_encoder.base.htsat.") for k in sd)
     has_cnn14 = any(k.startswith("audio_encoder.base.conv_block") for k in sd)
     if version == "2023" and has_cnn14 and not has_htsat:
-        raise CheckpointError(path, "version '2023' requested, but this is a 2022 checkpoint (CNN14 audio encoder)")
+        raise WeightsError(path, "version '2023' requested, but this is a 2022 checkpoint (CNN14 audio encoder)")
     if version == "2022" and has_htsat:
-        raise CheckpointError(path, "version '2022' requested, but this is a 2023 checkpoint (HTSAT audio encoder)")
+        raise WeightsError(path, "version '2022' requested, but this is a 2023 checkpoint (HTSAT audio encoder)")
 
 
 def _is_gpt2_mask_constant(rest: str, t: torch.Tensor) -> bool:
@@ -379,7 +370,7 @@ def _uninitialised_model(config, model_cls=None):
     buffer is replaced, and the non-persistent buffers (window, HTSAT masks, position ids) are computed, not
     drawn.  ``no_init_weights`` is what transformers' own ``from_pretrained`` uses for the same purpose."""
     if model_cls is None:
-        from .models.clap import CLAPModel as model_cls  # late: keeps ``import clapkit.checkpoints`` light
+        from .models.clap import CLAPModel as model_cls  # late: keeps ``import clapkit.msclap_weights`` light
 
     try:
         from transformers.initialization import no_init_weights
@@ -397,11 +388,11 @@ def load_msclap(path: str | Path, version: str = "2023", model: Any = None,
     The model is ``model`` if given, else built from ``config`` (a model config name, JSON path or dict;
     default: the shipped ``msclap-<version>``) without wasting time on random initialisation.  ``state_dict``:
     the file's ``read_msclap_state_dict(path)`` when the caller has already read it (not read twice).
-    ``version="clapcap"``: ``clapcap_weights_2023.pth`` into a ``ClapCapModel`` (``clapkit.clapcap_checkpoint``;
+    ``version="clapcap"``: ``clapcap_weights_2023.pth`` into a ``ClapCapModel`` (``clapkit.clapcap_weights``;
     default config ``clapcap-2023``).
     """
     if version == "clapcap":  # the captioning model: its own module, the same strictness
-        from .clapcap_checkpoint import load_clapcap
+        from .clapcap_weights import load_clapcap
 
         return load_clapcap(path, model=model, config=config, state_dict=state_dict)
     if version not in VERSIONS:
