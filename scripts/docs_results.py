@@ -1,19 +1,25 @@
-"""README's result tables, generated from the metrics files the pipeline writes, so they cannot drift from the runs.
+"""The result tables and figures of README.md and docs/*.md, generated from the metrics files the pipeline writes,
+so that they cannot drift from the runs.
 
-README holds each table between two markers::
+A document holds each generated block between two markers::
 
-    <!-- results:pretrain -->
+    <!-- results:evaluate -->
     ...generated...
-    <!-- /results:pretrain -->
+    <!-- /results:evaluate -->
 
-``python scripts/readme_results.py`` rewrites every block from the committed outputs (after ``dvc repro``);
-``--check`` exits 1 when README differs from what the outputs say (tests/test_readme_results.py runs it in CI).
-Intervals are Wilson 95% and tests exact one-sided binomial (clapkit.stats), as in the stages and notebooks.
+``python scripts/docs_results.py`` (``make docs``, after ``dvc repro``) rewrites every block of every document from
+the committed outputs and draws the figures into ``docs/figures/``; each block name appears in exactly one document.
+A figure's block names the figure and a digest of the numbers it was drawn from, so a change of those numbers changes
+the block. ``--check`` exits 1 when a document differs from what the outputs say, or a figure is missing
+(tests/test_docs_results.py runs it in CI). Intervals are Wilson 95% and tests exact one-sided binomial
+(clapkit.stats), as in the stages and notebooks.
 """
 from __future__ import annotations
 
 import argparse
+import hashlib
 import json
+import os
 import re
 import sys
 from pathlib import Path
@@ -217,41 +223,210 @@ def caption_block(root: Path) -> str:
         f"installed.\n")
 
 
+def headline_block(root: Path) -> str:
+    """README's one table: the default's zero-shot (transfer) and in-domain results, and the paper's for scale."""
+    ev, cap, grid = _load(root, "metrics/evaluate.json"), _load(root, "metrics/caption.json"), \
+        _load(root, "reports/ablations.json")
+    mean_chance = sum(t["chance"] for t in ev["tasks"].values()) / len(ev["tasks"])
+    ret = next(iter(ev["retrieval"].values()), None)
+    rows = ["| result | protocol | the default (`dvc repro`) | chance |", "|---|---|---|---|",
+            f"| transfer test: {ev['transfer_entries']} held-out source x task entries, held-out wordings | "
+            f"**zero-shot** | **{ev['transfer_zero_shot_score']:.3f}** ({ev['transfer_entries_above_chance']} of "
+            f"{ev['transfer_entries']} entries above chance) | {ev['transfer_chance']:.3f} |",
+            f"| the same clips with the training wordings | zero-shot audio, seen wordings | "
+            f"{ev['transfer_zero_shot_score_training_wordings']:.3f} | {ev['transfer_chance']:.3f} |",
+            f"| {len(ev['tasks'])} embedded tasks, zero-shot classification | in-domain | "
+            f"{ev['embedded_zero_shot_score']:.3f} ({ev['embedded_zero_shot_tasks_above_chance']} of {len(ev['tasks'])} "
+            f"above chance) | {mean_chance:.3f} |",
+            f"| the same tasks, linear probe | in-domain | {ev['embedded_linear_probe_score']:.3f} "
+            f"({ev['embedded_linear_probe_tasks']} tasks probed) | |"]
+    if ret:
+        rows.append(f"| caption retrieval, R@1 audio->text / text->audio | in-domain | {ret['a2t']['R@1']:.3f} / "
+                    f"{ret['t2a']['R@1']:.3f} | |")
+    prior = cap["baselines"].get("prior", {}).get("cider_d")
+    rows.append(f"| captioning (stage `caption`), CIDEr-D | in-domain | {cap['cider_d']:.3f} | "
+                f"{'' if prior is None else f'{prior:.3f} (the commonest caption)'} |")
+    default = next((r for r in grid["rows"] if r.get("workspace")), None)
+    floor = next((r for r in grid["rows"] if r.get("floor")), None)
+    test = next((c["transfer"] for c in grid.get("comparisons", [])
+                 if default and floor and (c.get("a"), c.get("b")) == (default["row"], floor["row"])), None)
+    text = "\n".join(rows) + "\n"
+    if default and floor and default.get("transfer_score_mean") is not None:
+        text += (f"\nOver {len(default['runs'])} seeds (the ablation grid) the default scores "
+                 f"{_mean_sd(default, 'transfer_score')} on the transfer test, against {_mean_sd(floor, 'transfer_score')} "
+                 f"for the floor (both towers frozen, both projections trained for 200 steps)"
+                 + (f"; paired t({test['df']}) = {test['t']:.2f}, p = {test['p_value']:.2g}" if test else "") + ".\n")
+    text += ("\nFor scale, **the paper's** MS-CLAP 2023 (its Table 2) on its benchmark datasets. These were not run "
+             "here; score your copies with `clapkit evaluate --model CLAP_weights_2023.pth --msclap-version 2023 "
+             "--task esc50 --data DIR`:\n\n" + _paper_row() + "\n")
+    return text
+
+
+def _paper_row() -> str:
+    from clapkit.tasks import PAPER_TASKS
+
+    names = ["esc50", "us8k", "gtzan_genre", "crema_d", "audiocaps_a2t", "clotho_captioning"]
+    cells = []
+    for name in names:
+        t = PAPER_TASKS[name]
+        label = "seen in training" if t.seen_in_training else "zero-shot"
+        cells.append((f"{t.title} ({t.metric}, {label})", f"{t.paper[t.metric]:.3f}"))
+    return ("| " + " | ".join(c[0] for c in cells) + " |\n|" + "---|" * len(cells) + "\n| "
+            + " | ".join(c[1] for c in cells) + " |")
+
+
+# --- figures: drawn into docs/figures/, named in their block with a digest of the numbers drawn -----------------
+
+FIGURE_DIR = "docs/figures"
+
+
+def _grid_figure_data(root: Path) -> dict:
+    s = _load(root, "reports/ablations.json")
+    rows = [{"row": r["row"], "default": bool(r.get("workspace")),
+             "seeds": [x["transfer_score"] for x in r["runs"] if x.get("transfer_score") is not None]}
+            for r in s["rows"]]
+    chance = next((r["transfer_chance"] for r in s["rows"] if r.get("transfer_chance") is not None), None)
+    return {"rows": rows, "chance": chance}
+
+
+def _draw_grid(data: dict, out: Path) -> None:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    rows = [r for r in data["rows"] if r["seeds"]]
+    fig, ax = plt.subplots(figsize=(8, 0.38 * len(rows) + 1.2), dpi=110)
+    for y, r in enumerate(rows):
+        mean = sum(r["seeds"]) / len(r["seeds"])
+        colour = "tab:red" if r["default"] else "tab:blue"
+        ax.barh(y, mean, color=colour, alpha=0.35)
+        ax.plot(r["seeds"], [y] * len(r["seeds"]), "o", color=colour, markersize=4)
+    if data["chance"] is not None:
+        ax.axvline(data["chance"], color="k", linestyle="--", linewidth=1, label=f"chance {data['chance']:.3f}")
+        ax.legend(loc="lower right", fontsize=8)
+    ax.set_yticks(range(len(rows)), [r["row"] + (" (default)" if r["default"] else "") for r in rows], fontsize=8)
+    ax.invert_yaxis()
+    ax.set_xlabel("transfer score (bar: mean over seeds; dots: one seed each)")
+    ax.set_title("The ablation grid on the transfer test (reports/ablations.json)", fontsize=10)
+    fig.tight_layout()
+    fig.savefig(out, metadata={"Software": None})
+    plt.close(fig)
+
+
+def _evaluate_figure_data(root: Path) -> dict:
+    m = _load(root, "metrics/evaluate.json")
+    return {"tasks": {name: {"zero_shot": m["zero_shot"][name], "probe": m["linear_probe"].get(name),
+                             "chance": t["chance"]} for name, t in sorted(m["tasks"].items())}}
+
+
+def _draw_evaluate(data: dict, out: Path) -> None:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    names = list(data["tasks"])
+    fig, ax = plt.subplots(figsize=(8, 0.3 * len(names) + 1.2), dpi=110)
+    for y, name in enumerate(names):
+        t = data["tasks"][name]
+        ax.barh(y - 0.2, t["zero_shot"], height=0.4, color="tab:blue", label="zero-shot" if y == 0 else None)
+        if t["probe"] is not None:
+            ax.barh(y + 0.2, t["probe"], height=0.4, color="tab:green", label="linear probe" if y == 0 else None)
+        ax.plot([t["chance"]] * 2, [y - 0.45, y + 0.45], color="k", linewidth=1.5,
+                label="chance" if y == 0 else None)
+    ax.set_yticks(range(len(names)), names, fontsize=8)
+    ax.invert_yaxis()
+    ax.set_xlim(0, 1)
+    ax.set_xlabel("accuracy on the test split (in-domain)")
+    ax.set_title("The default model on the embedded tasks (metrics/evaluate.json)", fontsize=10)
+    ax.legend(loc="lower right", fontsize=8)
+    fig.tight_layout()
+    fig.savefig(out, metadata={"Software": None})
+    plt.close(fig)
+
+
+# name -> (file under docs/figures, the numbers drawn, the drawing, the alt text, where the numbers come from)
+FIGURES: dict[str, tuple[str, Callable[[Path], dict], Callable[[dict, Path], None], str, str]] = {
+    "figure_grid": ("grid-transfer.png", _grid_figure_data, _draw_grid,
+                    "Transfer score of every row of the ablation grid, per seed", "reports/ablations.json"),
+    "figure_evaluate": ("evaluate-tasks.png", _evaluate_figure_data, _draw_evaluate,
+                        "Zero-shot and linear-probe accuracy of the default model per embedded task",
+                        "metrics/evaluate.json"),
+}
+
+
+def _digest(data: dict) -> str:
+    return hashlib.sha256(json.dumps(data, sort_keys=True).encode()).hexdigest()[:12]
+
+
+def figure_block(name: str, root: Path, document: Path, draw: bool) -> str:
+    filename, read, drawing, alt, source = FIGURES[name]
+    data = read(root)
+    out = root / FIGURE_DIR / filename
+    if draw:
+        out.parent.mkdir(parents=True, exist_ok=True)
+        tmp = out.with_name(out.name + ".tmp.png")
+        drawing(data, tmp)
+        tmp.replace(out)
+    elif not out.is_file():
+        raise FileNotFoundError(f"{out}: missing (run python scripts/docs_results.py)")
+    link = os.path.relpath(root / FIGURE_DIR / filename, (root / document).parent)
+    return f"![{alt}]({link})\n\n*Drawn from `{source}` by `make docs` (numbers digest `{_digest(data)}`).*\n"
+
+
 GENERATORS: dict[str, Callable[[Path], str]] = {"caption": caption_block, "data": data_block, "pretrain": pretrain_block,
                                                  "pretrain_from_scratch": pretrain_htsat22_block,
                                                  "train": train_block, "evaluate": evaluate_block,
-                                                 "transfer": transfer_block, "grid": grid_block}
+                                                 "transfer": transfer_block, "grid": grid_block,
+                                                 "headline": headline_block}
+DOCUMENTS = ["README.md", "docs/*.md"]  # relative to the repository root
 
 
-def render(readme: str, root: Path) -> str:
-    """README with every marked block regenerated; an unknown block name is an error."""
+def documents(root: Path) -> list[Path]:
+    """The documents that may hold generated blocks, relative to ``root``."""
+    found = []
+    for pattern in DOCUMENTS:
+        found += sorted(p.relative_to(root) for p in root.glob(pattern))
+    return found
+
+
+def render(text: str, root: Path, document: Path = Path("README.md"), draw: bool = False) -> str:
+    """``text`` with every marked block regenerated; an unknown block name is an error."""
     def one(match: re.Match) -> str:
         name = match["name"]
+        if name in FIGURES:
+            return match.group(1) + figure_block(name, root, document, draw) + match.group(4)
         if name not in GENERATORS:
-            raise KeyError(f"README block results:{name} has no generator (known: {sorted(GENERATORS)})")
+            raise KeyError(f"{document}: block results:{name} has no generator "
+                           f"(known: {sorted(GENERATORS) + sorted(FIGURES)})")
         return match.group(1) + GENERATORS[name](root) + match.group(4)
 
-    return BLOCK.sub(one, readme)
+    return BLOCK.sub(one, text)
 
 
 def main(argv: list[str] | None = None) -> int:
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    ap.add_argument("--readme", type=Path, default=REPO / "README.md")
-    ap.add_argument("--root", type=Path, default=REPO, help="where metrics/ and results/ are")
-    ap.add_argument("--check", action="store_true", help="exit 1 if README differs from the outputs")
+    ap.add_argument("--root", type=Path, default=REPO, help="the repository: metrics/, reports/, README.md, docs/")
+    ap.add_argument("--check", action="store_true", help="exit 1 if a document differs from the outputs")
     args = ap.parse_args(argv)
-    old = args.readme.read_text()
-    new = render(old, args.root)
-    if args.check:
-        if new != old:
-            print(f"{args.readme}: result tables differ from the metrics files: run python scripts/readme_results.py",
-                  file=sys.stderr)
-            return 1
-        return 0
-    if new != old:
-        tmp = args.readme.with_suffix(".md.tmp")
+    stale = []
+    for document in documents(args.root):
+        path = args.root / document
+        old = path.read_text()
+        new = render(old, args.root, document, draw=not args.check)
+        if new == old:
+            continue
+        if args.check:
+            stale.append(str(document))
+            continue
+        tmp = path.with_name(path.name + ".tmp")
         tmp.write_text(new)
-        tmp.replace(args.readme)
+        tmp.replace(path)
+    if stale:
+        print(f"{', '.join(stale)}: generated blocks differ from the metrics files: run python scripts/docs_results.py",
+              file=sys.stderr)
+        return 1
     return 0
 
 
