@@ -98,7 +98,6 @@ the licences marked "unknown".
 from __future__ import annotations
 
 import csv
-import inspect
 import json
 import re
 from dataclasses import dataclass, field
@@ -211,11 +210,6 @@ class DatasetAdapter:
     environmental: bool
     confirmed: str  # where the on-disk layout was confirmed, or "best-effort: ..." and why
     reader: Callable[[_Context], list[ClipRecord]] = field(repr=False)
-
-    @property
-    def layout(self) -> str:
-        """The exact on-disk layout this adapter expects (the reader's docstring)."""
-        return inspect.cleandoc(self.reader.__doc__ or "")
 
     def load(self, root: str | Path, report: LoadReport | None = None) -> list[ClipRecord]:
         """Read the dataset under ``root``; see the module docstring for the error policy."""
