@@ -36,7 +36,7 @@ def load(name: str, root: Path, report: LoadReport | None = None):
 
 
 def rows(records, root: Path):
-    """The fields the brief asks to check, with paths relative to the fixture root."""
+    """The fields each test checks (id, path, split, group, labels, texts), paths relative to the fixture root."""
     return [
         (r.id, str(Path(r.path).relative_to(root)), r.split, r.group, r.labels, r.texts)
         for r in records
