@@ -89,7 +89,8 @@ def iter_shard_hashes(shard_dirs: str | Path | Sequence[str | Path], split: str 
     """``content_hash`` of the lines of ``<dir>/samples.jsonl`` (the shard index of ``clapkit shards build``) of each
     shard directory whose ``split`` is ``split`` (default ``train``, the one training reads; a line without a split
     counts), one at a time: a folder built from a dataset's train and test splits trains on the first only, and its
-    test split stays evaluable.  A missing file, a line that is not JSON or has no ``content_hash`` is an error naming file and line."""
+    test split stays evaluable.  A missing file, a line that is not JSON or has no ``content_hash`` is an error
+    naming file and line."""
     dirs = [shard_dirs] if isinstance(shard_dirs, (str, Path)) else list(shard_dirs)
     for d in dirs:
         path = Path(d) / "samples.jsonl"
