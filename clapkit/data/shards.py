@@ -250,7 +250,7 @@ class ShardStream(IterableDataset):
     batches of ``per_rank_batch`` per rank through ``make_stream_loader``; see the module docstring.
 
     ``shards``: shard paths (one set, weight 1), or ``ShardSet``s (a mixture: ``from_mixture``).
-    ``shard_sizes`` (paths only): the clip count of each shard (``read_index(...)["sizes"]``; ``from_index`` reads them);
+    ``shard_sizes`` (paths only): the clip count of each shard (an index's ``sizes``; ``from_index`` reads them);
     None counts them by reading every shard once.  ``batches_per_epoch`` (training only): None is ``E //
     (per_rank_batch * world)`` for an epoch of E clips (the sets' weighted sizes), computed from the sizes, the
     same on every rank.
