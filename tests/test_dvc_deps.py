@@ -7,7 +7,7 @@ entry modules the closure of intra-package imports is computed with ``ast`` (mod
 absolute and relative, ``from . import module``, the packages' ``__init__`` files, ``importlib.import_module`` of a
 literal name; ``if TYPE_CHECKING:`` imports are skipped: they never run).  A package ``__init__``'s lazy names (a
 ``__getattr__`` importing on first use) count only for a module that names them.  ``clapkit/cli.py`` is left out:
-it imports every command module only to register its options.  Every ``clapkit/**/*.py`` of the closure must be
+it only dispatches to the command's module (importing modules to register their options).  Every ``clapkit/**/*.py`` of the closure must be
 in the stage's deps (a folder dep covers the files under it), and every ``clapkit/`` dep must exist.
 """
 
