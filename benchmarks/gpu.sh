@@ -5,7 +5,7 @@
 # On one H100/H200 (default, under 8 minutes): a synthetic 44.1 kHz corpus, `clapkit pretrain` 50 steps and
 # `clapkit train` 100 steps at preset paper (bf16 + torch.compile), a second train run killed with SIGKILL after
 # its first checkpoint and resumed, bf16-vs-fp32 embedding cosines, peak GPU memory per phase, and clapkit's
-# audio / text / training throughput beside msclap's (benchmarks/run.py, ../shared/bench/msclap_trainstep.py).
+# audio / text / training throughput beside msclap's own modules (benchmarks/run.py).
 # --cpu-smoke: the same phases on this CPU with the embedded model and a few steps (about 3 minutes).
 # Writes OUT.json (default benchmarks/results-gpu.json; --cpu-smoke: $TMPDIR/clapkit-gpu-smoke.json), atomically
 # after every phase, and OUT.log (each phase's log).  Phases: benchmarks/gpu_check.py.

@@ -19,8 +19,7 @@ says what was cut):
 5. ``cosine``: the trained model's audio and text embeddings of the same test clips and captions in fp32 (TF32
    off), bf16 autocast and bf16 weights: cosines to fp32 and zero-shot agreement.
 6. ``bench``: ``benchmarks/run.py`` (clapkit beside msclap's own modules, alternated batch by batch) for the audio
-   tower, text tower and training step, capped to the time left; then ``shared``: the msclap reference script
-   ``msclap_trainstep.py`` of ``../shared/bench`` (it prints the towers' throughput first), if carried.
+   tower, text tower and training step, capped to the time left.
 
 Stages run through ``gpu_check.py stage`` (in-process ``clapkit.cli.main``) so that their peak GPU memory
 (``torch.cuda.max_memory_allocated``) and the time between consecutive ``train_step`` calls are recorded beside
@@ -76,17 +75,15 @@ PROFILES: dict[str, dict[str, Any]] = {
         },
         "kill_checkpoint_every": 10,  # run B checkpoints every 10 steps and is killed after its first checkpoint
         "caps": {"corpus": 60, "pretrain": 150, "train_a": 210, "train_b": 120, "train_c": 170, "cosine": 60,
-                 "bench": 150, "shared": 90},
-        "min_s": {"pretrain": 60, "train_a": 90, "train_b": 40, "train_c": 60, "cosine": 20, "bench": 45, "shared": 40},
+                 "bench": 150},
+        "min_s": {"pretrain": 60, "train_a": 90, "train_b": 40, "train_c": 60, "cosine": 20, "bench": 45},
         "cosine_clips": 128,
         "bench_args": ["--device", "cuda", "--sections", "models,train", "--precisions", "bf16-autocast",
                        "--iters", "8", "--train-iters", "4"],
         # with this much time left, the towers are also compared with bf16 weights under torch.compile (both
-        # systems: four compilations), the stronger msclap baseline of ../shared/bench/README.md
+        # systems: four compilations), the stronger msclap baseline
         "bench_full_if_s": 260,
         "bench_full_args": ["--precisions", "bf16-autocast,bf16-weights"],
-        "reserve_for_shared_s": 45,
-        "shared_env": {"B_AUDIO": "256", "B_TEXT": "1024", "B_TRAIN": "128", "ITERS": "5"},
     },
     "cpu-smoke": {
         "preset": "embedded",
@@ -104,17 +101,15 @@ PROFILES: dict[str, dict[str, Any]] = {
         },
         "kill_checkpoint_every": 3,
         "caps": {"corpus": 30, "pretrain": 90, "train_a": 90, "train_b": 60, "train_c": 90, "cosine": 60,
-                 "bench": 120, "shared": 0},
-        "min_s": {"pretrain": 20, "train_a": 20, "train_b": 15, "train_c": 15, "cosine": 10, "bench": 30, "shared": 30},
+                 "bench": 120},
+        "min_s": {"pretrain": 20, "train_a": 20, "train_b": 15, "train_c": 15, "cosine": 10, "bench": 30},
         "cosine_clips": 16,
         "bench_args": ["--device", "cpu", "--quick", "--sections", "models,train", "--threads", "1"],
         "bench_full_if_s": 10**6,
         "bench_full_args": [],
-        "reserve_for_shared_s": 0,
-        "shared_env": {"B_AUDIO": "1", "B_TEXT": "2", "B_TRAIN": "2", "ITERS": "1"},
     },
 }
-PHASES = ("corpus", "pretrain", "train_a", "train_b", "train_c", "cosine", "bench", "shared")
+PHASES = ("corpus", "pretrain", "train_a", "train_b", "train_c", "cosine", "bench")
 
 
 # --------------------------------------------------------------------------------------------- small helpers
@@ -575,9 +570,8 @@ class Check:
         self.results["wall_s"] = round(time.perf_counter() - self.t0, 1)
         write_json(self.out, self.results)
 
-    def cap_for(self, phase: str, reserve: float = 0.0) -> float | None:
-        """The phase's time cap, or None (recorded as cut) when it is skipped or too little time is left.
-        ``reserve``: seconds kept for a later phase, unless that would leave this one less than its minimum."""
+    def cap_for(self, phase: str) -> float | None:
+        """The phase's time cap, or None (recorded as cut) when it is skipped or too little time is left."""
         cap = float(self.profile["caps"].get(phase, 0))
         if phase in self.skip:
             self.cut(phase, "skipped (--skip)")
@@ -590,7 +584,7 @@ class Check:
         if left < need:
             self.cut(phase, f"{left:.0f} s left of the {self.budget:.0f} s budget, the phase needs at least {need:.0f} s")
             return None
-        return min(cap, left - reserve if left - reserve >= need else left)
+        return min(cap, left)
 
     def cut(self, phase: str, why: str) -> None:
         self.results["phases"][phase] = {"status": "cut", "why": why}
@@ -714,7 +708,6 @@ class Check:
         else:
             self.cut("cosine", "no trained model (run A did not finish)")
         self.phase_bench()
-        self.phase_shared()
         self.summarise()
         self.results["complete"] = True
         self.results["finished_utc"] = now_utc()
@@ -910,9 +903,7 @@ class Check:
         self.record("cosine", result, log)
 
     def phase_bench(self) -> None:
-        shared_wanted = "shared" not in self.skip and (CARRY / "shared_bench" / "msclap_trainstep.py").is_file() \
-            and self.profile["caps"].get("shared", 0) > 0
-        cap = self.cap_for("bench", reserve=self.profile["reserve_for_shared_s"] if shared_wanted else 0.0)
+        cap = self.cap_for("bench")
         if cap is None:
             return
         bench_json = self.path("bench.json")
@@ -934,23 +925,6 @@ class Check:
                                        f"{self.profile['bench_full_if_s']} s, {cap:.0f} s were left)")
         result["result"] = read_json(bench_json)  # run.py writes after every section: a cut run keeps what it had
         self.record("bench", result, log)
-
-    def phase_shared(self) -> None:
-        script = CARRY / "shared_bench" / "msclap_trainstep.py"
-        if not script.is_file():
-            self.cut("shared", f"{script.relative_to(REPO)} not carried (scripts/gpu_carry.sh copies ../shared/bench)")
-            return
-        cap = self.cap_for("shared")
-        if cap is None:
-            return
-        log = self.path("logs", "shared.log")
-        env = {**self.env, **self.profile["shared_env"]}
-        env.setdefault("MSCLAP_SITE", str(CARRY / "msclap_site"))
-        result = run_capped(python_cmd(str(script)), log, cap, env)
-        lines = json_lines(tail(log, 200))
-        result["result"] = {"script": "../shared/bench/msclap_trainstep.py (imports msclap_throughput.py)",
-                            "env": self.profile["shared_env"], "lines": lines}
-        self.record("shared", result, log)
 
     # --- the end
     def summarise(self) -> None:
@@ -994,9 +968,6 @@ class Check:
                 s[f"bench_train_step_{prec}"] = {"clapkit_pairs_per_s": e["clapkit_pairs_per_s"],
                                                  "msclap_pairs_per_s": e["msclap_pairs_per_s"],
                                                  "ratio": e["ratio_clapkit_over_msclap"]}
-        shared = ((ph.get("shared") or {}).get("result") or {}).get("lines") or []
-        if shared:
-            s["msclap_reference_scripts"] = shared
         self.results["summary"] = s
 
     def write_log_bundle(self) -> None:
@@ -1036,7 +1007,7 @@ def parse_args(argv=None):
     r.add_argument("--scratch", help="scratch folder (default: $TMPDIR/clapkit-gpu-check-<mode>, emptied first)")
     r.add_argument("--keep-scratch", action="store_true", help="leave the scratch folder (models, checkpoints, logs)")
     r.add_argument("--skip", help=f"comma-separated phases to leave out: {','.join(PHASES)}")
-    r.add_argument("--only", help="comma-separated phases to run, the others skipped (e.g. bench,shared)")
+    r.add_argument("--only", help="comma-separated phases to run, the others skipped (e.g. cosine,bench)")
     r.add_argument("--bench-args", help="extra benchmarks/run.py arguments (one string)")
     s = sub.add_parser("stage", help="(internal) one clapkit stage in-process, with step times and peak memory")
     s.add_argument("stage", choices=("pretrain", "train"))

@@ -36,6 +36,17 @@ def timed(cmd: str, cwd: Path, log) -> float:
     return round(time.perf_counter() - t0, 1)
 
 
+def home_as_tilde(value):
+    """``value`` with every string path under the home folder written ``~/...`` (the stages' timings name their
+    feature caches by absolute path; the record says which cache, not whose home)."""
+    if isinstance(value, dict):
+        return {k: home_as_tilde(v) for k, v in value.items()}
+    if isinstance(value, list):
+        return [home_as_tilde(v) for v in value]
+    home = str(Path.home()) + "/"
+    return "~/" + value[len(home):] if isinstance(value, str) and value.startswith(home) else value
+
+
 def main() -> int:
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     ap.add_argument("--clone", required=True, type=Path)
@@ -92,7 +103,7 @@ def main() -> int:
            "git_status_after": status, "git_status_clean": not status}
     args.out.parent.mkdir(parents=True, exist_ok=True)
     tmp = args.out.with_suffix(".tmp")
-    tmp.write_text(json.dumps(out, indent=1) + "\n")
+    tmp.write_text(json.dumps(home_as_tilde(out), indent=1) + "\n")
     os.replace(tmp, args.out)
     print(json.dumps({k: out[k] for k in ("seconds", "make_repro_after_setup_min", "git_status_clean")}, indent=1))
     return 0 if not status else 1

@@ -17,7 +17,7 @@ What is measured (see benchmarks/README.md):
     swapped for soundfile (torchaudio 2.11 decodes through torchcodec, which is not installed here), against
     ``clapkit.CLAP.get_audio_embeddings``; plus clapkit decoding in DataLoader workers.
 (c) train: one contrastive training step (forward, symmetric cross-entropy, backward, Adam) at the paper's
-    architecture: the plain loop of ``/work/shared/bench/msclap_trainstep.py`` around msclap's modules against
+    architecture: a plain loop (``ref_step`` below) around msclap's modules against
     ``clapkit.train.train_step`` with clapkit's fused Adam; same batch, same inputs; pairs/s and peak memory.
 (d) loader: the training data loader (``clapkit.data.loader``) over a prepared corpus: clips/s and per worker.
 (e) pipeline: the per-stage wall times that ``dvc repro`` of the embedded pipeline wrote to
@@ -55,6 +55,16 @@ import torch.nn.functional as F
 
 REPO = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(REPO))
+
+
+def shown(path: str | Path) -> str:
+    """A path as the results record it: relative to the repository when inside it, else with ``~`` for the home
+    folder (the JSON says what was read, not where this checkout lives)."""
+    path = Path(path).absolute()
+    if path.is_relative_to(REPO):
+        return str(path.relative_to(REPO))
+    home = Path.home()
+    return str("~" / path.relative_to(home)) if path.is_relative_to(home) else str(path)
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
 from clapkit.msclap_weights import load_msclap  # noqa: E402
@@ -217,8 +227,8 @@ def load_captions(prepared: Path, n: int, seed: int) -> tuple[list[str], str]:
         if captions:
             rng = random.Random(seed)
             if len(captions) >= n:
-                return rng.sample(captions, n), str(manifest)
-            return [rng.choice(captions) for _ in range(n)], str(manifest)
+                return rng.sample(captions, n), shown(manifest)
+            return [rng.choice(captions) for _ in range(n)], shown(manifest)
     reps = -(-n // len(SAMPLE_CAPTIONS))
     return (SAMPLE_CAPTIONS * reps)[:n], "fixed sample captions (no prepared manifest)"
 
@@ -275,8 +285,8 @@ def side_by_side(run_reference, run_clapkit, batches: list, items_per_batch: int
 def tower_functions(reference, ours, precision: str, device: torch.device, args):
     """(msclap audio, clapkit audio, msclap text, clapkit text) callables for one precision.
 
-    ``bf16-weights``: both models cast to bf16 (msclap's takes bf16 waveforms, as /work/shared/bench's
-    msclap_headroom.py feeds it; clapkit's frontend computes in float32 whatever the weights), each tower under
+    ``bf16-weights``: both models cast to bf16 (msclap's takes bf16 waveforms; clapkit's frontend computes in
+    float32 whatever the weights), each tower under
     ``torch.compile`` as ``--compile-backend`` says, for both systems alike."""
     ctx = lambda: precision_context(device, precision)  # noqa: E731
     if precision == "bf16-weights":  # the models are cast by the caller (bf16_weights), here only compiled
@@ -460,7 +470,7 @@ def bench_files(args, device: torch.device, reference, ours, tokenizer) -> dict:
     stats["cosine_clapkit_vs_msclap"] = cosines(our_emb, ref_emb)
     rates = sorted({f["sample_rate"] for f in files})
     out = {"files": len(files), "batch": args.files_batch, "sample_rates": rates,
-           "mean_seconds": round(statistics.mean(f["seconds"] for f in files), 2), "root": str(args.audio_dir),
+           "mean_seconds": round(statistics.mean(f["seconds"] for f in files), 2), "root": shown(args.audio_dir),
            "msclap_decoder": "soundfile (torchaudio.load swapped: torchcodec is not installed)",
            "clapkit_path": "clapkit.CLAP.get_audio_embeddings (read_audio, mix_down, resample, fit_length, model)",
            **stats}
@@ -597,7 +607,7 @@ def bench_train(args, device: torch.device, reference, ours) -> dict:
         dtype = torch.bfloat16 if precision == "bf16-autocast" else None
         our_precision = Precision("bf16" if dtype is not None else "fp32", device)
 
-        def ref_step():  # /work/shared/bench/msclap_trainstep.py, line for line
+        def ref_step():  # msclap's forward, the symmetric cross-entropy of its paper, backward, Adam
             with torch.autocast(device.type, dtype=torch.bfloat16, enabled=dtype is not None):
                 t, a, s = reference(x, tok)
                 logits = s * F.normalize(a, dim=-1) @ F.normalize(t, dim=-1).T
@@ -659,7 +669,7 @@ def bench_loader(args, tokenizer: TextTokenizer | None = None) -> dict:
     indices = corpus.split("train") or list(range(len(corpus)))
     dataset = ClipCaptionDataset(corpus, indices, clip_samples, train=True, seed=args.seed)
     tokenizer = tokenizer or TextTokenizer.from_spec({"kind": "gpt2", "max_length": 77})
-    out = {"corpus": str(prepared), "clips": len(indices), "clip_seconds": front["clip_seconds"],
+    out = {"corpus": shown(prepared), "clips": len(indices), "clip_seconds": front["clip_seconds"],
            "sample_rate": front["sample_rate"], "batch": args.loader_batch, "runs": []}
     for workers in args.loader_workers:
         batches = EpochBatches(len(dataset), args.loader_batch, seed=args.seed, epoch=0)
@@ -695,7 +705,7 @@ def pipeline_timings(timings_dir: Path, dvc_lock: Path) -> dict:
     stages = {}
     if dvc_lock.is_file():
         stages = (yaml.safe_load(dvc_lock.read_text(encoding="utf-8")) or {}).get("stages", {})
-    out = {"source": str(timings_dir), "dvc_lock": str(dvc_lock) if dvc_lock.is_file() else None,
+    out = {"source": shown(timings_dir), "dvc_lock": shown(dvc_lock) if dvc_lock.is_file() else None,
            "note": "written by the pipeline stages during `dvc repro` (reports/timings is git-ignored: these are the "
                    "last local run's figures); read here, never re-run by the benchmark",
            "stages": {}}
@@ -709,7 +719,7 @@ def pipeline_timings(timings_dir: Path, dvc_lock: Path) -> dict:
         mtime = datetime.datetime.fromtimestamp(path.stat().st_mtime, datetime.timezone.utc)
         out["stages"][path.stem] = {
             "figures": figures,
-            "file": str(path), "modified_utc": mtime.strftime("%Y-%m-%dT%H:%M:%SZ"),
+            "file": shown(path), "modified_utc": mtime.strftime("%Y-%m-%dT%H:%M:%SZ"),
             "sha256": hashlib.sha256(raw).hexdigest(),
             "dvc_lock_cmd": (stages.get(path.stem) or {}).get("cmd"),
         }
@@ -783,7 +793,7 @@ def parse_args(argv=None):
     p.add_argument("--seed", type=int, default=0)
     args = p.parse_args(argv)
     cuda = args.device.startswith("cuda")
-    defaults = {  # (quick, cpu, cuda); cuda batch sizes as in /work/shared/bench (headroom / train step)
+    defaults = {  # (quick, cpu, cuda); cuda: audio 256, text 1024, training 128 (benchmarks/README.md)
         "audio_batch": (1, 2, 256), "text_batch": (4, 16, 1024), "iters": (1, 5, 10), "bf16_iters": (1, 1, 10),
         "warmup": (0, 1, 3), "files": (2, 24, 256), "files_batch": (2, 4, 64), "files_workers": (0, 1, 8),
         "train_batch": (2, 2, 128), "train_iters": (1, 2, 5), "train_warmup": (0, 1, 2),
@@ -823,7 +833,7 @@ def _run(args) -> int:
     torch.manual_seed(args.seed)
     started = time.perf_counter()
     results = {"machine": machine_info(device),
-               "settings": {k: (str(v) if isinstance(v, Path) else v) for k, v in vars(args).items()}}
+               "settings": {k: (shown(v) if isinstance(v, Path) else v) for k, v in vars(args).items()}}
     section_s = {}
     results["section_s"] = section_s
     results["complete"] = False

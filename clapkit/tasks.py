@@ -12,8 +12,9 @@
 
 Each task carries the paper's number for the released 2023 CLAP (``paper``), the best published number it was
 compared with (``benchmark``, with its reference or "random"), and, for the 16 tasks of Table 1, the zero-shot
-numbers of the seven encoder pairs trained on 119k pairs (``table1``).  Numbers are transcribed from
-``shared/reference/msclap-2023.md`` section 5 (the paper's Tables 1 and 2).
+numbers of the seven encoder pairs trained on 119k pairs (``table1``).  Numbers are transcribed from Tables 1 and 2
+of the paper (Elizalde, Deshmukh, Wang: Natural Language Supervision for General-Purpose Audio Representations,
+ICASSP 2024, arXiv:2309.05767).
 
 ``embedded_tasks(prepared_dir)`` turns the prepared corpus' ``tasks.json`` into ``Task`` entries (classification,
 eval split "test", prompt = the canonical caption wording of the task) plus one caption-retrieval task over the

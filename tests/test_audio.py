@@ -1,7 +1,5 @@
 """clapkit.audio: I/O, mixing, resampling, crop/pad and the log-mel frontend against a hand-computed mel."""
 
-import math
-
 import numpy as np
 import pytest
 import soundfile as sf

@@ -8,7 +8,6 @@ import time
 
 import pytest
 import torch
-import torch.nn.functional as F
 
 from clapkit.models import CNN14, HTSAT, CNN14Config, HTSATConfig, build_audio_encoder
 from clapkit.models.htsat import (

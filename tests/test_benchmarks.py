@@ -201,7 +201,7 @@ def test_precisions_and_gpu_defaults():
         bench.parse_args(["--out", "x.json", "--sections", "models,nope"])
 
     gpu = bench.parse_args(["--out", "x.json", "--device", "cuda"])  # the GPU defaults (benchmarks/README.md)
-    assert (gpu.audio_batch, gpu.text_batch, gpu.train_batch) == (256, 1024, 128)  # as /work/shared/bench
+    assert (gpu.audio_batch, gpu.text_batch, gpu.train_batch) == (256, 1024, 128)
     assert gpu.compile_backend == "inductor" and gpu.precisions == ["fp32", "bf16-autocast", "bf16-weights"]
     assert gpu.train_precisions == ["fp32", "bf16-autocast"]
     cpu_args = bench.parse_args(["--out", "x.json"])

@@ -21,8 +21,7 @@ from clapkit.audio import fit_length, mix_down, read_audio, resample
 from clapkit.data.adapters import TASK_CLASSES
 from clapkit.evaluate import (
     EvaluateConfig, RetrievalMetrics, accuracy, average_precision, caption_positives, confusion_matrix,
-    evaluate_dataset_task, f1_micro, linear_probe, mean_average_precision, pca, positive_ranks, run_stage,
-    top_classes, top_k_shares, tsne,
+    evaluate_dataset_task, f1_micro, mean_average_precision, positive_ranks, run_stage, top_classes, top_k_shares,
 )  # fmt: skip
 from clapkit.metrics import tie_groups
 from clapkit.tasks import CAPTIONING, CLASSIFICATION, PAPER_TASKS, RETRIEVAL, TABLE1_MODELS, embedded_tasks

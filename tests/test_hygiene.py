@@ -12,7 +12,7 @@ import soundfile as sf
 
 from clapkit.data.fingerprint import file_content_hash
 from clapkit.hygiene import FileHashes, OverlapGuard, TrainingOverlapError, load_training_index
-from clapkit.training_index import (INDEX_FILE, TrainingData, hashes_to_array, read_shard_hashes, training_data,
+from clapkit.training_index import (INDEX_FILE, TrainingData, hashes_to_array, iter_shard_hashes, training_data,
                                     write_training_index)
 from dataset_fixtures import write_dataset
 from test_train import make_prepared, train_config
@@ -74,18 +74,18 @@ def test_shard_index_hashes_are_read_and_bad_lines_named(tmp_path):
         (tmp_path / name).mkdir()
         lines = [json.dumps({"key": f"{name}{i}", "dataset": "fixture", "content_hash": h}) for i, h in enumerate(hs)]
         (tmp_path / name / "samples.jsonl").write_text("\n".join(lines) + "\n\n")
-    assert read_shard_hashes([tmp_path / "a", tmp_path / "b"]) == H[:3]
-    assert read_shard_hashes(str(tmp_path / "b")) == H[2:3]
+    assert list(iter_shard_hashes([tmp_path / "a", tmp_path / "b"])) == H[:3]
+    assert list(iter_shard_hashes(str(tmp_path / "b"))) == H[2:3]
     # a folder holding a dataset's train and test splits: training reads only train, so only train is listed
     (tmp_path / "s").mkdir()
     (tmp_path / "s" / "samples.jsonl").write_text("".join(
         json.dumps({"content_hash": h, "split": sp}) + "\n" for h, sp in zip(H[:3], ("train", "test", "train"))))
-    assert read_shard_hashes(tmp_path / "s") == [H[0], H[2]]
+    assert list(iter_shard_hashes(tmp_path / "s")) == [H[0], H[2]]
     (tmp_path / "b" / "samples.jsonl").write_text(json.dumps({"content_hash": H[0]}) + "\n{\"key\": 1}\n")
     with pytest.raises(ValueError, match=r"b/samples.jsonl:2: not a JSON object with a content_hash"):
-        read_shard_hashes([tmp_path / "b"])
+        list(iter_shard_hashes([tmp_path / "b"]))
     with pytest.raises(FileNotFoundError, match=r"c/samples.jsonl: no per-sample index"):
-        read_shard_hashes([tmp_path / "c"])
+        list(iter_shard_hashes([tmp_path / "c"]))
 
 
 def test_training_data_of_shards_and_of_official_weights(tmp_path):

@@ -23,7 +23,6 @@ import sys
 import types
 from pathlib import Path
 
-import numpy as np
 import pytest
 import scipy.signal
 import torch

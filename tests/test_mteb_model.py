@@ -19,7 +19,6 @@ import sys
 import numpy as np
 import pytest
 import torch
-import torch.nn.functional as F
 
 from clapkit.api import CLAP
 from clapkit.audio import mix_down, resample

@@ -29,7 +29,6 @@ from clapkit.data.shards import (
     ShardSet,
     parse_shard_mixture,
     read_index,
-    read_shard_sizes,
 )
 from clapkit.data.shard_build import PCM_SCALE, BuildConfig, build_shards, read_samples
 from clapkit.text import TextTokenizer, train_wordpiece
@@ -121,7 +120,7 @@ def shards(tmp_path_factory) -> Shards:
         index = read_index(folder, split)
         assert index["clips"] == n and sum(index["sizes"]) == n
         paths += [str(folder / name) for name in index["shards"]]
-        sizes += read_shard_sizes(folder, split)
+        sizes += index["sizes"]
         listed += [corpus.index[f"synth/{split}/" + s["key"].rsplit("_", 1)[1]] for s in read_samples(folder)]
     assert sizes == [9, 9, 9, 3, 5, 5, 4, 2, 2, 2, 1]
     assert sorted(listed) == list(range(N_CLIPS)) and listed != sorted(listed)  # shuffled into the shards
@@ -282,7 +281,7 @@ def test_index_records_shard_sizes_and_other_formats_are_refused_by_name(shards,
     old = {k: index[k] for k in ("split", "clips", "shard_size", "shards", "sizes")}
     (tmp_path / "val.json").write_text(json.dumps(old))
     with pytest.raises(ValueError, match=r"val\.json: shards of format 'npy.*rebuild them with `clapkit shards build`"):
-        read_shard_sizes(tmp_path, "val")
+        read_index(tmp_path, "val")
     (tmp_path / "val.json").write_text(json.dumps({**index, "sizes": [5, 5, 3]}))
     with pytest.raises(ValueError, match="inconsistent index"):
         ShardStream.from_index(tmp_path, "val", CLIP_SAMPLES, per_rank_batch=7)

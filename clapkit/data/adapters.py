@@ -84,9 +84,9 @@ LibriCount10 (hear-preprocess libricount task, CountNet README: <count>_<id>.wav
 (ankitshah009/Task-4-Large-scale-weakly-supervised-sound-event-detection-for-smart-cars ground-truth files),
 AudioSet (the segment CSVs and class_labels_indices.csv of research.google.com/audioset, as parsed by
 Labbeti/aac-datasets), GTZAN music/speech (music_speech.tar.gz as unpacked by TFDS gtzan_music_speech and public
-download scripts), GTZAN genres (genres.tar.gz from the same marsyas server, genres/<genre>/<genre>.000NN.au;
-shared/reference/data-sources.md section 4), Beijing Opera (Zenodo 1285212 as read by hear-preprocess; its file
-names as listed by public mirrors of the archive).
+download scripts), GTZAN genres (genres.tar.gz from the same marsyas server, genres/<genre>/<genre>.000NN.au),
+Beijing Opera (Zenodo 1285212 as read by hear-preprocess; its file names as listed by public mirrors of the
+archive).
 
 Best-effort (the dataset ships no audio or documents no naming, so the convention below is ours): the audio folder
 naming of AudioCaps, AudioSet and DCASE 2017 Task 4 (YouTube downloads; we accept the common downloader names),
@@ -98,7 +98,6 @@ the licences marked "unknown".
 from __future__ import annotations
 
 import csv
-import inspect
 import json
 import re
 from dataclasses import dataclass, field
@@ -211,11 +210,6 @@ class DatasetAdapter:
     environmental: bool
     confirmed: str  # where the on-disk layout was confirmed, or "best-effort: ..." and why
     reader: Callable[[_Context], list[ClipRecord]] = field(repr=False)
-
-    @property
-    def layout(self) -> str:
-        """The exact on-disk layout this adapter expects (the reader's docstring)."""
-        return inspect.cleandoc(self.reader.__doc__ or "")
 
     def load(self, root: str | Path, report: LoadReport | None = None) -> list[ClipRecord]:
         """Read the dataset under ``root``; see the module docstring for the error policy."""

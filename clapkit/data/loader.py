@@ -29,7 +29,7 @@ from ..audio import fit_length
 from ..text import TextTokenizer
 
 __all__ = ["ClipCaptionDataset", "EpochBatches", "caption_group_ids", "caption_repeats", "clip_seed", "make_collate",
-           "make_loader", "make_stream_loader", "steps_per_epoch", "train_draw"]
+           "make_loader", "make_stream_loader", "train_draw"]
 
 
 def clip_seed(seed: int, epoch: int, key: int | str) -> int:
@@ -171,10 +171,6 @@ def make_loader(dataset: ClipCaptionDataset, batches: EpochBatches, tokenizer: T
     generator = torch.Generator().manual_seed(clip_seed(batches.seed, batches.epoch, -1))
     return DataLoader(dataset, batch_sampler=batches, collate_fn=make_collate(tokenizer), num_workers=num_workers,
                       generator=generator)
-
-
-def steps_per_epoch(n_items: int, global_batch: int) -> int:
-    return n_items // global_batch
 
 
 def make_stream_loader(stream, tokenizer: TextTokenizer, num_workers: int = 0) -> DataLoader:

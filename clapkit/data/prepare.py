@@ -31,7 +31,6 @@ import csv
 import dataclasses
 import hashlib
 import json
-import math
 import multiprocessing as mp
 import os
 import shutil

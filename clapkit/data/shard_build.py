@@ -21,8 +21,8 @@ Output folder
 ``samples.jsonl``
     One line per stored sample, in split, shard and tar order: ``{"key", "shard", "dataset", "split",
     "content_hash", "seconds"}``.  ``content_hash`` is ``clapkit.data.fingerprint.audio_content_hash`` of the
-    decoded *source* (native rate, before resampling and cutting): the zero-shot overlap guard compares it with
-    the evaluation datasets' (``shard_content_hashes``).
+    decoded *source* (native rate, before resampling and cutting): the zero-shot overlap guard (``clapkit.hygiene``)
+    compares it, read through ``clapkit.training_index``, with the evaluation datasets'.
 ``quarantine.jsonl``
     Every input that did not become a sample: ``{"input", "line", "path", "reason"}`` for manifest / adapter lines
     (missing file, no caption, malformed: ``line`` 1-based, null where the input has no lines), then ``{"key",
@@ -67,11 +67,11 @@ from pathlib import Path
 from typing import Any, Iterable, Sequence
 
 from ..file_hash import file_sha256
-from .shard_audio import (FORMAT, PCM_SCALE, BuildConfig, ClipRejected, cut_and_resample, decode_flac,  # noqa: F401
-                          encode_clip, flac_bytes, to_pcm16)
+from .shard_audio import (FORMAT, PCM_SCALE, BuildConfig, ClipRejected, decode_flac,  # noqa: F401
+                          encode_clip, flac_bytes)
 
 __all__ = ["FORMAT", "BuildConfig", "ClipRejected", "build_shards", "decode_flac", "encode_clip", "plan_build",
-           "read_samples", "shard_content_hashes"]
+           "read_samples"]
 
 
 # --- a shard --------------------------------------------------------------------------------------------------------
@@ -336,12 +336,6 @@ def read_samples(shard_dir: str | Path) -> Iterable[dict[str, Any]]:
         for line in f:
             if line.strip():
                 yield json.loads(line)
-
-
-def shard_content_hashes(shard_dirs: Sequence[str | Path]) -> list[str]:
-    """The audio content hash of every sample of the shard folders, in folder then index order (a recording
-    stored twice appears twice)."""
-    return [s["content_hash"] for d in shard_dirs for s in read_samples(d)]
 
 
 # --- command line ----------------------------------------------------------------------------------------------------

@@ -83,8 +83,7 @@ from torch.utils.data import IterableDataset, get_worker_info
 from ..audio import fit_length
 from .loader import clip_seed, train_crop, train_draw
 
-__all__ = ["BadSampleWarning", "ShardSet", "ShardStream", "count_shard_samples", "parse_shard_mixture", "read_index",
-           "read_shard_sizes"]
+__all__ = ["BadSampleWarning", "ShardSet", "ShardStream", "count_shard_samples", "parse_shard_mixture", "read_index"]
 
 
 class BadSampleWarning(UserWarning):
@@ -106,11 +105,6 @@ def read_index(shard_dir: str | Path, split: str = "train") -> dict[str, Any]:
         raise ValueError(f"{path}: {len(index['shards'])} shards, {len(index['sizes'])} sizes summing to "
                          f"{sum(index['sizes'])}, {index['clips']} clips: an inconsistent index")
     return index
-
-
-def read_shard_sizes(shard_dir: str | Path, split: str = "train") -> list[int]:
-    """The clip count of each shard of ``<shard_dir>/<split>.json``, in its shard order."""
-    return [int(n) for n in read_index(shard_dir, split)["sizes"]]
 
 
 @dataclass(frozen=True)
@@ -209,7 +203,7 @@ def _raw_samples(url: str) -> Iterator[dict[str, Any]]:
 
 
 def count_shard_samples(url: str) -> int:
-    """The number of samples in one shard (reads it through; ``read_shard_sizes`` avoids that for indexed shards)."""
+    """The number of samples in one shard (reads it through; an indexed folder lists the sizes: ``read_index``)."""
     return sum(1 for _ in _raw_samples(url))
 
 
@@ -256,7 +250,7 @@ class ShardStream(IterableDataset):
     batches of ``per_rank_batch`` per rank through ``make_stream_loader``; see the module docstring.
 
     ``shards``: shard paths (one set, weight 1), or ``ShardSet``s (a mixture: ``from_mixture``).
-    ``shard_sizes`` (paths only): the clip count of each shard (``read_shard_sizes``; ``from_index`` reads them);
+    ``shard_sizes`` (paths only): the clip count of each shard (an index's ``sizes``; ``from_index`` reads them);
     None counts them by reading every shard once.  ``batches_per_epoch`` (training only): None is ``E //
     (per_rank_batch * world)`` for an epoch of E clips (the sets' weighted sizes), computed from the sizes, the
     same on every rank.

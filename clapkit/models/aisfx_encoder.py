@@ -3,7 +3,7 @@
 Unlike HTSAT / CNN14 it reads the *waveform*, not the tower's log-mel: it has its own front-end (44.1 kHz, 96 HTK
 bands, 100-frame blocks), so ``AudioTower`` skips its ``LogMelFrontend`` for an encoder with ``takes_waveform``.
 A batch of clips at the CLAP frontend's rate (``input_sample_rate``, 16 kHz in the embedded preset) is resampled to
-44.1 kHz (16 kHz upsampled scored like native 44.1 kHz on the teacher's probe: ``../shared/reference``), each clip
+44.1 kHz (the teacher's probe scored 16 kHz audio upsampled to 44.1 kHz like native 44.1 kHz audio), each clip
 peak-normalised, cut into blocks as ``block_frames`` does, embedded, and max-pooled over its blocks: (B, 512).
 
 The network runs in its own ``precision`` (a field of the tower's config, whatever autocast the caller has on), so a

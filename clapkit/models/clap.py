@@ -52,7 +52,7 @@ from . import build_audio_encoder
 from .text_encoders import build_text_encoder
 
 __all__ = ["AudioTower", "CLAPModel", "MODEL_CONFIG_DIR", "Projection", "TextTower", "headless_audio_encoder_config",
-           "list_model_configs", "load_model_config"]
+           "load_model_config"]
 
 MODEL_CONFIG_DIR = Path(__file__).resolve().parent.parent / "model_configs"
 MSCLAP_LOGIT_SCALE_INIT = math.log(1 / 0.07)
@@ -60,16 +60,6 @@ REQUIRED_KEYS = ("frontend", "audio_encoder", "text_encoder", "embed_dim")
 OPTIONAL_KEYS = {"tokenizer": {"kind": "gpt2", "max_length": 77}, "projection_dropout": 0.5,
                  "logit_scale_init": MSCLAP_LOGIT_SCALE_INIT, "description": "", "text_projection": "mlp"}
 TEXT_PROJECTIONS = ("mlp", "none")  # msclap's Projection | none: the text encoder's own space (LiT)
-
-
-def list_model_configs() -> list[str]:
-    """Names of the CLAP model configs shipped in ``clapkit/model_configs`` (those with a ``frontend`` and a
-    ``text_encoder``; a clapcap config has a ``decoder`` instead)."""
-    names = []
-    for path in sorted(MODEL_CONFIG_DIR.glob("*.json")):
-        if {"frontend", "text_encoder"} <= json.loads(path.read_text(encoding="utf-8")).keys():
-            names.append(path.stem)
-    return names
 
 
 def _read_config_file(name_or_path: str | Path) -> dict[str, Any]:
