@@ -13,7 +13,7 @@ prompts -> text classifier -> scores:
 Metrics are computed on these logits.  The paper turns them into a softmax over classes (single-label) or a sigmoid
 per class (multi-label); both are monotone where the metrics rank (a row for accuracy and the top-k F1, a column
 for mAP under the sigmoid), and in float32 the sigmoid saturates (sigmoid(20) == 1.0), which would tie clips that
-the logits rank.  ``zero_shot_probabilities`` gives the paper's probabilities for display.
+the logits rank.  (``CLAP.zero_shot_classify`` gives the paper's probabilities for display.)
 
 Precision.  One setting, ``evaluate.precision`` (default ``DEFAULT_PRECISION``), is the autocast of both towers in
 every zero-shot evaluation: the evaluate stage and the validation of ``train`` (which reads that key), so the
@@ -28,7 +28,7 @@ from typing import Any, Protocol, Sequence
 import torch
 
 __all__ = ["DEFAULT_PRECISION", "Embedder", "ClapEmbedder", "embedded_task_prompt", "class_prompts",
-           "text_classifier", "zero_shot_logits", "zero_shot_probabilities"]  # fmt: skip
+           "text_classifier", "zero_shot_logits"]  # fmt: skip
 
 # fp32: deterministic on every device and, on CPUs without native bf16 (this one), the fastest: emulated bf16 ran
 # 5-40x slower (benchmarks/README.md).  On GPUs, "auto" (bf16) is faster and moves embeddings slightly.
@@ -115,7 +115,3 @@ def zero_shot_logits(embedder: Embedder, audio: torch.Tensor, classes: Sequence[
     """(N, C) logits of N audio embeddings against the prompts of ``classes`` in ``template``."""
     return embedder.logits(audio, text_classifier(embedder, classes, template))
 
-
-def zero_shot_probabilities(logits: torch.Tensor, multi_label: bool) -> torch.Tensor:
-    """The paper's scores: softmax over the classes, or a sigmoid per class for multi-label tasks."""
-    return torch.sigmoid(logits) if multi_label else logits.softmax(dim=-1)
