@@ -70,6 +70,7 @@ def write_timings(root: Path) -> Path:
     return root
 
 
+@pytest.mark.slow  # the whole benchmark harness, both systems: 6-10 s
 def test_quick_benchmark_runs_every_section_and_both_systems_agree(tmp_path):
     bench = load_bench()
     prepared = write_prepared(tmp_path / "prepared")

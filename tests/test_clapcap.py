@@ -215,6 +215,7 @@ def loaded(reference):
 # ------------------------------------------------------------------------------------------------ parity
 
 
+@pytest.mark.slow  # the full-size official geometry against msclap's own model (~40 s for the five)
 def test_clapcap_loads_strictly_with_a_full_report(reference, loaded):
     _, path, saved, _ = reference
     captioner, report = loaded
@@ -246,6 +247,7 @@ def test_clapcap_loads_strictly_with_a_full_report(reference, loaded):
     assert tuple(state["mapper.linear.weight"].shape) == (40 * 768, 1024)  # clapcap's real mapper geometry
 
 
+@pytest.mark.slow  # the full-size official geometry against msclap's own model (~40 s for the five)
 def test_clapcap_prefix_and_next_token_logits_match_msclap(reference, loaded):
     wrapper, _, _, clips = reference
     captioner, _ = loaded
@@ -282,6 +284,7 @@ def test_clapcap_prefix_and_next_token_logits_match_msclap(reference, loaded):
     assert apart[0] > 0.05 and apart[1] > 0.1
 
 
+@pytest.mark.slow  # the full-size official geometry against msclap's own model (~40 s for the five)
 @pytest.mark.parametrize("beam_size, entry_length, temperature", [(5, 12, 1.0), (1, 20, 1.0), (3, 10, 0.5)])
 def test_clapcap_captions_match_msclap_generate(reference, loaded, beam_size, entry_length, temperature):
     wrapper, _, _, clips = reference

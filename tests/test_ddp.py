@@ -16,6 +16,8 @@ import torch.multiprocessing as mp
 from clapkit.training import Precision
 from tests.test_train import _batch, assert_same_gradients, deterministic_tiny_config
 
+pytestmark = pytest.mark.slow  # spawns gloo process groups and torchrun (~45 s for the file)
+
 
 # Two gloo workers hang now and then in the full suite (CPU idle, never in ~20 runs of this file alone), so a hang
 # must leave evidence and not stall CI.  Gloo's own timeout (RENDEZVOUS_S) covers the store and the collectives; a

@@ -526,6 +526,7 @@ def test_stage_and_one_task_cli_give_identical_numbers_and_report_unprobed_tasks
     assert "colour: accuracy" in printed and "linear probe not probed: 1 of the 4 classes" in printed
 
 
+@pytest.mark.slow  # executes a stage notebook (a Jupyter kernel, 2-15 s)
 def test_evaluate_notebook_renders_intervals_tests_and_unprobed_tasks(tmp_path):
     from clapkit.notebooks import run_notebook
 

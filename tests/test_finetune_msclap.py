@@ -161,6 +161,7 @@ def test_a_model_config_that_does_not_fit_the_checkpoint_is_refused_naming_keys(
 from test_msclap_parity import TOL, build_reference, msclap, save_like_official, token_batch  # noqa: E402,F401
 
 
+@pytest.mark.slow  # full size, ~8 s
 def test_init_from_a_full_size_2023_file_gives_msclaps_own_embeddings(msclap, prepared, tmp_path):  # noqa: F811
     """msclap's own CLAP (random weights, GPT-2 base + HTSAT, as its wrapper builds it), saved as the official file
     is, through train.init with the msclap-2023 model config (preset paper's): the train stage's model, before any

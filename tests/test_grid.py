@@ -580,6 +580,7 @@ def test_tiny_grid_and_set_overrides(tmp_path, capsys):
     assert "tiny-htsat-gpt2-s0" in {o["name"] for o in full["other"]}
 
 
+@pytest.mark.slow  # executes a stage notebook (a Jupyter kernel, 2-15 s)
 def test_ablation_notebook_renders_from_a_summary(tmp_path):
     from clapkit.grid_summary import parse_exp_show, summarise
     from clapkit.notebooks import run_notebook

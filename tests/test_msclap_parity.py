@@ -197,6 +197,7 @@ def token_batch(version: str):
 # ------------------------------------------------------------------------------------- parity
 
 
+@pytest.mark.slow  # full size against msclap's reference, ~8 s each
 @pytest.mark.parametrize("version, samples", [("2023", 7 * 44100), ("2022", 5 * 44100)])
 def test_load_msclap_matches_reference_embeddings(msclap, tmp_path, version, samples):
     reference = build_reference(msclap, version, seed=int(version))

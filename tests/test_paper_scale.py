@@ -38,6 +38,8 @@ import torch
 import torch.distributed as dist
 import torch.multiprocessing as mp
 
+pytestmark = pytest.mark.slow  # the full-size model, 2 gloo processes: minutes and ~4.4 GB a process
+
 REPO = Path(__file__).resolve().parents[1]
 MODEL = "msclap-2023"
 TONE_KINDS = ["sine tone", "square wave", "white noise", "chirp"]

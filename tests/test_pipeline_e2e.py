@@ -9,9 +9,12 @@ import subprocess
 import sys
 from pathlib import Path
 
+import pytest
 import yaml
 
 from clapkit.grid import TINY as TINY_STAGES
+
+pytestmark = pytest.mark.slow  # clapkit data build + dvc repro of every stage: ~5-8 min
 
 REPO = Path(__file__).resolve().parents[1]
 DEFAULT_MODEL = yaml.safe_load((REPO / "params.yaml").read_text())["model"]["embedded"]

@@ -109,6 +109,7 @@ def test_accuracy_claim_and_the_pretraining_claims():
     assert claims["significant"] and claims["above_audio_blind"] and claims["ci95"][0] > 0.9
 
 
+@pytest.mark.slow  # executes a stage notebook (a Jupyter kernel, 2-15 s)
 def test_pretrain_notebook_shows_wilson_intervals_and_exact_p_values(tmp_path):
     """notebooks/02_pretrain.ipynb on a metrics/pretrain.json fixture: each task's interval and both exact tests,
     and where the stage's normal-approximation flags differ from them."""

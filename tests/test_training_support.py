@@ -228,6 +228,7 @@ def test_code_and_corpus_hashes_follow_content(tmp_path):
     assert corpus_hash(data, memo) != first
 
 
+@pytest.mark.slow  # ~45 s: a real training process, killed and resumed
 def test_a_real_kill_mid_run_resumes_to_the_weights_of_an_uninterrupted_run(prepared, tmp_path):
     """``clapkit train`` in a subprocess, SIGKILLed once its third checkpoint is on disk, then rerun: it resumes
     there and ends with the same weights and metrics as a run that was never interrupted."""

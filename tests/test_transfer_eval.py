@@ -205,6 +205,7 @@ def test_transfer_scores_go_through_the_one_zero_shot_function(tmp_path, monkeyp
     assert len(seen) == 4
 
 
+@pytest.mark.slow  # executes a stage notebook (a Jupyter kernel, 2-15 s)
 def test_evaluate_notebook_shows_the_transfer_test_first(tmp_path):
     from clapkit.notebooks import run_notebook
 
