@@ -1,10 +1,10 @@
 """``clapkit`` command line: one subcommand family per module, each registering itself.
 
-Every module listed in ``COMMAND_MODULES`` exposes ``register(subparsers)`` that adds its subcommands and sets
+Every module named in ``COMMANDS`` (command -> module) exposes ``register(subparsers)`` that adds its subcommands and sets
 ``func`` on them; this file only wires them together, so a reader finds a command's options next to its code.
 
 ``pip install clapkit`` is the inference library; the pipeline's packages come with ``clapkit[pipeline]``.  So a
-command imports only its own module (``COMMANDS``): ``clapkit zeroshot``, ``embed`` and ``caption`` run without the
+command imports only its own module: ``clapkit zeroshot``, ``embed`` and ``caption`` run without the
 pipeline extra (tests/test_packaging.py), and a pipeline command run without it stops with a message naming
 ``pip install 'clapkit[pipeline]'``.  ``clapkit --help`` (or no or an unknown command) imports every module.
 """
@@ -15,22 +15,8 @@ import argparse
 import importlib
 import sys
 
-COMMAND_MODULES = [
-    "clapkit.data.build",  # clapkit data build ...
-    "clapkit.data.prepare",  # clapkit prepare ...
-    "clapkit.notebooks",  # clapkit notebook ...
-    "clapkit.infer",  # clapkit embed / zeroshot ...
-    "clapkit.pretrain",  # clapkit pretrain ...
-    "clapkit.encoder_probe",  # clapkit probe-encoder (a diagnostic of the pretrained encoder)
-    "clapkit.train",  # clapkit train ...
-    "clapkit.data.shard_build",  # clapkit shards build ...
-    "clapkit.evaluate",  # clapkit evaluate (the stage, or --model M --task T --data DIR)
-    "clapkit.captioning",  # clapkit caption --model M FILES (a clapcap model or the caption stage's)
-    "clapkit.caption_stage",  # clapkit train-captioner (the caption stage)
-    "clapkit.grid",  # clapkit grid plan / queue / wait / collect (the Table 1 ablation grid)
-]
-
-# The module that registers each command (tests/test_packaging.py checks it against the registered commands).
+# Each command and the module that registers it (its options live beside its code).  tests/test_packaging.py checks
+# this against the commands the modules register; tests/test_dvc_deps.py reads it to find each stage's code.
 COMMANDS = {
     "data": "clapkit.data.build",
     "prepare": "clapkit.data.prepare",
@@ -47,6 +33,7 @@ COMMANDS = {
     "train-captioner": "clapkit.caption_stage",
     "grid": "clapkit.grid",
 }
+COMMAND_MODULES = list(dict.fromkeys(COMMANDS.values()))  # each module once, in the table's order
 
 # What the pipeline extra (pyproject.toml) brings, by import name, with packages those bring in turn.
 PIPELINE_MODULES = frozenset({

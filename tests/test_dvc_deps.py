@@ -1,7 +1,7 @@
 """dvc.yaml's ``deps`` cover each stage's code: a stage reruns when any clapkit module it executes changes.
 
 A stage's ``cmd`` is a chain of ``clapkit <subcommand> ...`` commands.  Each subcommand is registered by one module
-of ``clapkit.cli.COMMAND_MODULES`` (``register(subparsers)`` calling ``subparsers.add_parser("<subcommand>")``,
+of ``clapkit.cli.COMMANDS`` (``register(subparsers)`` calling ``subparsers.add_parser("<subcommand>")``,
 read here from the source); ``clapkit notebook NB ...`` also runs the notebook's ``clapkit`` imports.  From those
 entry modules the closure of intra-package imports is computed with ``ast`` (module- and function-level imports,
 absolute and relative, ``from . import module``, the packages' ``__init__`` files, ``importlib.import_module`` of a
@@ -88,7 +88,7 @@ def _imports(tree: ast.AST, module: str, is_package: bool, skip=lambda node: Fal
                 name = node.args[0].value
                 found.add(_absolute(ast.ImportFrom(module=name.lstrip(".") or None, names=[],
                                                    level=len(name) - len(name.lstrip("."))), module, is_package))
-    if calls_import_module:  # names handed to import_module from a table (cli.COMMAND_MODULES)
+    if calls_import_module:  # names handed to import_module from a table (cli.COMMANDS)
         for node in _walk(tree, skip):
             if isinstance(node, ast.Constant) and isinstance(node.value, str) \
                     and re.fullmatch(rf"{PACKAGE}(\.\w+)+", node.value):
@@ -174,12 +174,12 @@ def closure(entries: set[str]) -> set[str]:
 # --- the stage commands -------------------------------------------------------------------------------------------
 
 def command_modules() -> list[str]:
-    """``clapkit.cli.COMMAND_MODULES``, read from the source."""
+    """The modules of ``clapkit.cli.COMMANDS`` (command -> module), read from the source, each once."""
     tree = ast.parse((ROOT / PACKAGE / "cli.py").read_text(encoding="utf-8"))
     for node in tree.body:
-        if isinstance(node, ast.Assign) and any(getattr(t, "id", None) == "COMMAND_MODULES" for t in node.targets):
-            return list(ast.literal_eval(node.value))
-    raise AssertionError("clapkit/cli.py has no COMMAND_MODULES")
+        if isinstance(node, ast.Assign) and any(getattr(t, "id", None) == "COMMANDS" for t in node.targets):
+            return list(dict.fromkeys(ast.literal_eval(node.value).values()))
+    raise AssertionError("clapkit/cli.py has no COMMANDS")
 
 
 def subcommand_modules() -> dict[str, str]:
@@ -188,7 +188,7 @@ def subcommand_modules() -> dict[str, str]:
     for module in command_modules():
         tree, _ = _parsed(module)
         registers = [n for n in tree.body if isinstance(n, ast.FunctionDef) and n.name == "register"]
-        assert registers, f"{module} is in COMMAND_MODULES but has no register(subparsers)"
+        assert registers, f"{module} is in COMMANDS but has no register(subparsers)"
         subparsers = registers[0].args.args[0].arg
         for node in ast.walk(registers[0]):
             if isinstance(node, ast.Call) and isinstance(node.func, ast.Attribute) \
