@@ -57,6 +57,7 @@ REPO = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(REPO))
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
+from clapkit import atomic_files  # noqa: E402
 from clapkit.msclap_weights import load_msclap  # noqa: E402
 from clapkit.models.clap import load_model_config  # noqa: E402
 from clapkit.text import TextTokenizer  # noqa: E402
@@ -721,10 +722,7 @@ def pipeline_timings(timings_dir: Path, dvc_lock: Path) -> dict:
 
 
 def write_json(path: Path, results: dict) -> None:
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(f".{path.name}.tmp")
-    tmp.write_text(json.dumps(results, indent=2) + "\n", encoding="utf-8")
-    os.replace(tmp, path)
+    atomic_files.write_json(path, results, indent=2)
 
 
 def resolve_precisions(spec: str, device: torch.device) -> list[str]:

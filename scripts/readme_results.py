@@ -19,6 +19,7 @@ import sys
 from pathlib import Path
 from typing import Any, Callable
 
+from clapkit.atomic_files import write_text
 from clapkit.stats import THREE_SIGMA, binomial_tail, wilson_interval
 
 REPO = Path(__file__).resolve().parent.parent
@@ -249,9 +250,7 @@ def main(argv: list[str] | None = None) -> int:
             return 1
         return 0
     if new != old:
-        tmp = args.readme.with_suffix(".md.tmp")
-        tmp.write_text(new)
-        tmp.replace(args.readme)
+        write_text(args.readme, new)
     return 0
 
 
