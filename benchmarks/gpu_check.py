@@ -120,11 +120,10 @@ def now_utc() -> str:
 
 
 def write_json(path: Path, data: dict) -> None:
-    """Atomically: a temp file beside ``path``, then ``os.replace``."""
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(f".{path.name}.tmp{os.getpid()}")
-    tmp.write_text(json.dumps(data, indent=2, sort_keys=False, default=str) + "\n", encoding="utf-8")
-    os.replace(tmp, path)
+    """Atomically (``clapkit.atomic_files``; imported here: ``main`` puts the repository on ``sys.path``)."""
+    from clapkit import atomic_files
+
+    atomic_files.write_json(path, data, indent=2, sort_keys=False, default=str)
 
 
 def read_json(path: Path) -> Any:
@@ -978,9 +977,9 @@ class Check:
             log = self.path("logs", f"{phase}.log")
             if log.is_file():
                 parts.append(f"===== {phase} ({log}) =====\n{tail(log, 400)}\n")
-        tmp = bundle.with_name(f".{bundle.name}.tmp")
-        tmp.write_text("".join(parts), encoding="utf-8")
-        os.replace(tmp, bundle)
+        from clapkit.atomic_files import write_text
+
+        write_text(bundle, "".join(parts))
         self.results["log_bundle"] = bundle.name
 
     def print_summary(self) -> None:

@@ -101,10 +101,9 @@ def main() -> int:
            "seconds": seconds, "make_repro_after_setup_s": after_setup,
            "make_repro_after_setup_min": round(after_setup / 60, 1), "stage_timings": timings,
            "git_status_after": status, "git_status_clean": not status}
-    args.out.parent.mkdir(parents=True, exist_ok=True)
-    tmp = args.out.with_suffix(".tmp")
-    tmp.write_text(json.dumps(home_as_tilde(out), indent=1) + "\n")
-    os.replace(tmp, args.out)
+    from clapkit.atomic_files import write_json  # the venv's clapkit (installed editable)
+
+    write_json(args.out, home_as_tilde(out), indent=1)
     print(json.dumps({k: out[k] for k in ("seconds", "make_repro_after_setup_min", "git_status_clean")}, indent=1))
     return 0 if not status else 1
 

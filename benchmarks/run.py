@@ -67,6 +67,7 @@ def shown(path: str | Path) -> str:
     return str("~" / path.relative_to(home)) if path.is_relative_to(home) else str(path)
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
+from clapkit import atomic_files  # noqa: E402
 from clapkit.msclap_weights import load_msclap  # noqa: E402
 from clapkit.models.clap import load_model_config  # noqa: E402
 from clapkit.text import TextTokenizer  # noqa: E402
@@ -731,10 +732,7 @@ def pipeline_timings(timings_dir: Path, dvc_lock: Path) -> dict:
 
 
 def write_json(path: Path, results: dict) -> None:
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(f".{path.name}.tmp")
-    tmp.write_text(json.dumps(results, indent=2) + "\n", encoding="utf-8")
-    os.replace(tmp, path)
+    atomic_files.write_json(path, results, indent=2)
 
 
 def resolve_precisions(spec: str, device: torch.device) -> list[str]:

@@ -181,7 +181,7 @@ def write_corpus(out: str | Path, n_clips: int, frontend: dict[str, Any], n_val:
     with open(tmp / "quarantine.csv", "w", newline="", encoding="utf-8") as f:
         csv.DictWriter(f, fieldnames=["id", "path", "action", "reason"]).writeheader()
     shutil.rmtree(out, ignore_errors=True)
-    os.replace(tmp, out)
+    os.replace(tmp, out)  # a whole folder: clapkit.atomic_files writes files only (as clapkit.data.prepare does)
     return {"dir": str(out), "clips": len(rows), "splits": {s: splits.count(s) for s in ("train", "val", "test")},
             "sample_rate": sample_rate, "clip_seconds": clip_seconds,
             "hours": round(offset / sample_rate / 3600, 3), "bytes": offset * 2, "tasks": sorted(tasks),

@@ -5,7 +5,7 @@ block on one CPU thread, so the embeddings of a corpus' clips are computed once,
 ``<cache_dir>/aisfx-<key>.safetensors``: (clips, 512) fp32 and the clip ids, in the order asked for.  The key is the
 sha256 of the format, the checkpoint's sha256, the teacher's config (front-end, blocking, pooling), the corpus'
 sample rate and every clip's id and audio (the sha256 of its samples), so other weights, another recipe or a changed
-clip never read a stale file.  Written atomically (a temp file beside it, then ``os.replace``).
+clip never read a stale file.  Written atomically (``atomic_files``: a temp file beside it, renamed).
 
 ``corpus`` is anything with ``sample_rate``, ``rows`` (dicts with an ``"id"``) and ``waveform(i)`` (mono float
 samples), e.g. ``clapkit.data.prepare.PreparedCorpus``.

@@ -20,8 +20,6 @@ adds ``training_index.npy``, the clips the model trained on, recorded in ``confi
 from __future__ import annotations
 
 import json
-import os
-import tempfile
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Mapping, Sequence, Union
@@ -32,10 +30,11 @@ import torch.nn.functional as F
 from safetensors.torch import load_file as load_safetensors
 from safetensors.torch import save_file as save_safetensors
 
+from .atomic_files import replacing, write_text
 from .audio import fit_length, load_clip, mix_down, resample
 from .errors import WeightsError
 from .models.clap import CLAPModel, load_model_config
-from .text import PROMPT_TEMPLATES, TextTokenizer, apply_prompt, atomic_write_text
+from .text import PROMPT_TEMPLATES, TextTokenizer, apply_prompt
 
 __all__ = ["CLAP", "ZeroShotResult"]
 
@@ -122,8 +121,9 @@ class CLAP:
         state = {k: v.detach().to("cpu").contiguous() for k, v in self.model.state_dict().items()}
         config = dict(self.model.config, tokenizer=self.tokenizer.spec())
         self.tokenizer.save(directory)
-        _atomic_save_safetensors(state, directory / WEIGHTS_FILE)
-        atomic_write_text(directory / CONFIG_FILE, json.dumps(config, indent=2) + "\n")
+        with replacing(directory / WEIGHTS_FILE) as tmp:  # straight to the file: no second in-memory copy
+            save_safetensors(state, str(tmp), metadata={"format": "pt"})
+        write_text(directory / CONFIG_FILE, json.dumps(config, indent=2) + "\n")
         return directory
 
     @classmethod
@@ -306,18 +306,6 @@ def _audio_items(audio: AudioInput | Sequence[AudioInput]) -> list[AudioInput]:
     if isinstance(audio, (str, Path, np.ndarray, torch.Tensor)):
         return [audio]
     return list(audio)
-
-
-def _atomic_save_safetensors(state: dict[str, torch.Tensor], path: Path) -> None:
-    """safetensors straight to a temp file beside ``path`` (no second in-memory copy), then ``os.replace``."""
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
-    os.close(fd)
-    try:
-        save_safetensors(state, tmp, metadata={"format": "pt"})
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
 
 
 def _check_tokenizer(model: CLAPModel, tokenizer: TextTokenizer) -> None:

@@ -107,7 +107,7 @@ def caption_task_line(task: Task, result: dict[str, Any]) -> str:
 def run_caption_task(args, task: Task, cfg) -> int:
     """``clapkit evaluate --task <captioning task> --data DIR --model <captioner>``: hygiene check, caption, score,
     print one line, ``--out`` the whole result."""
-    from .embeddings import write_json
+    from .atomic_files import write_json
     from .hygiene import OverlapGuard, check_dataset_task
 
     if args.msclap_version:
@@ -129,5 +129,5 @@ def run_caption_task(args, task: Task, cfg) -> int:
     if result["problems"]:
         print(f"{len(result['problems'])} problem(s) skipped (see --out)", file=sys.stderr)
     if args.out:
-        write_json(args.out, result)
+        write_json(args.out, result, allow_nan=False)
     return 0

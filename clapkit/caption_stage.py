@@ -253,7 +253,7 @@ def run_stage(cfg: CaptionConfig, progress: bool = True) -> dict[str, Any]:
     from .api import CLAP
     from .audio_feature_cache import attach_feature_store, detach_feature_store
     from .data.prepare import PreparedCorpus
-    from .embeddings import write_json
+    from .atomic_files import write_json
     from .zeroshot import ClapEmbedder
 
     t0 = time.time()
@@ -287,13 +287,13 @@ def run_stage(cfg: CaptionConfig, progress: bool = True) -> dict[str, Any]:
                "trainable_parameters": sum(p.numel() for n, p in model.named_parameters() if not n.startswith("audio.")),
                "notes": list(detail.notes)}
     save_captioner(cfg, model)
-    write_json(cfg.metrics, metrics)
+    write_json(cfg.metrics, metrics, allow_nan=False)
     write_loss_log(cfg.loss_log, log)
     per_clip = detail.cider_d_per_clip
     shown = spread(sorted(ids), cfg.examples)
     write_json(Path(cfg.results) / "examples.json", [
         {"id": cid, "caption": captions[cid], "cider_d": round(per_clip[cid], 4), "references": data.references[cid]}
-        for cid in shown])
+        for cid in shown], allow_nan=False)
     if progress:
         print(f"caption: {len(data.train_rows)} training clips ({data.dropped} over-long captions dropped), vocabulary "
               f"{len(data.vocab)}; embed {t_embed - t0:.0f} s, train {cfg.steps} steps {t_train - t_embed:.0f} s, "
@@ -307,22 +307,23 @@ def save_captioner(cfg: CaptionConfig, model) -> None:
     """config.json + model.safetensors, each written to a temporary name and renamed."""
     from safetensors.torch import save_file
 
-    from .embeddings import atomic_write, write_json
+    from .atomic_files import replacing, write_json
 
     out = Path(cfg.out)
     out.mkdir(parents=True, exist_ok=True)
     state = {k: v.detach().contiguous() for k, v in model.state_dict().items() if k != TIED_HEAD}
     if model.gpt.lm_head.weight.data_ptr() != model.gpt.transformer.wte.weight.data_ptr():
         raise ValueError("the decoder's LM head is not tied to its token embeddings; save it with its own key")
-    atomic_write(out / "model.safetensors", lambda tmp: save_file(state, tmp))
-    write_json(out / "config.json", model.config)
+    with replacing(out / "model.safetensors") as tmp:
+        save_file(state, str(tmp))
+    write_json(out / "config.json", model.config, allow_nan=False)
 
 
 def write_loss_log(path: str, log: list[dict]) -> None:
-    from .text import atomic_write_text
+    from .atomic_files import write_text
 
     lines = ["step,loss,lr"] + [f"{r['step']},{r['loss']},{r['lr']}" for r in log]
-    atomic_write_text(path, "\n".join(lines) + "\n")
+    write_text(path, "\n".join(lines) + "\n")
 
 
 def _cmd_caption_stage(args) -> int:

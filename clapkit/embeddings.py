@@ -1,41 +1,21 @@
 """Embedding clips for evaluation, and keeping the embeddings: ``embed_items`` (batches, unreadable clips reported
-and skipped), ``EmbeddingCache`` (on disk per model and clip set), ``write_json`` / ``atomic_write`` (outputs
-appear whole or not at all)."""
+and skipped), ``EmbeddingCache`` (on disk per model and clip set, written through ``atomic_files``)."""
 
 from __future__ import annotations
 
 import hashlib
 import json
-import os
 import sys
-import tempfile
 from pathlib import Path
 from typing import Any, Callable, Sequence
 
 import numpy as np
 import torch
 
+from .atomic_files import replacing
 from .zeroshot import Embedder
 
-__all__ = ["atomic_write", "write_json", "EmbeddingCache", "embed_items"]
-
-
-def atomic_write(path: Path, write: Callable[[str], None]) -> None:
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
-    os.close(fd)
-    try:
-        write(tmp)
-        os.chmod(tmp, 0o644)  # mkstemp makes the file private; outputs are ordinary files
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
-
-
-def write_json(path: str | Path, obj: Any) -> None:
-    text = json.dumps(obj, indent=2, sort_keys=False, allow_nan=False) + "\n"
-    atomic_write(Path(path), lambda tmp: Path(tmp).write_text(text, encoding="utf-8"))
+__all__ = ["EmbeddingCache", "embed_items"]
 
 
 class EmbeddingCache:
@@ -67,12 +47,9 @@ class EmbeddingCache:
                     return torch.from_numpy(z["embeddings"].copy()), z["kept"].tolist(), json.loads(str(z["problems"]))
         emb, kept, problems = compute()
         if path is not None:
-            def write(tmp: str) -> None:
-                with open(tmp, "wb") as f:
-                    np.savez(f, embeddings=emb.numpy(), kept=np.asarray(kept, dtype=np.int64), identities=want,
-                             problems=json.dumps(problems))
-
-            atomic_write(path, write)
+            with replacing(path) as tmp, open(tmp, "wb") as f:
+                np.savez(f, embeddings=emb.numpy(), kept=np.asarray(kept, dtype=np.int64), identities=want,
+                         problems=json.dumps(problems))
         return emb, kept, problems
 
 

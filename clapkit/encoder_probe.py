@@ -29,7 +29,7 @@ import torch
 
 from .audio import FrontendConfig, LogMelFrontend
 from .config import frontend_config, load_params, model_config_from_params
-from .embeddings import write_json
+from .atomic_files import write_json
 from .evaluate import EvaluateConfig
 from .metrics import accuracy
 from .probe import hash_order, probe_logits, select_per_class, unprobed_reason
@@ -133,7 +133,7 @@ def _cmd_probe(args) -> int:
         else:
             print(f"{task:18s} {r['chance']:7.3f} " + " ".join(f"{r[n]:11.3f}" for n in FEATURE_SETS))
     if args.out:
-        write_json(args.out, results)
+        write_json(args.out, results, allow_nan=False)
     return 0
 
 

@@ -43,7 +43,8 @@ import numpy as np
 import torch
 
 from .embedding_map import pca, tsne
-from .embeddings import EmbeddingCache, atomic_write, write_json
+from .atomic_files import replacing, write_json, write_text
+from .embeddings import EmbeddingCache
 from .hygiene import OverlapGuard, TrainingOverlapError, check_dataset_task, check_split, check_stage, label_results
 from .metrics import (RetrievalMetrics, accuracy, average_precision, confusion_matrix, f1_micro,
                       mean_average_precision, positive_ranks, score_classification, top_classes, top_k_shares)
@@ -60,7 +61,7 @@ __all__ = [
     "accuracy", "average_precision", "mean_average_precision", "f1_micro", "top_k_shares", "top_classes",
     "confusion_matrix", "positive_ranks", "score_classification", "zero_shot_classification", "retrieval",
     "caption_positives", "linear_probe", "evaluate_dataset_task", "evaluate_corpus", "run_stage", "summarise",
-    "pca", "tsne", "write_json", "class_prompts", "SIGNIFICANCE",
+    "pca", "tsne", "class_prompts", "SIGNIFICANCE",
 ]  # fmt: skip
 
 SIGNIFICANCE = (f"exact one-sided binomial test of the accuracy against chance (1 / classes), significant at "
@@ -254,7 +255,7 @@ def run_stage(cfg: EvaluateConfig, embedder: Embedder | None = None, progress: b
     results_dir.mkdir(parents=True, exist_ok=True)
     write_json(results_dir / "results.json", {"model_key": embedder.key[:20], "significance": SIGNIFICANCE,
                                               "transfer": transfer, "rows": rows,
-                                              "tasks": _entries({**corpus_results, **paper_results})})
+                                              "tasks": _entries({**corpus_results, **paper_results})}, allow_nan=False)
     confusion = {}
     for name, r in list(corpus_results.items()) + list(paper_results.items()):
         zs = r.get("zero_shot") if isinstance(r, dict) else None
@@ -266,19 +267,20 @@ def run_stage(cfg: EvaluateConfig, embedder: Embedder | None = None, progress: b
                 confusion[name]["probe_matrix"] = _round_matrix(
                     confusion_matrix(probe.predictions, probe.targets, len(probe.classes)))
             _write_csv(plots_dir / f"confusion_{name}.csv", _confusion_rows(zs))
-    write_json(results_dir / "confusion.json", confusion)
+    write_json(results_dir / "confusion.json", confusion, allow_nan=False)
     m = corpus_results.get("_map", {})
     emb = np.ascontiguousarray(m.get("embeddings", np.zeros((0, 0))), dtype=np.float32)
-    atomic_write(results_dir / "map_embeddings.npy", lambda tmp: _save_npy(tmp, emb))
-    write_json(results_dir / "map_clips.json", {"task": m.get("task", []), "id": m.get("id", [])})
-    write_json(cfg.metrics, metrics)
+    with replacing(results_dir / "map_embeddings.npy") as tmp:
+        _save_npy(tmp, emb)
+    write_json(results_dir / "map_clips.json", {"task": m.get("task", []), "id": m.get("id", [])}, allow_nan=False)
+    write_json(cfg.metrics, metrics, allow_nan=False)
     if store is not None:
         from .audio_feature_cache import detach_feature_store
 
         detach_feature_store(embedder.clap.model.audio.encoder, store)
     seconds = time.time() - t0
     if cfg.timings:
-        write_json(cfg.timings, {"seconds": round(seconds, 1), "tasks": len(rows)})
+        write_json(cfg.timings, {"seconds": round(seconds, 1), "tasks": len(rows)}, allow_nan=False)
     if progress:
         print(f"evaluate: {len(rows)} tasks in {seconds:.0f} s -> {cfg.metrics}, {results_dir}, {plots_dir}; "
               f"transfer test {metrics['transfer_zero_shot_score']} over {metrics['transfer_entries']} source x task "
@@ -304,7 +306,7 @@ def _write_csv(path: Path, rows: list[dict[str, str]]) -> None:
     w = csv.DictWriter(buf, fieldnames=["actual", "predicted"], lineterminator="\n")
     w.writeheader()
     w.writerows(rows)
-    atomic_write(path, lambda tmp: Path(tmp).write_text(buf.getvalue(), encoding="utf-8"))
+    write_text(path, buf.getvalue())
 
 
 # =============================================================================================================
@@ -405,7 +407,7 @@ def _cmd_one_task(args) -> int:
     if summary.get("problems"):
         print(f"{len(summary['problems'])} problem(s) skipped (see --out)", file=sys.stderr)
     if args.out:
-        write_json(args.out, summary)
+        write_json(args.out, summary, allow_nan=False)
     return 0
 
 

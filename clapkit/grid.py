@@ -56,7 +56,7 @@ from pathlib import Path
 from typing import Any, Mapping, Sequence
 
 from .grid_rows import KNOBS, PINNED, ROWS, GridRow, base_knobs, check_rows, normalise_knobs
-from .text import atomic_write_text
+from .atomic_files import write_text
 
 # the rows themselves: clapkit.grid_rows (re-exported here); the summary: clapkit.grid_summary
 __all__ = ["ROWS", "Experiment", "GridRow", "base_knobs", "check_rows", "experiments", "queue_order"]
@@ -348,7 +348,7 @@ def _write_summary(summary: dict[str, Any], out: Path) -> None:
     from .grid_summary import SCORES
 
     out.parent.mkdir(parents=True, exist_ok=True)
-    atomic_write_text(out, json.dumps(summary, indent=1) + "\n")
+    write_text(out, json.dumps(summary, indent=1) + "\n")
 
     def mean_std(row: Mapping[str, Any], score: str) -> str:
         mean, std = row.get(f"{score}_mean"), row.get(f"{score}_std")

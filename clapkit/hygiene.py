@@ -31,6 +31,7 @@ from typing import Any, Callable, Mapping, Sequence
 
 import numpy as np
 
+from .atomic_files import write_text
 from .training_index import INDEX_FILE, RECORD_KEY, keys, row_hashes
 
 __all__ = ["TrainingOverlapError", "TrainingIndex", "load_training_index", "FileHashes", "OverlapGuard",
@@ -119,10 +120,7 @@ class FileHashes:
     def save(self) -> None:
         if self.path is None or not self.changed:
             return
-        self.path.parent.mkdir(parents=True, exist_ok=True)
-        tmp = self.path.with_name(self.path.name + f".{os.getpid()}.tmp")
-        tmp.write_text(json.dumps(self.entries, sort_keys=True) + "\n", encoding="utf-8")
-        os.replace(tmp, self.path)
+        write_text(self.path, json.dumps(self.entries, sort_keys=True) + "\n")
         self.changed = False
 
 

@@ -92,7 +92,7 @@ def _status(kept: list[str], skipped: int) -> int:
 
 
 def cmd_embed(args: argparse.Namespace) -> int:
-    from .text import atomic_write_bytes, atomic_write_text
+    from .atomic_files import write_bytes, write_text
 
     clap = load_model(args)
     emb, kept, skipped = _embed_files(clap, args.files, args.batch_size)
@@ -104,9 +104,9 @@ def cmd_embed(args: argparse.Namespace) -> int:
         out.parent.mkdir(parents=True, exist_ok=True)
         buf = io.BytesIO()
         np.save(buf, emb)
-        atomic_write_bytes(out, buf.getvalue())
+        write_bytes(out, buf.getvalue())
         listing = out.with_suffix(".files.txt")
-        atomic_write_text(listing, "".join(f + "\n" for f in kept))
+        write_text(listing, "".join(f + "\n" for f in kept))
         print(f"{len(kept)} embeddings of dimension {emb.shape[1]} -> {out} (row order: {listing})")
     else:
         for f, row in zip(kept, emb):

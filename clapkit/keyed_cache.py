@@ -8,7 +8,7 @@ from pathlib import Path
 
 import torch
 
-from .text import atomic_write_bytes
+from .atomic_files import write_bytes
 
 __all__ = ["read_keyed", "write_keyed"]
 
@@ -18,11 +18,9 @@ def write_keyed(path: str | Path, fmt: str, key: str, tensors: dict[str, torch.T
     """Write ``tensors`` (made contiguous) with ``metadata`` and their format and key, atomically."""
     from safetensors.torch import save
 
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
     data = save({k: v.contiguous() for k, v in tensors.items()}, metadata={**(metadata or {}), "format": fmt,
                                                                          "key": key})
-    atomic_write_bytes(path, data)
+    write_bytes(path, data)
 
 
 def read_keyed(path: str | Path, fmt: str, key: str) -> tuple[dict[str, torch.Tensor], dict[str, str]] | None:

@@ -13,6 +13,8 @@ import re
 from pathlib import Path
 from typing import Any
 
+from .atomic_files import replacing, write_text
+
 VOLATILE_CELL_KEYS = ("execution", "papermill")
 # a warning raised in a cell names the kernel's per-run temporary file, e.g. /tmp/ipykernel_5061/3077112976.py
 KERNEL_FILE = re.compile(r"[^\s'\"]*ipykernel_\d+[/\\]\d+\.py")
@@ -53,19 +55,14 @@ def run_notebook(src: str | Path, dst: str | Path, parameters: dict[str, Any], h
     from nbconvert import HTMLExporter
 
     dst = Path(dst)
-    dst.parent.mkdir(parents=True, exist_ok=True)
-    tmp = dst.with_name(dst.stem + ".tmp.ipynb")
-    pm.execute_notebook(str(src), str(tmp), parameters=parameters, kernel_name="python3", progress_bar=False,
-                        cwd=os.getcwd())
-    nb = scrub(json.loads(tmp.read_text(encoding="utf-8")))
-    tmp.write_text(json.dumps(nb, indent=1, ensure_ascii=False, sort_keys=True) + "\n", encoding="utf-8")
-    os.replace(tmp, dst)
+    with replacing(dst, suffix=".ipynb") as tmp:  # papermill wants an .ipynb name
+        pm.execute_notebook(str(src), str(tmp), parameters=parameters, kernel_name="python3", progress_bar=False,
+                            cwd=os.getcwd())
+        nb = scrub(json.loads(tmp.read_text(encoding="utf-8")))
+        tmp.write_text(json.dumps(nb, indent=1, ensure_ascii=False, sort_keys=True) + "\n", encoding="utf-8")
     if html:
         body, _ = HTMLExporter().from_notebook_node(nbformat.read(str(dst), as_version=4))
-        out = dst.with_suffix(".html")
-        htmp = out.with_name(out.name + ".tmp")
-        htmp.write_text(body, encoding="utf-8")
-        os.replace(htmp, out)
+        write_text(dst.with_suffix(".html"), body)
     return dst
 
 

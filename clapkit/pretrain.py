@@ -53,7 +53,8 @@ from torch import nn
 
 from .audio import FrontendConfig, LogMelFrontend, fit_length
 from .config import dataclass_from_dict, frontend_config, load_params, model_config_from_params
-from .text import atomic_write_bytes, atomic_write_text, gpt2_bpe
+from .atomic_files import write_bytes, write_text
+from .text import gpt2_bpe
 from .models.mapper import PREFIX_POSITIONS
 from .pretrain_tasks import (MODES, Examples, Task, TaskSampler, answer_vocabulary, build_tasks,
                              evaluate_generation, make_examples)
@@ -250,7 +251,7 @@ def _save_safetensors(tensors: Mapping[str, torch.Tensor], path: Path, metadata:
     from safetensors.torch import save
 
     data = save({k: v.detach().contiguous().cpu() for k, v in tensors.items()}, metadata=dict(metadata))
-    atomic_write_bytes(path, data)
+    write_bytes(path, data)
 
 
 def load_pretrained_audio_encoder(path: str | Path, encoder: nn.Module, strict: bool = True) -> dict[str, Any]:
@@ -294,7 +295,7 @@ def write_outputs(model: PretrainModel, out: Path, info: Mapping[str, Any]) -> N
     # GPT-2's output layer is its token embedding (tied): store it once, as lm.transformer.wte.weight.
     lm_state = {k: v for k, v in model.prefix_lm.state_dict().items() if k != "lm.lm_head.weight"}
     _save_safetensors(lm_state, out / "prefix_lm.safetensors", meta)
-    atomic_write_text(out / "config.json", json.dumps({"format": FORMAT, **info}, indent=2) + "\n")
+    write_text(out / "config.json", json.dumps({"format": FORMAT, **info}, indent=2) + "\n")
 
 
 # --- training ------------------------------------------------------------------------------------------------------
@@ -511,7 +512,7 @@ def write_loss_log(path: Path, log: Sequence[Mapping[str, Any]], task_names: Seq
         writer.writerow([row["step"], f"{row['loss']:.5f}", f"{row['lr']:.6g}",
                          *(f"{row['tasks'][t]:.5f}" if t in row["tasks"] else "" for t in task_names)])
     path.parent.mkdir(parents=True, exist_ok=True)
-    atomic_write_text(path, buf.getvalue())
+    write_text(path, buf.getvalue())
 
 
 def pretrain(cfg: PretrainConfig, frontend: FrontendConfig, model_name: str, model_config: Mapping[str, Any],
@@ -579,7 +580,7 @@ def pretrain(cfg: PretrainConfig, frontend: FrontendConfig, model_name: str, mod
             "output_vocab_size": int(model.prefix_lm.output_vocab.numel())}
     out = Path(cfg.out)
     write_outputs(model, out, info)
-    atomic_write_text(out / "generations.json", json.dumps(generations, indent=1, ensure_ascii=False) + "\n")
+    write_text(out / "generations.json", json.dumps(generations, indent=1, ensure_ascii=False) + "\n")
     accs = [m["accuracy"] for m in task_metrics.values()]
     metrics = {"mode": mode, "num_tasks": len(tasks), "steps": info["steps"],
                "mean_accuracy": round(float(np.mean(accs)), 4) if accs else None,
@@ -590,11 +591,11 @@ def pretrain(cfg: PretrainConfig, frontend: FrontendConfig, model_name: str, mod
     if cfg.distill_weight > 0 and log:  # the teacher's cosine distance over the last log window
         metrics["final_distill_loss"] = round(log[-1]["tasks"].get("distill", float("nan")), 4)
     Path(cfg.metrics).parent.mkdir(parents=True, exist_ok=True)
-    atomic_write_text(Path(cfg.metrics), json.dumps(metrics, indent=2) + "\n")
+    write_text(Path(cfg.metrics), json.dumps(metrics, indent=2) + "\n")
     write_loss_log(Path(cfg.loss_log), log, [t.name for t in tasks] + (["distill"] if cfg.distill_weight > 0 else []))
     if cfg.timings:  # wall time is not a DVC output: it differs on every run
         Path(cfg.timings).parent.mkdir(parents=True, exist_ok=True)
-        atomic_write_text(Path(cfg.timings), json.dumps({
+        write_text(Path(cfg.timings), json.dumps({
             "train_s": round(trained - started, 1), "evaluate_s": round(finished - trained, 1),
             "steps": info["steps"], "batch_size": cfg.batch_size, "threads": torch.get_num_threads(),
             "precision": precision.name, "device": str(runtime.device), "world": runtime.world,

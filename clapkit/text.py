@@ -25,8 +25,6 @@ from __future__ import annotations
 
 import functools
 import json
-import os
-import tempfile
 from dataclasses import dataclass
 from importlib import resources
 from pathlib import Path
@@ -34,6 +32,8 @@ from typing import Iterable, Sequence
 
 import torch
 from tokenizers import AddedToken, Tokenizer, decoders, models, normalizers, pre_tokenizers, processors, trainers
+
+from .atomic_files import write_text
 
 __all__ = [
     "GPT2_EOT",
@@ -263,8 +263,8 @@ class TextTokenizer:
         """Write ``tokenizer.json`` and ``tokenizer_config.json`` (the spec) atomically; return the spec."""
         directory = Path(directory)
         directory.mkdir(parents=True, exist_ok=True)
-        atomic_write_text(directory / "tokenizer.json", self.tokenizer.to_str(pretty=False))
-        atomic_write_text(directory / "tokenizer_config.json", json.dumps(self.spec(), indent=2) + "\n")
+        write_text(directory / "tokenizer.json", self.tokenizer.to_str(pretty=False))
+        write_text(directory / "tokenizer_config.json", json.dumps(self.spec(), indent=2) + "\n")
         return self.spec()
 
     @classmethod
@@ -305,22 +305,3 @@ class TextTokenizer:
             + (" or 'vocab' (BERT vocab.txt)" if kind == "wordpiece" else "")
             + " in the config's tokenizer block"
         )
-
-
-def atomic_write_text(path: str | Path, text: str) -> None:
-    atomic_write_bytes(path, text.encode("utf-8"))
-
-
-def atomic_write_bytes(path: str | Path, data: bytes) -> None:
-    """Write ``data`` to ``path`` via a temp file in the same folder and ``os.replace`` (no half-written files)."""
-    path = Path(path)
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
-    try:
-        with os.fdopen(fd, "wb") as f:
-            f.write(data)
-            f.flush()
-            os.fsync(f.fileno())
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise

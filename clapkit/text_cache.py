@@ -7,7 +7,7 @@ batches) and keeps it in ``<train.text_cache_dir>/captions-<key>.safetensors``, 
 that DVC experiments (each in its own temporary workspace) and other clones share it.  The key is the sha256 of the
 encoder's weights and config (``clapkit.training_state.model_fingerprint``), the tokenizer (its whole
 ``tokenizer.json``) and the sorted caption texts, so another corpus, other weights or another vocabulary never read
-a stale file.  The file is written atomically (a temp file beside it, then ``os.replace``); every process that
+a stale file.  The file is written atomically (``atomic_files``: a temp file beside it, renamed); every process that
 finds it missing computes it itself (no collective: a long build cannot time out the others) and an equal file
 replaces an equal file.
 

@@ -53,7 +53,6 @@ import copy
 import csv
 import json
 import math
-import os
 import time
 from contextlib import nullcontext
 from dataclasses import asdict, dataclass, replace
@@ -64,6 +63,7 @@ import torch
 import torch.distributed as dist
 from torch import nn
 
+from .atomic_files import replacing, write_text
 from .audio_feature_cache import attach_feature_store, detach_feature_store
 from .training_state import (corpus_hash, find_resumable, load_checkpoint, model_fingerprint, run_directory,
                             run_identity, save_checkpoint, unwrap)
@@ -71,7 +71,6 @@ from .config import dataclass_from_dict, load_params, model_config_from_params
 from .data.shards import parse_shard_mixture
 from .zeroshot import DEFAULT_PRECISION as DEFAULT_EVAL_PRECISION
 from .losses import POSITIVES, ClipLoss, clamp_logit_scale, make_loss
-from .text import atomic_write_text
 from .training_index import training_data, write_training_index
 from .training import (SCHEDULES, LRSchedule, Precision, RngReplay, Runtime, ScheduleConfig,
                        frozen_batchnorm_statistics, make_optimizer, maybe_compile, param_groups, runtime_problems,
@@ -475,10 +474,8 @@ def _trim_live_logs(live_dir: Path, last_step: int) -> None:
         header, body = rows[0], rows[1:]
         col = header.index("step") if "step" in header else None
         kept = [r for r in body if col is None or int(r[col]) <= last_step]
-        tmp = tsv.with_suffix(".tsv.tmp")
-        with open(tmp, "w", newline="") as f:
+        with replacing(tsv) as tmp, open(tmp, "w", newline="") as f:
             csv.writer(f, delimiter="\t", lineterminator="\n").writerows([header] + kept)
-        os.replace(tmp, tsv)
 
 
 class _NoLive:
@@ -720,7 +717,7 @@ def train(cfg: TrainConfig, model_config: Mapping[str, Any], seed: int = 0, resu
         index = write_training_index(cfg.out, trained_on)
         metrics["training_index"] = {"clips": index["clips"], "provenance": index["provenance"]}
         Path(cfg.metrics).parent.mkdir(parents=True, exist_ok=True)
-        atomic_write_text(cfg.metrics, json.dumps(metrics, indent=2, sort_keys=True) + "\n")
+        write_text(cfg.metrics, json.dumps(metrics, indent=2, sort_keys=True) + "\n")
         if cfg.timings:
             seconds = time.perf_counter() - t_start
             timing = {"seconds_this_run": round(seconds, 1), "steps_this_run": step - start_step,
@@ -734,7 +731,7 @@ def train(cfg: TrainConfig, model_config: Mapping[str, Any], seed: int = 0, resu
             if device.type == "cuda":
                 timing["peak_gpu_memory_gib"] = round(torch.cuda.max_memory_allocated(device) / 2**30, 3)
             Path(cfg.timings).parent.mkdir(parents=True, exist_ok=True)
-            atomic_write_text(cfg.timings, json.dumps(timing, indent=2) + "\n")
+            write_text(cfg.timings, json.dumps(timing, indent=2) + "\n")
         live.end()
     runtime.barrier()
     return metrics

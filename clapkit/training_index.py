@@ -20,13 +20,13 @@ plateau steps, and no gradient comes from them.
 from __future__ import annotations
 
 import json
-import os
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Iterable, Iterator, Mapping, Sequence
 
 import numpy as np
 
+from .atomic_files import replacing, write_json
 from .data.fingerprint import HASH_VERSION
 from .file_hash import file_sha256
 
@@ -201,10 +201,8 @@ def write_training_index(model_dir: str | Path, data: TrainingData) -> dict[str,
     (both atomically, the index first); returns the record."""
     model_dir = Path(model_dir)
     arr = data.index
-    tmp = model_dir / (INDEX_FILE + ".tmp")
-    with open(tmp, "wb") as f:
+    with replacing(model_dir / INDEX_FILE) as tmp, open(tmp, "wb") as f:
         np.save(f, arr, allow_pickle=False)
-    os.replace(tmp, model_dir / INDEX_FILE)
     record = {"index": INDEX_FILE, "format": INDEX_FORMAT, "hash": HASH_VERSION,
               "sha256": file_sha256(model_dir / INDEX_FILE), "clips": int(arr.shape[0]),
               "sources": list(data.sources), "unlisted": list(data.unlisted),
@@ -212,7 +210,5 @@ def write_training_index(model_dir: str | Path, data: TrainingData) -> dict[str,
     config_path = model_dir / "config.json"
     config = json.loads(config_path.read_text(encoding="utf-8"))
     config[RECORD_KEY] = record
-    ctmp = config_path.with_name(config_path.name + ".tmp")
-    ctmp.write_text(json.dumps(config, indent=2) + "\n", encoding="utf-8")
-    os.replace(ctmp, config_path)
+    write_json(config_path, config, indent=2)
     return record

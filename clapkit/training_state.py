@@ -8,7 +8,7 @@ model's initial weights.  Checkpoints live in one folder per identity, ``<checkp
                             "rng": {"python", "numpy", "torch", "cuda"}, "extra": {...}}
     step_<NNNNNNNN>.json   {"format", "step", "identity_hash", "identity", "finished"}   (the sidecar)
 
-The sidecar is written after its ``.pt``, both to a temporary name that is renamed (``os.replace``), so a crash
+The sidecar is written after its ``.pt``, both through ``atomic_files`` (a temporary name, renamed), so a crash
 (``kill -9``) leaves either the previous checkpoint or the new one, never half a file; a ``.pt`` without its
 sidecar is incomplete and ignored.  Finding what to resume reads sidecars only, never the weights.
 
@@ -32,7 +32,6 @@ from __future__ import annotations
 
 import hashlib
 import json
-import os
 import random
 import re
 import shutil
@@ -43,6 +42,7 @@ from typing import Any, Mapping
 import numpy as np
 import torch
 
+from .atomic_files import replacing, write_text
 from .errors import TrainingStateError
 from .file_hash import file_sha256
 
@@ -110,10 +110,7 @@ def corpus_hash(data_dir: str | Path, memo_path: str | Path | None = None) -> st
         fresh[rel] = {"stat": key, "sha256": file_hash}
         digest.update(f"{rel}\0{file_hash}\0".encode())
     if memo_path is not None and fresh != memo:
-        from .text import atomic_write_text
-
-        Path(memo_path).parent.mkdir(parents=True, exist_ok=True)
-        atomic_write_text(memo_path, json.dumps({str(root.resolve()): fresh}, indent=0, sort_keys=True) + "\n")
+        write_text(memo_path, json.dumps({str(root.resolve()): fresh}, indent=0, sort_keys=True) + "\n")
     return digest.hexdigest()[:16]
 
 
@@ -198,20 +195,6 @@ def list_checkpoints(directory: str | Path) -> list[tuple[int, Path]]:
     return sorted(found)
 
 
-def _atomic_write(path: Path, write) -> None:
-    tmp = path.with_name(f".{path.name}.tmp{os.getpid()}")
-    try:
-        with open(tmp, "wb") as f:
-            write(f)
-            f.flush()
-            os.fsync(f.fileno())
-        os.chmod(tmp, 0o644)
-        os.replace(tmp, path)
-    finally:
-        if tmp.exists():
-            tmp.unlink()
-
-
 def read_sidecar(checkpoint: str | Path) -> dict[str, Any]:
     path = sidecar_path(checkpoint)
     try:
@@ -246,11 +229,12 @@ def save_checkpoint(directory: str | Path, step: int, model: torch.nn.Module, id
         "extra": dict(extra or {}),
     }
     path = checkpoint_path(directory, step)
-    _atomic_write(path, lambda f: torch.save(state, f))
+    with replacing(path, fsync=True) as tmp, open(tmp, "wb") as f:
+        torch.save(state, f)
     sidecar = {"format": FORMAT, "step": int(step), "identity_hash": ident_hash, "identity": identity,
                "finished": bool(finished)}
     text = json.dumps(sidecar, indent=1, sort_keys=True, default=str) + "\n"
-    _atomic_write(sidecar_path(path), lambda f: f.write(text.encode("utf-8")))
+    write_text(sidecar_path(path), text)
     if keep is not None:
         for _, old in list_checkpoints(directory)[:-keep]:
             if old != path:

@@ -25,6 +25,7 @@ import sys
 from pathlib import Path
 from typing import Any, Callable
 
+from clapkit.atomic_files import replacing, write_text
 from clapkit.stats import THREE_SIGMA, binomial_tail, wilson_interval
 
 REPO = Path(__file__).resolve().parent.parent
@@ -366,9 +367,8 @@ def figure_block(name: str, root: Path, document: Path, draw: bool) -> str:
     out = root / FIGURE_DIR / filename
     if draw:
         out.parent.mkdir(parents=True, exist_ok=True)
-        tmp = out.with_name(out.name + ".tmp.png")
-        drawing(data, tmp)
-        tmp.replace(out)
+        with replacing(out, suffix=".png") as tmp:
+            drawing(data, tmp)
     elif not out.is_file():
         raise FileNotFoundError(f"{out}: missing (run python scripts/docs_results.py)")
     link = os.path.relpath(root / FIGURE_DIR / filename, (root / document).parent)
@@ -420,9 +420,7 @@ def main(argv: list[str] | None = None) -> int:
         if args.check:
             stale.append(str(document))
             continue
-        tmp = path.with_name(path.name + ".tmp")
-        tmp.write_text(new)
-        tmp.replace(path)
+        write_text(path, new)
     if stale:
         print(f"{', '.join(stale)}: generated blocks differ from the metrics files: run python scripts/docs_results.py",
               file=sys.stderr)

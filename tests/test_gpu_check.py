@@ -204,7 +204,7 @@ def test_checkpoint_watch_needs_the_sidecar(tmp_path):
     run.mkdir(parents=True)
     assert gpu_check.checkpoints_in(tmp_path / "ckpt") == [] and gpu_check.checkpoints_in(tmp_path / "none") == []
     (run / "step_00000010.pt").write_bytes(b"x")  # weights written, sidecar not yet: incomplete
-    (run / ".step_00000020.pt.tmp123").write_bytes(b"x")
+    (run / ".step_00000020.pt.0123abcd.tmp").write_bytes(b"x")  # clapkit.atomic_files' temporary name
     assert gpu_check.checkpoints_in(tmp_path / "ckpt") == []
     (run / "step_00000010.json").write_text("{}")
     assert gpu_check.checkpoints_in(tmp_path / "ckpt") == [10]

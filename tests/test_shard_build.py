@@ -183,11 +183,14 @@ def test_an_interrupted_build_resumes_to_the_same_shards(inputs, reference, tmp_
         build_shards(inputs["specs"], out, CFG, progress=False)
     monkeypatch.setattr(shard_build, "encode_clip", real)
     names = {p.name for p in out.iterdir()}
-    # three shards done; the fourth only under its temporary name; no index yet
+    # three shards done; the fourth's temporary file removed on the exception; no index yet
     assert {n for n in names if n.endswith(".tar")} == {"test-000000.tar", "train-000000.tar", "train-000001.tar"}
-    assert [n for n in names if n.startswith(".train-000002.tar.tmp-")] and "train.json" not in names
+    assert not [n for n in names if n.startswith(".train-000002.tar.")] and "train.json" not in names
+    stale = out / ".train-000002.tar.0123abcd.tmp"  # what a kill -9 leaves: the rerun deletes it
+    stale.write_bytes(b"half a shard")
 
     resumed = build_shards(inputs["specs"], out, CFG, progress=False)
+    assert not stale.exists()
     assert resumed["shards_kept"] == 3 and resumed["shards_built"] == 6
     assert file_hashes(out) == file_hashes(reference[0])
 

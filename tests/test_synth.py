@@ -137,7 +137,7 @@ def test_espeak_resumes_without_regenerating(tmp_path):
     assert again == recs
     assert hashlib.sha256(deleted.read_bytes()).hexdigest() == before[recs[0].path]
     assert tampered.read_bytes() == b"kept as is"
-    assert not list(tmp_path.rglob("*.part"))
+    assert not list(tmp_path.rglob("*.part")) and not list(tmp_path.rglob("*.tmp"))  # no temporary file left
 
 
 # ---------------------------------------- flite

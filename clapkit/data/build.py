@@ -24,6 +24,7 @@ from typing import Any
 
 from tqdm import tqdm
 
+from ..atomic_files import write_json, write_text
 from ..config import dataclass_from_dict, load_params
 from .debian import SOURCES, fetch_package
 from .debian.fetch import ExtractContext
@@ -77,12 +78,6 @@ class BuildConfig:
 
 def _stamp(obj: Any) -> str:
     return hashlib.sha256(json.dumps(obj, sort_keys=True).encode()).hexdigest()[:16]
-
-
-def _write_json(path: Path, obj: Any) -> None:
-    tmp = path.with_name(path.name + ".tmp")
-    tmp.write_text(json.dumps(obj, indent=2, sort_keys=True, ensure_ascii=False) + "\n")
-    os.replace(tmp, path)
 
 
 def build_debian_source(name: str, root: Path, cache_dir: Path) -> dict[str, Any]:
@@ -148,7 +143,7 @@ def build_corpus(cfg: BuildConfig, seed: int) -> dict[str, Any]:
         if child.is_dir() and child.name not in sources:
             shutil.rmtree(child)
     summary = {"sources": sources, "clips": sum(s["clips"] for s in sources.values()), "seed": seed}
-    _write_json(root / "corpus.json", summary)
+    write_json(root / "corpus.json", summary, indent=2, sort_keys=True, ensure_ascii=False)
     print(f"[data build] {summary['clips']} clips from {len(sources)} sources in {time.time() - t0:.0f} s -> {root}")
     return summary
 
@@ -226,9 +221,7 @@ def track_corpus(root: str = "data", dvc_file: str = "data.dvc") -> None:
         raise RuntimeError(f"dvc add {root} failed: {res.stderr.strip()}")
     d = yaml.safe_load(open(dvc_file))
     d["meta"] = {"corpus": corpus_versions(json.loads((Path(root) / "corpus.json").read_text()))}
-    tmp = Path(dvc_file + ".tmp")
-    tmp.write_text(yaml.safe_dump(d, sort_keys=False))
-    os.replace(tmp, dvc_file)
+    write_text(dvc_file, yaml.safe_dump(d, sort_keys=False))
     print(f"[data track] {dvc_file} updated")
 
 

@@ -18,13 +18,13 @@ the manifest, listed in ``quarantine.csv`` with the id it duplicates.  Everythin
 
 from __future__ import annotations
 
-import os
 from collections import Counter, defaultdict
 from pathlib import Path
 from typing import Any, Iterable
 
 import numpy as np
 
+from ..atomic_files import replacing
 from .holdout import TRANSFER
 
 __all__ = ["SPLIT_PRECEDENCE", "settle_duplicates", "compact_waveforms"]
@@ -88,13 +88,12 @@ def compact_waveforms(path: str | Path, rows: list[dict[str, Any]]) -> int:
     ``offset``s (after ``settle_duplicates`` dropped some); returns the samples written.  Temp file + rename."""
     path = Path(path)
     source = np.memmap(path, dtype=np.float16, mode="r") if path.stat().st_size else np.zeros(0, np.float16)
-    tmp = path.with_name(path.name + ".compact")
     offset = 0
-    with open(tmp, "wb") as out:
-        for row in rows:
-            out.write(np.asarray(source[row["offset"]: row["offset"] + row["length"]]).tobytes())
-            row["offset"] = offset
-            offset += row["length"]
-    del source
-    os.replace(tmp, path)
+    with replacing(path) as tmp:
+        with open(tmp, "wb") as out:
+            for row in rows:
+                out.write(np.asarray(source[row["offset"]: row["offset"] + row["length"]]).tobytes())
+                row["offset"] = offset
+                offset += row["length"]
+        del source
     return offset

@@ -44,6 +44,7 @@ import numpy as np
 import soundfile as sf
 from tqdm import tqdm
 
+from ..atomic_files import write_json
 from ..audio import FrontendConfig, mix_down, resample
 from ..config import dataclass_from_dict, frontend_config, load_params
 from .captions import make_captions
@@ -361,14 +362,11 @@ def prepare(cfg: PrepareConfig, frontend: FrontendConfig, progress: bool = True)
         w.writeheader()
         w.writerows(report)
     shutil.rmtree(out, ignore_errors=True)
-    os.replace(tmp, out)
+    os.replace(tmp, out)  # a whole folder (the stage's output): atomic_files writes files only; allow-listed
 
     metrics = {**data_metrics(rows, report, tasks), **duplicates}
     mpath = Path(cfg.metrics)
-    mpath.parent.mkdir(parents=True, exist_ok=True)
-    mtmp = mpath.with_name(mpath.name + ".tmp")
-    mtmp.write_text(json.dumps(metrics, indent=2, sort_keys=True) + "\n")
-    os.replace(mtmp, mpath)
+    write_json(mpath, metrics, indent=2, sort_keys=True)
     print(f"[prepare] {metrics['clips_total']} clips, {metrics['quarantined']} quarantined, "
           f"{metrics['tasks']} tasks in {time.time() - t0:.0f} s -> {out}")
     return metrics

@@ -63,16 +63,11 @@ class ClipRecord:
 
 def write_jsonl(path, records) -> None:
     """Write records atomically (temp file then rename), sorted by id so the file is reproducible."""
-    import os
-    from pathlib import Path
+    from ..atomic_files import replacing
 
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(path.name + ".tmp")
-    with open(tmp, "w", encoding="utf-8") as f:
+    with replacing(path) as tmp, open(tmp, "w", encoding="utf-8") as f:
         for r in sorted(records, key=lambda r: r.id):
             f.write(r.to_json() + "\n")
-    os.replace(tmp, path)
 
 
 def read_jsonl(path) -> list[ClipRecord]:

@@ -47,9 +47,10 @@ tar, so the audio never accumulates; the plan holds every item's metadata (paths
 clip, ~5 GB for the paper's 4.6M), so at that scale build each dataset into its own folder and mix the folders
 at training (``train.shards: {folder: weight}``).
 
-Resuming: a shard is written to ``.<name>.tmp-<pid>`` and renamed when complete, then its record is written; a
-rerun keeps a shard whose record matches its plan (inputs, settings) and whose sha256 matches the record, removes
-stale temporary files, and builds the rest.  An interrupted build resumed gives the shards of an uninterrupted one.
+Resuming: a shard is written to a temporary ``.<name>.<random>.tmp`` (``atomic_files``) and renamed when
+complete, then its record is written; a rerun keeps a shard whose record matches its plan (inputs, settings) and
+whose sha256 matches the record, removes stale temporary files, and builds the rest.  An interrupted build
+resumed gives the shards of an uninterrupted one.
 """
 
 from __future__ import annotations
@@ -58,7 +59,6 @@ import dataclasses
 import hashlib
 import io
 import json
-import os
 import random
 import tarfile
 import time
@@ -66,6 +66,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Iterable, Sequence
 
+from ..atomic_files import leftovers, replacing, write_text
 from ..file_hash import file_sha256
 from .shard_audio import (FORMAT, PCM_SCALE, BuildConfig, ClipRejected, decode_flac,  # noqa: F401
                           encode_clip, flac_bytes)
@@ -143,12 +144,6 @@ def plan_build(inputs: Sequence[tuple[str, str, str | None, str]], cfg: BuildCon
 
 # --- building -------------------------------------------------------------------------------------------------------
 
-def _atomic_write(path: Path, text: str) -> None:
-    tmp = path.with_name(f".{path.name}.tmp-{os.getpid()}")
-    tmp.write_text(text, encoding="utf-8")
-    os.replace(tmp, path)
-
-
 def _record_path(out: Path, name: str) -> Path:
     return out / ".build" / f"{name}.json"
 
@@ -173,35 +168,34 @@ def build_shard(job: ShardJob, cfg: BuildConfig, out: Path, on_clip=None) -> dic
 
     threads = torch.get_num_threads()
     torch.set_num_threads(1)  # one core per worker, and the same resampling arithmetic whatever the workers
-    tmp = out / f".{job.name}.tmp-{os.getpid()}"
     samples, quarantined = [], []
     try:
-        with tarfile.open(tmp, "w", format=tarfile.GNU_FORMAT) as tar:
-            for item in job.items:
-                if on_clip is not None:
-                    on_clip()
-                try:
-                    pcm, facts = encode_clip(item["file"], cfg)
-                except Exception as err:  # one bad file never stops a build: it is listed with the reason
-                    reason = str(err) if isinstance(err, ClipRejected) else \
-                        f"unexpected error: {type(err).__name__}: {err}"
-                    quarantined.append({"key": item["key"], "dataset": item["dataset"], "split": item["split"],
-                                        "path": item["path"], "shard": job.name, "reason": reason})
-                    continue
-                meta = {"id": item["id"], "key": item["key"], "dataset": item["dataset"], "split": item["split"],
-                        "captions": item["captions"], "labels": item["labels"], "path": item["path"],
-                        **facts, "sample_rate": cfg.sample_rate}
-                _tar_add(tar, f"{item['key']}.flac", flac_bytes(pcm, cfg.sample_rate))
-                _tar_add(tar, f"{item['key']}.json", json.dumps(meta, sort_keys=True, ensure_ascii=False).encode())
-                samples.append({"key": item["key"], "shard": job.name, "dataset": item["dataset"],
-                                "split": item["split"], "content_hash": facts["content_hash"],
-                                "seconds": facts["seconds"]})
+        with replacing(out / job.name) as tmp:
+            with tarfile.open(tmp, "w", format=tarfile.GNU_FORMAT) as tar:
+                for item in job.items:
+                    if on_clip is not None:
+                        on_clip()
+                    try:
+                        pcm, facts = encode_clip(item["file"], cfg)
+                    except Exception as err:  # one bad file never stops a build: it is listed with the reason
+                        reason = str(err) if isinstance(err, ClipRejected) else \
+                            f"unexpected error: {type(err).__name__}: {err}"
+                        quarantined.append({"key": item["key"], "dataset": item["dataset"], "split": item["split"],
+                                            "path": item["path"], "shard": job.name, "reason": reason})
+                        continue
+                    meta = {"id": item["id"], "key": item["key"], "dataset": item["dataset"], "split": item["split"],
+                            "captions": item["captions"], "labels": item["labels"], "path": item["path"],
+                            **facts, "sample_rate": cfg.sample_rate}
+                    _tar_add(tar, f"{item['key']}.flac", flac_bytes(pcm, cfg.sample_rate))
+                    _tar_add(tar, f"{item['key']}.json", json.dumps(meta, sort_keys=True, ensure_ascii=False).encode())
+                    samples.append({"key": item["key"], "shard": job.name, "dataset": item["dataset"],
+                                    "split": item["split"], "content_hash": facts["content_hash"],
+                                    "seconds": facts["seconds"]})
+            record = {"digest": job.digest, "sha256": file_sha256(tmp), "bytes": tmp.stat().st_size,
+                      "samples": samples, "quarantined": quarantined}
     finally:
         torch.set_num_threads(threads)
-    record = {"digest": job.digest, "sha256": file_sha256(tmp), "bytes": tmp.stat().st_size, "samples": samples,
-              "quarantined": quarantined}
-    os.replace(tmp, out / job.name)
-    _atomic_write(_record_path(out, job.name), json.dumps(record, sort_keys=True) + "\n")
+    write_text(_record_path(out, job.name), json.dumps(record, sort_keys=True) + "\n")
     return record
 
 
@@ -277,7 +271,7 @@ def build_shards(inputs: Sequence[tuple[str, str, str | None, str]], out: str | 
     jobs, problems = plan_build(inputs, cfg, params)
     mine = [job for job in jobs if job.number % n == i]
     for job in mine:  # a temporary file of one of this part's shards is a killed earlier attempt
-        for stale in out.glob(f".{job.name}.tmp-*"):
+        for stale in leftovers(out / job.name):
             stale.unlink()
     todo = [job for job in mine if _finished(out, job, verify=True) is None]
     t0 = time.perf_counter()
@@ -314,16 +308,16 @@ def write_index(out: Path, jobs: list[ShardJob], records: list[dict[str, Any]], 
             index["sizes"].append(len(rec["samples"]))
             index["clips"] += len(rec["samples"])
     for split, index in splits.items():
-        _atomic_write(out / f"{split}.json", json.dumps(index, indent=1) + "\n")
-    _atomic_write(out / "samples.jsonl",
+        write_text(out / f"{split}.json", json.dumps(index, indent=1) + "\n")
+    write_text(out / "samples.jsonl",
                   "".join(json.dumps(s, sort_keys=True) + "\n" for rec in records for s in rec["samples"]))
     quarantined = problems + [q for rec in records for q in rec["quarantined"]]
-    _atomic_write(out / "quarantine.jsonl", "".join(json.dumps(q, sort_keys=True) + "\n" for q in quarantined))
+    write_text(out / "quarantine.jsonl", "".join(json.dumps(q, sort_keys=True) + "\n" for q in quarantined))
     counts = {"clips": {s: ix["clips"] for s, ix in splits.items()}, "quarantined": len(quarantined)}
     build = {"format": FORMAT, "settings": dataclasses.asdict(cfg), **counts,
              "inputs": [{"kind": kind, "name": name, "split": split, "path": str(path)}
                         for kind, name, split, path in inputs]}
-    _atomic_write(out / "build.json", json.dumps(build, indent=1, sort_keys=True) + "\n")
+    write_text(out / "build.json", json.dumps(build, indent=1, sort_keys=True) + "\n")
     return counts
 
 

@@ -14,7 +14,8 @@ How every builder works, in three steps:
    changed config gives new names instead of silently reusing stale files.  Two clips that drew exactly the same
    parameters would be the same audio: the later one is dropped (and counted).
 2. **Render what is missing.**  A clip whose final file exists is not rendered again (resumable); each new file is
-   written to ``<name>.part`` and renamed into place, so an interrupted run leaves no half-written clip.
+   written to a temporary file beside it and renamed into place (``atomic_files``), so an interrupted run leaves
+   no half-written clip.
 3. **Check and record.**  Output that is empty or silent counts as a failed clip: reported, skipped, never fatal
    unless most clips fail (then the tool is broken and a ``SynthToolError`` says so).
 
@@ -26,7 +27,6 @@ from __future__ import annotations
 import hashlib
 import json
 import logging
-import os
 import re
 import shutil
 import subprocess
@@ -41,6 +41,7 @@ import numpy as np
 import soundfile as sf
 from tqdm import tqdm
 
+from ..atomic_files import replacing, write_text
 from .records import ClipRecord, write_jsonl
 
 __all__ = [
@@ -114,11 +115,10 @@ def _midi_hz(midi: int) -> float:
 
 
 def _write_wav_atomic(path: Path, audio: np.ndarray, sr: int) -> None:
-    """Float audio in [-1, 1] (clipped) -> 16-bit PCM WAV at ``path`` via a ``.part`` file."""
+    """Float audio in [-1, 1] (clipped) -> 16-bit PCM WAV at ``path`` via a temporary file."""
     pcm = np.round(np.clip(audio, -1.0, 1.0) * 32767).astype(np.int16)
-    tmp = path.with_name(path.name + ".part")
-    sf.write(tmp, pcm, sr, subtype="PCM_16", format="WAV")
-    os.replace(tmp, path)
+    with replacing(path) as tmp:
+        sf.write(tmp, pcm, sr, subtype="PCM_16", format="WAV")
 
 
 def _rms(x: np.ndarray) -> float:
@@ -189,14 +189,12 @@ def _render_missing(out_root: Path, clips: list[_Clip], render: Callable[[_Clip,
     def one(c: _Clip) -> str | None:
         final = out_root / c.record.path
         final.parent.mkdir(parents=True, exist_ok=True)
-        tmp = final.with_name(final.name + ".part")
         try:
-            render(c, tmp)
-            _check_not_silent(tmp)
-            os.replace(tmp, final)
+            with replacing(final) as tmp:
+                render(c, tmp)
+                _check_not_silent(tmp)
             return None
         except _ClipFailed as e:
-            tmp.unlink(missing_ok=True)
             return str(e)
 
     with tqdm(total=len(clips), initial=len(clips) - len(todo), desc=desc, disable=not progress) as bar:
@@ -728,9 +726,7 @@ def build_fluidsynth(out_root: Path, cfg: FluidsynthConfig, seed: int, progress:
                 final.parent.mkdir(parents=True, exist_ok=True)
                 _write_wav_atomic(final, x, cfg.sample_rate)
         m = marker(batch)
-        tmp = m.with_name(m.name + ".part")
-        tmp.write_text(json.dumps({"silent": silent}, indent=0, sort_keys=True))
-        os.replace(tmp, m)
+        write_text(m, json.dumps({"silent": silent}, indent=0, sort_keys=True))
 
     todo = [b for b in batches if not complete(b)]
     with tqdm(total=len(clips), initial=len(clips) - sum(map(len, todo)), desc="fluidsynth",

@@ -11,7 +11,6 @@ each metric, nested by ``/``).  Every other ``Live`` method is accepted and does
 from __future__ import annotations
 
 import json
-import os
 from pathlib import Path
 
 __all__ = ["Live"]
@@ -43,10 +42,9 @@ class Live:
         self._write_summary()
 
     def _write_summary(self) -> None:
-        path = Path(self.dir, "metrics.json")
-        tmp = path.with_name(path.name + ".tmp")
-        tmp.write_text(json.dumps(self._latest, indent=4) + "\n", encoding="utf-8")
-        os.replace(tmp, path)
+        from clapkit.atomic_files import write_json  # only ever imported by clapkit's own stages
+
+        write_json(Path(self.dir, "metrics.json"), self._latest, indent=4)
 
     def next_step(self) -> None:
         self.step += 1

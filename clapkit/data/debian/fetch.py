@@ -14,6 +14,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Callable
 
+from ...atomic_files import replacing
 from ..records import ClipRecord
 
 __all__ = ["DebianSource", "SOURCES", "debian_source", "fetch_package", "deb_version"]
@@ -40,21 +41,17 @@ class ExtractContext:
     def copy(self, src: Path, rel: str | Path) -> str:
         """Copy ``src`` to ``out_dir/rel`` (atomically) and return the path relative to the corpus root."""
         dst = self.out_dir / rel
-        dst.parent.mkdir(parents=True, exist_ok=True)
         if not dst.exists() or dst.stat().st_size != src.stat().st_size:
-            tmp = dst.with_name(dst.name + ".tmp")
-            shutil.copyfile(src, tmp)
-            os.replace(tmp, dst)
+            with replacing(dst) as tmp:
+                shutil.copyfile(src, tmp)
         return str(Path(self.out_dir.name) / rel)
 
     def write_bytes(self, data: bytes, rel: str | Path) -> str:
         """Write extracted bytes (e.g. from a zip or Qt resource bundle) to ``out_dir/rel`` atomically."""
         dst = self.out_dir / rel
-        dst.parent.mkdir(parents=True, exist_ok=True)
         if not dst.exists() or dst.stat().st_size != len(data):
-            tmp = dst.with_name(dst.name + ".tmp")
-            tmp.write_bytes(data)
-            os.replace(tmp, dst)
+            with replacing(dst) as tmp:
+                tmp.write_bytes(data)
         return str(Path(self.out_dir.name) / rel)
 
 
@@ -115,5 +112,5 @@ def fetch_package(package: str, cache_dir: Path) -> tuple[Path, str]:
             raise RuntimeError(f"dpkg -x {deb} failed: {res.stderr.strip()}")
         (tmp / ".unpacked").write_text(version)
         shutil.rmtree(root, ignore_errors=True)
-        os.replace(tmp, root)
+        os.replace(tmp, root)  # a whole folder (dpkg -x's tree): atomic_files writes files only; allow-listed
     return root, version
