@@ -1,8 +1,8 @@
 """clapkit against msclap, side by side: one command, one run, the same inputs, one JSON of every figure.
 
-    python benchmarks/run.py --out benchmarks/results-cpu.json            # this CPU (README: measured wall time)
+    python benchmarks/run.py --out benchmarks/results-cpu.json            # this CPU (docs/benchmarks.md)
     python benchmarks/run.py --out /tmp/smoke.json --quick                # code path only, seconds
-    python benchmarks/run.py --out OUT.json --device cuda                 # one GPU, ~5-6 minutes (README)
+    python benchmarks/run.py --out OUT.json --device cuda                 # one GPU, ~5-6 minutes (benchmarks/README.md)
 
 What is measured (see benchmarks/README.md):
 

@@ -2,7 +2,7 @@
 output of those stages redirected there, so the workspace and dvc.lock are untouched; it reuses the workspace's
 prepared/, and its models/pretrain unless an override touches the pretrain block (then the variant pretrains its
 own encoder into <out>/<name>/pretrain).  Prints and writes summary.json: wall times, the transfer score (held-out
-and training wordings), the in-domain zero-shot and probe scores.  README quotes its runs, e.g.:
+and training wordings), the in-domain zero-shot and probe scores.  docs/results.md quotes its runs, e.g.:
 
     python benchmarks/variants.py /tmp/v minilm_frozen model.text_encoder=minilm train.freeze_text=true
     python benchmarks/variants.py /tmp/v pretrain1200 pretrain.steps=1200

@@ -15,7 +15,7 @@ The probe is the evaluate stage's (``clapkit.probe``): the same training clips p
 2 training clips is reported as not probed.  Test clips: the first ``test_per_task`` in that hash order.  Clips
 are centre-cropped as at evaluation, so the numbers depend only on the weights and the data.
 ``clapkit probe-encoder --params params.yaml [--tasks gender,tone] [--out FILE]``.
-Not a DVC stage: a diagnostic (README, stage pretrain): ~25 s for three tasks, 1.5 min for all 16 here.
+Not a DVC stage: a diagnostic (docs/pretraining.md): ~25 s for three tasks, 1.5 min for all 16 here.
 """
 
 from __future__ import annotations

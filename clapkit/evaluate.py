@@ -131,7 +131,7 @@ def _claim_fields(prefix: str, claim: dict[str, Any] | None) -> dict[str, Any]:
 
 def _interval_scalars(row: dict[str, Any]) -> dict[str, Any]:
     """A task's clips, chance, and each score's Wilson 95% interval and p-value against chance, as scalars
-    (``dvc metrics show`` drops lists; README's tables are generated from these, scripts/readme_results.py)."""
+    (``dvc metrics show`` drops lists; README's and docs/' tables are generated from these: scripts/docs_results.py)."""
     out: dict[str, Any] = {"clips": row["clips"], "chance": row["chance"]}
     for prefix in ("zero_shot", "linear_probe"):
         ci = row[f"{prefix}_ci95"]

@@ -38,8 +38,8 @@ workspace's: CNN14 on sound events, HTSAT-22's 21 tasks, HTSAT on sound events, 
 encoder) and aisfx with none in the grid's config (``grid_rows.BASE_CONFIG``; its packaged weights written out, no
 training, so nearly free: the stage reads ``model.embedded``, so DVC reruns it per config).  A frozen aisfx tower's
 clip features and a frozen MiniLM's caption features are computed once into caches outside the workspace
-(``train.audio_cache_dir`` / ``text_cache_dir``), shared by every experiment.  README "The ablation grid" has the
-measured wall times.
+(``train.audio_cache_dir`` / ``text_cache_dir``), shared by every experiment.  docs/results.md ("Budget") has
+the measured wall times.
 
 Experiments are matched to rows by their *params*, not their names, so an experiment run by hand with the same
 overrides counts too.  Experiments with other params (your own ablations) are listed under ``other``.

@@ -94,10 +94,10 @@ ROWS: tuple[GridRow, ...] = (
     GridRow("aisfx (frozen) + MiniLM (fine-tuned)",
             towers("aisfx", "minilm", "none", freeze_audio=True, text_lr_scale=0.1), (0, 1), None, "aisfx-minilm-ft"),
     GridRow("aisfx (frozen) + GPT-2", towers("aisfx", "gpt2", "none", freeze_audio=True), (0,), None, "aisfx-gpt2"),
-    GridRow("aisfx + MiniLM, both frozen, 1000 steps",  # the embedded default of 2026-12-03 (README)
+    GridRow("aisfx + MiniLM, both frozen, 1000 steps",  # the embedded default before LiT (docs/results.md)
             towers("aisfx", "minilm", "none", freeze_audio=True, freeze_text=True, steps=1000), FLOOR_SEEDS, None,
             "aisfx-minilm-frozen-1000"),
-    GridRow("aisfx + MiniLM, text space locked (LiT), 1000 steps",  # the embedded default since 2026-12-04 (README):
+    GridRow("aisfx + MiniLM, text space locked (LiT), 1000 steps",  # the embedded default (docs/results.md):
             towers("aisfx", "minilm", "none", freeze_audio=True, freeze_text=True, steps=1000,  # only the audio
                    config=LIT_CONFIG), FLOOR_SEEDS, None, "aisfx-minilm-lit"),  # projection and temperature train
 )

@@ -58,7 +58,7 @@ MSCLAP_2023_CITATION = """@inproceedings{elizalde2024clap,
   year      = {2024},
   note      = {arXiv:2309.05767}
 }"""
-# What a model trained by this project's pipeline (`dvc repro`, preset embedded) has seen: README "The corpus".
+# What a model trained by this project's pipeline (`dvc repro`, preset embedded) has seen: docs/data.md.
 EMBEDDED_CORPUS = (
     "clapkit's embedded corpus (`clapkit data build`, pinned by data.dvc): recordings shipped in Debian packages "
     "(speech, music, game/UI and environmental sounds; GPL / CC-BY(-SA) / CC0 / MIT) and synthesised labelled audio "
